@@ -1,0 +1,88 @@
+//! `anetrain info`: what a model is and what training it costs.
+
+use crate::kernels::BackendKind;
+use crate::model::config::training_memory_bytes;
+use crate::model::{Config, StepFlops};
+use anyhow::Result;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A preset (stories260k, stories15m, stories42m, stories110m, qwen3-0.6b-shape), a
+    /// llama2.c model file (.bin), a checkpoint (.ckpt) or a config file (.toml/.json).
+    #[arg(long, short, default_value = "stories110m")]
+    pub model: String,
+    /// Sequences per step, for the FLOP and memory figures.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Tokens per sequence (default: 256, or the model's seq_len if smaller).
+    #[arg(long)]
+    pub seq: Option<usize>,
+}
+
+fn m(x: usize) -> String {
+    format!("{:.2}M", x as f64 / 1e6)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let c = crate::train::resolve_config(&a.model)?;
+    let seq = a.seq.unwrap_or(c.seq_len.min(256));
+    print_info(&a.model, &c, a.batch, seq);
+    Ok(())
+}
+
+pub fn print_info(name: &str, c: &Config, batch: usize, seq: usize) {
+    println!("model {name}");
+    println!(
+        "  dim {}  hidden {}  layers {}  heads {}  kv_heads {}  head_dim {}  vocab {}  seq_len {}  classifier {}",
+        c.dim,
+        c.hidden_dim,
+        c.n_layers,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.vocab_size,
+        c.seq_len,
+        if c.tied { "tied" } else { "untied" }
+    );
+    println!(
+        "  parameters {} = {} transformer + {} embedding{}",
+        m(c.num_params()),
+        m(c.transformer_params()),
+        m(c.embedding_params()),
+        if c.tied { "" } else { " (incl. classifier)" }
+    );
+    let f = StepFlops::new(c, batch, seq);
+    let g = |x: f64| format!("{:.3}", x / 1e9);
+    println!("FLOPs per training step at batch {batch} x seq {seq} (GFLOP)");
+    println!(
+        "  forward linears {}  backward-dx {}  backward-dW {}  attention {}  classifier {}  total {}",
+        g(f.forward),
+        g(f.backward_dx),
+        g(f.backward_dw),
+        g(f.attention),
+        g(f.classifier),
+        g(f.total())
+    );
+    println!("  linears F = 2·N·L·(D·QD + 2·D·KVD + QD·D + 3·D·H), N = batch·seq; forward, dx and dW each F");
+    println!("  attention = 12·B·S²·QD·L (fwd QKᵀ, PV; bwd dP, dV, dQ, dK; masked half included)");
+    println!("  classifier = 6·N·D·V (fwd, dx, dW)");
+    let (p, act) = training_memory_bytes(c, batch, seq);
+    let gib = |x: u64| x as f64 / (1u64 << 30) as f64;
+    println!(
+        "memory for training: {:.2} GiB = {:.2} GiB params+grads+AdamW (16 B/param) + {:.2} GiB activations",
+        gib(p + act),
+        gib(p),
+        gib(act)
+    );
+    println!("backends");
+    for b in [BackendKind::Cpu, BackendKind::AneSim, BackendKind::Ane] {
+        let s = match b {
+            BackendKind::Cpu | BackendKind::AneSim => "available".to_string(),
+            BackendKind::Ane => match crate::ane::availability() {
+                Ok(()) => "available".into(),
+                Err(why) => format!("unavailable: {why}"),
+            },
+        };
+        println!("  {b:8} {s}");
+    }
+}

@@ -1,0 +1,1 @@
+//! The live terminal dashboard and PNG plots of training logs.

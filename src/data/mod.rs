@@ -1,0 +1,2 @@
+//! Token data: memory-mapped uint16 token files, the built-in story corpus, TinyStories
+//! download and tokenization.

@@ -1,0 +1,1 @@
+//! The `cpu` backend: the six kernels in fp32.

@@ -1,0 +1,4 @@
+//! Small shared helpers: the project's random number generator and atomic file writes.
+
+pub mod fs;
+pub mod rng;
