@@ -177,8 +177,14 @@ pub trait Kernels: Send {
     ) -> Result<()>;
 
     /// x2n = rmsnorm(x2)·g; h1 = W1·x2n; h3 = W3·x2n; gate = silu(h1)⊙h3; f = W2·gate.
-    fn fwd_ffn(&mut self, layer: usize, d: &Dims, x2: &[f32], w: &FfnWeights, out: FfnFwd)
-        -> Result<()>;
+    fn fwd_ffn(
+        &mut self,
+        layer: usize,
+        d: &Dims,
+        x2: &[f32],
+        w: &FfnWeights,
+        out: FfnFwd,
+    ) -> Result<()>;
 
     /// dgate = W2ᵀ·dy; dh1 = dgate⊙h3⊙silu′(h1); dh3 = dgate⊙silu(h1); dx2n = W1ᵀdh1 + W3ᵀdh3.
     #[allow(clippy::too_many_arguments)]
@@ -239,7 +245,9 @@ pub trait Kernels: Send {
 }
 
 /// The backends this build knows, for `--backend`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// fp32 on the CPU, multi-threaded SIMD GEMM.

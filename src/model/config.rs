@@ -128,7 +128,9 @@ impl Config {
             n_layers: f.n_layers,
             n_heads,
             n_kv_heads: f.n_kv_heads.unwrap_or(n_heads),
-            head_dim: f.head_dim.unwrap_or(if n_heads > 0 { f.dim / n_heads } else { 0 }),
+            head_dim: f
+                .head_dim
+                .unwrap_or(if n_heads > 0 { f.dim / n_heads } else { 0 }),
             vocab_size: f.vocab_size,
             seq_len: f.seq_len,
             tied: f.tied.unwrap_or(true),
@@ -319,7 +321,11 @@ mod tests {
         let c = Config::preset("stories110m").unwrap();
         let f = StepFlops::new(&c, 1, 256);
         // 6·N·(params without embedding) + classifier + attention ≈ 175.5 GFLOP.
-        assert!((f.total() / 1e9 - 175.46).abs() < 0.05, "{}", f.total() / 1e9);
+        assert!(
+            (f.total() / 1e9 - 175.46).abs() < 0.05,
+            "{}",
+            f.total() / 1e9
+        );
     }
 
     #[test]

@@ -142,15 +142,17 @@ impl Model {
     pub fn load(path: &Path) -> Result<Model> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("{}: cannot read model file", path.display()))?;
-        Model::parse(&bytes).with_context(|| {
-            format!("{}: not a valid llama2.c model file", path.display())
-        })
+        Model::parse(&bytes)
+            .with_context(|| format!("{}: not a valid llama2.c model file", path.display()))
     }
 
     /// Parses a model from bytes (see [`Model::load`]).
     pub fn parse(bytes: &[u8]) -> Result<Model> {
         if bytes.len() < 28 {
-            bail!("file is {} bytes, shorter than the 28-byte header", bytes.len());
+            bail!(
+                "file is {} bytes, shorter than the 28-byte header",
+                bytes.len()
+            );
         }
         let magic = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
         if magic == V1_MAGIC {
@@ -192,7 +194,10 @@ impl Model {
 
     fn parse_v1(bytes: &[u8]) -> Result<Model> {
         if bytes.len() < V1_HEADER {
-            bail!("version-1 file is {} bytes, shorter than its 256-byte header", bytes.len());
+            bail!(
+                "version-1 file is {} bytes, shorter than its 256-byte header",
+                bytes.len()
+            );
         }
         let version = i32::from_le_bytes(bytes[4..8].try_into().unwrap());
         if version != 1 {

@@ -234,6 +234,8 @@ mod tests {
         assert_eq!(ev.len(), 2);
         assert_eq!(ev[0], step);
         assert!(matches!(ev[1], Event::Eval { step: 1, .. }));
-        assert!(parse_line("{\"type\":\"eval\",\"step\":1,\"val_loss\":2.0,\"extra\":5}").is_some());
+        assert!(
+            parse_line("{\"type\":\"eval\",\"step\":1,\"val_loss\":2.0,\"extra\":5}").is_some()
+        );
     }
 }

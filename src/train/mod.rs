@@ -11,9 +11,11 @@ use anyhow::Result;
 /// `.ckpt` checkpoint.
 pub fn resolve_config(spec: &str) -> Result<Config> {
     if spec.ends_with(".bin") {
-        return Ok(crate::model::llama2c::Model::load(std::path::Path::new(spec))?
-            .config()
-            .clone());
+        return Ok(
+            crate::model::llama2c::Model::load(std::path::Path::new(spec))?
+                .config()
+                .clone(),
+        );
     }
     Config::resolve(spec)
 }

@@ -1,0 +1,196 @@
+//! Token data files: flat little-endian `uint16` token ids, no header (llama2.c's pretokenized
+//! TinyStories format; stories separated by BOS = 1). Files are memory-mapped, validated once
+//! before training (odd length, too short, ids outside the vocabulary), and can be split into
+//! a training part and a held-out tail that starts at a story boundary.
+
+use anyhow::{bail, Context, Result};
+use memmap2::Mmap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The BOS token id of llama2.c tokenizers.
+pub const BOS: u16 = 1;
+
+/// Where the token ids live: a memory map or an owned buffer (built-in corpus, tests).
+enum Storage {
+    Mapped(Mmap),
+    Owned(Vec<u16>),
+}
+
+/// A token file (or a contiguous part of one).
+#[derive(Clone)]
+pub struct TokenData {
+    storage: Arc<Storage>,
+    range: Range<usize>,
+    pub path: PathBuf,
+}
+
+impl TokenData {
+    /// Memory-maps `path`. Fails with a clear message on an empty or odd-length file.
+    pub fn open(path: &Path) -> Result<TokenData> {
+        let f = File::open(path)
+            .with_context(|| format!("{}: cannot open token data", path.display()))?;
+        let len = f
+            .metadata()
+            .with_context(|| format!("{}: cannot stat token data", path.display()))?
+            .len();
+        if len % 2 != 0 {
+            bail!(
+                "{}: token data must be uint16 ids, but the file has an odd length ({len} bytes)",
+                path.display()
+            );
+        }
+        if len == 0 {
+            bail!("{}: token data file is empty", path.display());
+        }
+        // SAFETY: the file is opened read-only; we never write through the map. A concurrent
+        // truncation by another process is outside what we can defend against.
+        let map = unsafe { Mmap::map(&f) }
+            .with_context(|| format!("{}: cannot memory-map token data", path.display()))?;
+        if cfg!(target_endian = "big") {
+            bail!("token data is little-endian; big-endian hosts are not supported");
+        }
+        let n = map.len() / 2;
+        Ok(TokenData {
+            storage: Arc::new(Storage::Mapped(map)),
+            range: 0..n,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Token data held in memory.
+    pub fn from_vec(tokens: Vec<u16>, name: &str) -> TokenData {
+        let n = tokens.len();
+        TokenData {
+            storage: Arc::new(Storage::Owned(tokens)),
+            range: 0..n,
+            path: PathBuf::from(name),
+        }
+    }
+
+    /// All token ids of this part.
+    pub fn tokens(&self) -> &[u16] {
+        let all: &[u16] = match &*self.storage {
+            Storage::Owned(v) => v,
+            Storage::Mapped(m) => {
+                // SAFETY: an mmap is page-aligned, so 2-byte alignment holds; the length was
+                // checked to be even.
+                unsafe { std::slice::from_raw_parts(m.as_ptr() as *const u16, m.len() / 2) }
+            }
+        };
+        &all[self.range.clone()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// Checks that training windows of `seq + 1` tokens fit and that every id is below
+    /// `vocab`; the error names the first offending offset and value.
+    pub fn validate(&self, seq: usize, vocab: usize) -> Result<()> {
+        let n = self.len();
+        if n < seq + 1 {
+            bail!(
+                "{}: {n} tokens, but a training window needs seq + 1 = {} tokens",
+                self.path.display(),
+                seq + 1
+            );
+        }
+        if let Some((i, &t)) = self
+            .tokens()
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= vocab)
+        {
+            bail!(
+                "{}: token id {t} at offset {} (byte {}) is not below the model's vocabulary size {vocab}",
+                self.path.display(),
+                self.range.start + i,
+                2 * (self.range.start + i)
+            );
+        }
+        Ok(())
+    }
+
+    /// Splits off the last `fraction` of the tokens as a validation part, cut at a BOS so no
+    /// story straddles the boundary (falls back to the exact cut when there is no BOS near).
+    pub fn split_tail(&self, fraction: f64) -> Result<(TokenData, TokenData)> {
+        if !(fraction > 0.0 && fraction < 1.0) {
+            bail!("--val-fraction must be between 0 and 1 (exclusive), got {fraction}");
+        }
+        let n = self.len();
+        let want = ((n as f64) * (1.0 - fraction)) as usize;
+        let toks = self.tokens();
+        // The first BOS at or after the cut, else the last before it.
+        let cut = toks[want..]
+            .iter()
+            .position(|&t| t == BOS)
+            .map(|p| want + p)
+            .filter(|&c| c < n)
+            .or_else(|| {
+                toks[..want]
+                    .iter()
+                    .rposition(|&t| t == BOS)
+                    .filter(|&c| c > 0)
+            })
+            .unwrap_or(want);
+        let mk = |r: Range<usize>, tag: &str| TokenData {
+            storage: self.storage.clone(),
+            range: self.range.start + r.start..self.range.start + r.end,
+            path: PathBuf::from(format!("{} ({tag})", self.path.display())),
+        };
+        Ok((mk(0..cut, "train part"), mk(cut..n, "validation tail")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn validation_errors_name_file_and_problem() {
+        let d = tempfile::tempdir().unwrap();
+        let odd = write(d.path(), "odd.bin", &[1, 0, 5]);
+        let e = format!("{:#}", TokenData::open(&odd).err().unwrap());
+        assert!(e.contains("odd.bin") && e.contains("odd length"), "{e}");
+
+        let toks: Vec<u8> = [1u16, 5, 6, 700, 8]
+            .iter()
+            .flat_map(|t| t.to_le_bytes())
+            .collect();
+        let p = write(d.path(), "t.bin", &toks);
+        let td = TokenData::open(&p).unwrap();
+        assert_eq!(td.tokens(), &[1, 5, 6, 700, 8]);
+        let e = format!("{:#}", td.validate(2, 512).unwrap_err());
+        assert!(e.contains("700") && e.contains("offset 3"), "{e}");
+        let e = format!("{:#}", td.validate(8, 1000).unwrap_err());
+        assert!(e.contains("5 tokens"), "{e}");
+        td.validate(4, 1000).unwrap();
+    }
+
+    #[test]
+    fn split_cuts_at_a_story_boundary() {
+        let mut v = Vec::new();
+        for s in 0..10u16 {
+            v.push(BOS);
+            v.extend(std::iter::repeat_n(10 + s, 9));
+        }
+        let td = TokenData::from_vec(v, "mem");
+        let (tr, va) = td.split_tail(0.25).unwrap();
+        assert_eq!(tr.len() + va.len(), 100);
+        assert_eq!(va.tokens()[0], BOS);
+        assert_eq!(tr.len(), 80);
+        assert!(td.split_tail(1.5).is_err());
+    }
+}
