@@ -691,6 +691,7 @@ impl Cast {
         let friend = Who::draw(rng, &hero.name.clone());
         let &(adult, male) = pick(rng, ADULTS);
         let look = *pick(rng, LOOKS);
+        let time = *pick(rng, TIMES);
         Cast {
             hero,
             friend,
@@ -698,7 +699,7 @@ impl Cast {
             adult_he: if male { "he" } else { "she" },
             place: pick(rng, PLACES),
             object: format!("{look} {}", pick(rng, OBJECTS)),
-            time: *pick(rng, TIMES),
+            time,
         }
     }
 }
@@ -1294,7 +1295,10 @@ mod tests {
         let words: Vec<&str> = a.iter().flat_map(|s| s.split_whitespace()).collect();
         let distinct: HashSet<String> = words
             .iter()
-            .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_ascii_lowercase())
+            .map(|w| {
+                w.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+                    .to_ascii_lowercase()
+            })
             .collect();
         let stories: HashSet<&String> = a.iter().collect();
         eprintln!(
