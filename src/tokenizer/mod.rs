@@ -31,7 +31,8 @@
 //! transcription of run.c.
 //!
 //! Where run.c's behaviour is undefined or inexpressible this module chooses:
-//! - a NUL byte in the text (a C string cannot hold one) is an ordinary character;
+//! - a NUL byte in the text (a C string cannot hold one) is an ordinary character, and
+//!   `<0x00>` decodes to a NUL byte (run.c's C string would end there and print nothing);
 //! - a vocabulary without a `" "` piece takes the byte token of `' '` as its dummy prefix
 //!   (run.c would index the vocabulary with -1);
 //! - duplicate pieces resolve to the lowest id (run.c's `bsearch` returns any of them).
@@ -601,6 +602,14 @@ mod tests {
         assert_eq!(t.encode("", true, true), vec![BOS, EOS]);
         // Invalid UTF-8: a stray continuation byte is its own unit.
         assert_eq!(t.encode_bytes(b"\x80", false, false), vec![35, 0x80 + 3]);
+    }
+
+    #[test]
+    fn nul_is_an_ordinary_character() {
+        let t = tiny(&[(" ", -1.0), ("a", -1.0)]);
+        let ids = t.encode("a\0a", false, false);
+        assert_eq!(ids[2], BYTE_OFFSET);
+        assert_eq!(t.decode_bytes(&ids), b" a\0a");
     }
 
     #[test]
