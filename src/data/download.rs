@@ -659,9 +659,9 @@ pub fn download_tinystories(
             let bad = format!("{e:#}").contains("not a valid tar.gz");
             if bad {
                 let _ = fs::remove_file(&archive);
-                return Err(e.context(format!(
-                    "the archive was deleted; run the command again to download it afresh (from {url})"
-                )));
+                return Err(anyhow!(
+                    "{e:#}; the archive was deleted: run the command again to download it afresh from {url}"
+                ));
             }
             return Err(e);
         }
