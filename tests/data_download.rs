@@ -82,7 +82,11 @@ struct Fixture {
 /// Three shards under a folder, plus a stray file, as a tar.gz.
 fn fixture(seed: u64) -> Fixture {
     let shards: Vec<Vec<u8>> = (0..3).map(|i| shard(seed * 10 + i, 40_000)).collect();
-    let names = ["tok32000/data00.bin", "tok32000/data01.bin", "tok32000/data02.bin"];
+    let names = [
+        "tok32000/data00.bin",
+        "tok32000/data01.bin",
+        "tok32000/data02.bin",
+    ];
     let mut files: Vec<(&str, &[u8])> = vec![("tok32000/README", b"shards".as_slice())];
     for (n, s) in names.iter().zip(&shards) {
         files.push((n, s));
@@ -279,7 +283,10 @@ struct Rec(Mutex<Vec<Ev>>);
 
 impl Progress for Rec {
     fn start(&self, label: &str, total: Option<u64>, done: u64) {
-        self.0.lock().unwrap().push(Ev::Start(label.into(), total, done));
+        self.0
+            .lock()
+            .unwrap()
+            .push(Ev::Start(label.into(), total, done));
     }
     fn advance(&self, n: u64) {
         self.0.lock().unwrap().push(Ev::Advance(n));
@@ -354,7 +361,10 @@ fn shard_path(dir: &Path, i: usize) -> PathBuf {
 fn assert_shards(dir: &Path, fx: &Fixture, n: usize, r: &TinyStoriesReport) {
     for i in 0..n {
         let got = std::fs::read(shard_path(dir, i)).unwrap();
-        assert!(got == fx.shards[i], "shard {i} differs from what was served");
+        assert!(
+            got == fx.shards[i],
+            "shard {i} differs from what was served"
+        );
         assert_eq!(r.files[i], (shard_path(dir, i), fx.shards[i].len() as u64));
     }
 }
@@ -384,10 +394,16 @@ fn downloads_extracts_requested_shards_and_reports_progress() {
     );
     let f = r.fetch.clone().unwrap();
     let n = fx.archive.len() as u64;
-    assert_eq!((f.bytes, f.received, f.resumed_from, f.restarted), (n, n, 0, false));
+    assert_eq!(
+        (f.bytes, f.received, f.resumed_from, f.restarted),
+        (n, n, 0, false)
+    );
     // Download phase: total announced up front, advances adding up to it.
     let (start, sum, _) = rec.phase(0);
-    assert_eq!(start, Ev::Start("TinyStories_tok32000.tar.gz".into(), Some(n), 0));
+    assert_eq!(
+        start,
+        Ev::Start("TinyStories_tok32000.tar.gz".into(), Some(n), 0)
+    );
     assert_eq!(sum, n);
     // Unpack phase: measured in compressed bytes read, never past the archive size.
     let (start, sum, count) = rec.phase(1);
@@ -396,8 +412,11 @@ fn downloads_extracts_requested_shards_and_reports_progress() {
 
     // A second run finds the shards and touches nothing on the network.
     let before = srv.seen().len();
-    let r2 = download_tinystories(&request(d.path(), &srv.url("/ts.tar.gz"), 2), &Rec::default())
-        .unwrap();
+    let r2 = download_tinystories(
+        &request(d.path(), &srv.url("/ts.tar.gz"), 2),
+        &Rec::default(),
+    )
+    .unwrap();
     assert!(r2.fetch.is_none());
     assert_eq!(r2.already_present, 2);
     assert_eq!(srv.seen().len(), before);
@@ -429,11 +448,20 @@ fn resumes_an_interrupted_transfer_through_a_redirect() {
     let url = srv.url("/resolve/ts.tar.gz");
     let d = tempfile::tempdir().unwrap();
 
-    let e = err_text(download_tinystories(&request(d.path(), &url, 2), &Rec::default()));
-    assert!(e.contains("interrupted") && e.contains("run the same command again"), "{e}");
+    let e = err_text(download_tinystories(
+        &request(d.path(), &url, 2),
+        &Rec::default(),
+    ));
+    assert!(
+        e.contains("interrupted") && e.contains("run the same command again"),
+        "{e}"
+    );
     assert_eq!(
         listing(d.path()),
-        vec!["TinyStories_tok32000.tar.gz.part", "TinyStories_tok32000.tar.gz.part.json"]
+        vec![
+            "TinyStories_tok32000.tar.gz.part",
+            "TinyStories_tok32000.tar.gz.part.json"
+        ]
     );
     let part = std::fs::read(d.path().join("TinyStories_tok32000.tar.gz.part")).unwrap();
     assert_eq!(part.len(), cut);
@@ -453,12 +481,19 @@ fn resumes_an_interrupted_transfer_through_a_redirect() {
     // The Range and If-Range headers reached the real file behind the redirect.
     let last = srv.seen().last().unwrap().clone();
     assert_eq!(last.path, "/real/ts.tar.gz");
-    assert_eq!(last.range.as_deref(), Some(format!("bytes={cut}-").as_str()));
+    assert_eq!(
+        last.range.as_deref(),
+        Some(format!("bytes={cut}-").as_str())
+    );
     assert_eq!(last.if_range.as_deref(), Some("\"v1\""));
     let (start, sum, _) = rec.phase(0);
     assert_eq!(
         start,
-        Ev::Start("TinyStories_tok32000.tar.gz".into(), Some(fx.archive.len() as u64), cut as u64)
+        Ev::Start(
+            "TinyStories_tok32000.tar.gz".into(),
+            Some(fx.archive.len() as u64),
+            cut as u64
+        )
     );
     assert_eq!(sum, (fx.archive.len() - cut) as u64);
     assert!(rec.notes().iter().any(|n| n.contains("resuming")));
@@ -511,9 +546,16 @@ fn a_part_that_was_already_complete_is_finished_without_refetching() {
     let srv = Server::start();
     srv.route("/ts.tar.gz", Route::file(fx.archive.clone()));
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("TinyStories_tok32000.tar.gz.part"), &fx.archive).unwrap();
-    let r = download_tinystories(&request(d.path(), &srv.url("/ts.tar.gz"), 1), &Rec::default())
-        .unwrap();
+    std::fs::write(
+        d.path().join("TinyStories_tok32000.tar.gz.part"),
+        &fx.archive,
+    )
+    .unwrap();
+    let r = download_tinystories(
+        &request(d.path(), &srv.url("/ts.tar.gz"), 1),
+        &Rec::default(),
+    )
+    .unwrap();
     let f = r.fetch.clone().unwrap();
     assert_eq!((f.bytes, f.received), (fx.archive.len() as u64, 0));
     assert_shards(d.path(), &fx, 1, &r);
@@ -522,7 +564,8 @@ fn a_part_that_was_already_complete_is_finished_without_refetching() {
 #[test]
 fn an_html_page_is_refused_and_nothing_is_written() {
     let srv = Server::start();
-    let mut route = Route::file(b"<!doctype html><html><body>Please sign in</body></html>".to_vec());
+    let mut route =
+        Route::file(b"<!doctype html><html><body>Please sign in</body></html>".to_vec());
     route.content_type = "text/html; charset=utf-8";
     srv.route("/ts.tar.gz", route);
     let d = tempfile::tempdir().unwrap();
@@ -530,7 +573,12 @@ fn an_html_page_is_refused_and_nothing_is_written() {
         &request(d.path(), &srv.url("/ts.tar.gz"), 1),
         &Rec::default(),
     ));
-    assert!(e.contains("text/html") && e.contains("Please sign in") && e.contains("Nothing was written"), "{e}");
+    assert!(
+        e.contains("text/html")
+            && e.contains("Please sign in")
+            && e.contains("Nothing was written"),
+        "{e}"
+    );
     assert!(listing(d.path()).is_empty(), "{:?}", listing(d.path()));
 }
 
@@ -576,7 +624,10 @@ fn a_missing_shard_is_named() {
         &request(d.path(), &srv.url("/ts.tar.gz"), 5),
         &Rec::default(),
     ));
-    assert!(e.contains("data03.bin is not in the archive") && e.contains("data02.bin"), "{e}");
+    assert!(
+        e.contains("data03.bin is not in the archive") && e.contains("data02.bin"),
+        "{e}"
+    );
     assert_eq!(listing(d.path()), vec!["TinyStories_tok32000.tar.gz"]);
 }
 
@@ -592,12 +643,19 @@ fn not_found_and_offline_are_clear_errors() {
     assert!(listing(d.path()).is_empty());
 
     // A port with nobody listening.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let e = err_text(download_tinystories(
         &request(d.path(), &format!("http://127.0.0.1:{port}/ts.tar.gz"), 1),
         &Rec::default(),
     ));
-    assert!(e.contains("cannot download") && e.contains("offline"), "{e}");
+    assert!(
+        e.contains("cannot download") && e.contains("offline"),
+        "{e}"
+    );
     assert!(listing(d.path()).is_empty());
 }
 
@@ -614,12 +672,22 @@ fn cli_takes_the_url_from_the_environment_and_says_where_files_went() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(&srv.url("/mirror.tar.gz")), "{stdout}");
     let p0 = shard_path(d.path(), 0).display().to_string();
-    assert!(stdout.contains(&p0) && stdout.contains("40000 tokens"), "{stdout}");
+    assert!(
+        stdout.contains(&p0) && stdout.contains("40000 tokens"),
+        "{stdout}"
+    );
     assert!(stdout.contains("deleted the archive"), "{stdout}");
-    assert_eq!(std::fs::read(shard_path(d.path(), 1)).unwrap(), fx.shards[1]);
+    assert_eq!(
+        std::fs::read(shard_path(d.path(), 1)).unwrap(),
+        fx.shards[1]
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_anetrain"))
         .args(["data", "download", "tinystories", "--shards", "1", "--dir"])
@@ -639,6 +707,9 @@ fn cli_takes_the_url_from_the_environment_and_says_where_files_went() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("error:") && stderr.contains("404"), "{stderr}");
+    assert!(
+        stderr.contains("error:") && stderr.contains("404"),
+        "{stderr}"
+    );
     assert!(!shard_path(d.path(), 2).exists());
 }

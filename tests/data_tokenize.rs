@@ -65,7 +65,9 @@ fn json_string(s: &str) -> String {
 
 #[test]
 fn json_shard_gives_the_tokenizer_ids_with_bos_separators() {
-    let Some((tok, tpath)) = tokenizer() else { return };
+    let Some((tok, tpath)) = tokenizer() else {
+        return;
+    };
     let d = tempfile::tempdir().unwrap();
     let mut g = Gen(42);
     // The first story pins the ids against known Llama 2 tokenizer output.
@@ -102,7 +104,11 @@ fn json_shard_gives_the_tokenizer_ids_with_bos_separators() {
         let sc = tokenize_files(&tok, &tpath, &[input.clone()], &out, &opts, &NoProgress).unwrap();
         let got = read_u16(&out);
         assert_eq!(got.len(), want.len());
-        assert!(got == want, "ids differ at {:?}", got.iter().zip(&want).position(|(a, b)| a != b));
+        assert!(
+            got == want,
+            "ids differ at {:?}",
+            got.iter().zip(&want).position(|(a, b)| a != b)
+        );
         assert_eq!(sc.documents, stories.len() as u64);
         assert_eq!(sc.tokens, want.len() as u64);
         assert_eq!(got.iter().filter(|&&t| t == 1).count(), stories.len());
@@ -116,12 +122,22 @@ fn json_shard_gives_the_tokenizer_ids_with_bos_separators() {
 
 #[test]
 fn sidecar_hash_is_the_tokenizer_files_sha256() {
-    let Some((tok, tpath)) = tokenizer() else { return };
+    let Some((tok, tpath)) = tokenizer() else {
+        return;
+    };
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("a.txt");
     std::fs::write(&input, "One story.\n").unwrap();
     let out = d.path().join("a.bin");
-    let sc = tokenize_files(&tok, &tpath, &[input], &out, &Default::default(), &NoProgress).unwrap();
+    let sc = tokenize_files(
+        &tok,
+        &tpath,
+        &[input],
+        &out,
+        &Default::default(),
+        &NoProgress,
+    )
+    .unwrap();
     // Independent hash: the system's sha256sum, when present.
     if let Ok(o) = Command::new("sha256sum").arg(&tpath).output() {
         let s = String::from_utf8_lossy(&o.stdout);
@@ -145,7 +161,9 @@ fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
 
 #[test]
 fn text_files_json_lines_and_several_inputs_through_the_cli() {
-    let Some((tok, tpath)) = tokenizer() else { return };
+    let Some((tok, tpath)) = tokenizer() else {
+        return;
+    };
     let t = tpath.to_str().unwrap();
     let d = tempfile::tempdir().unwrap();
     let mut g = Gen(7);
@@ -185,14 +203,26 @@ fn text_files_json_lines_and_several_inputs_through_the_cli() {
         d.path(),
     );
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("50 documents") && out.contains("txt.bin.json"), "{out}");
+    assert!(
+        out.contains("50 documents") && out.contains("txt.bin.json"),
+        "{out}"
+    );
     assert_eq!(read_u16(&d.path().join("txt.bin")), expected(&tok, &docs));
 
     // Text then JSON lines, one output, in argument order.
     let (code, out, err) = run(
         &[
-            "tokenize", "--tokenizer", t, "stories.txt", "more.jsonl", "--field", "text", "-o",
-            "both.bin", "--threads", "2",
+            "tokenize",
+            "--tokenizer",
+            t,
+            "stories.txt",
+            "more.jsonl",
+            "--field",
+            "text",
+            "-o",
+            "both.bin",
+            "--threads",
+            "2",
         ],
         d.path(),
     );
@@ -203,7 +233,15 @@ fn text_files_json_lines_and_several_inputs_through_the_cli() {
 
     // The whole file as one document.
     let (code, _, err) = run(
-        &["tokenize", "--tokenizer", t, "stories.txt", "--doc-per-file", "-o", "one.bin"],
+        &[
+            "tokenize",
+            "--tokenizer",
+            t,
+            "stories.txt",
+            "--doc-per-file",
+            "-o",
+            "one.bin",
+        ],
         d.path(),
     );
     assert_eq!(code, 0, "{err}");
@@ -214,7 +252,16 @@ fn text_files_json_lines_and_several_inputs_through_the_cli() {
 
     // u32 output: the same ids, four bytes each.
     let (code, _, err) = run(
-        &["tokenize", "--tokenizer", t, "stories.txt", "--format", "u32", "-o", "w.bin"],
+        &[
+            "tokenize",
+            "--tokenizer",
+            t,
+            "stories.txt",
+            "--format",
+            "u32",
+            "-o",
+            "w.bin",
+        ],
         d.path(),
     );
     assert_eq!(code, 0, "{err}");
@@ -224,12 +271,20 @@ fn text_files_json_lines_and_several_inputs_through_the_cli() {
         .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     assert_eq!(wide, expected(&tok, &docs));
-    assert_eq!(read_sidecar(&d.path().join("w.bin")).unwrap().unwrap().format, TokenFormat::U32);
+    assert_eq!(
+        read_sidecar(&d.path().join("w.bin"))
+            .unwrap()
+            .unwrap()
+            .format,
+        TokenFormat::U32
+    );
 }
 
 #[test]
 fn bad_inputs_fail_clearly_and_write_nothing() {
-    let Some((_, tpath)) = tokenizer() else { return };
+    let Some((_, tpath)) = tokenizer() else {
+        return;
+    };
     let t = tpath.to_str().unwrap();
     let d = tempfile::tempdir().unwrap();
     let cases: &[(&str, &str, &[&str], &[&str])] = &[
@@ -245,8 +300,18 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
             &[],
             &["broken.json", "line 2"],
         ),
-        ("notjson.json", "hello", &[], &["notjson.json", "does not look like JSON"]),
-        ("badline.jsonl", "{\"story\": \"a\"}\n{\"story\": 3}\n", &[], &["badline.jsonl", "line 2"]),
+        (
+            "notjson.json",
+            "hello",
+            &[],
+            &["notjson.json", "does not look like JSON"],
+        ),
+        (
+            "badline.jsonl",
+            "{\"story\": \"a\"}\n{\"story\": 3}\n",
+            &[],
+            &["badline.jsonl", "line 2"],
+        ),
         ("empty.txt", "\n  \n\n", &[], &["no documents"]),
         ("latin1.txt", "caf\u{e9}", &["--input-format", "text"], &[]),
     ];
@@ -276,7 +341,17 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
             .collect();
         assert!(left.is_empty(), "{name}: left {left:?}");
     }
-    let (code, _, err) = run(&["tokenize", "--tokenizer", "nope.bin", "x.txt", "-o", "o.bin"], d.path());
+    let (code, _, err) = run(
+        &[
+            "tokenize",
+            "--tokenizer",
+            "nope.bin",
+            "x.txt",
+            "-o",
+            "o.bin",
+        ],
+        d.path(),
+    );
     assert_eq!(code, 1);
     assert!(err.contains("nope.bin"), "{err}");
 }
@@ -300,8 +375,15 @@ fn vocabularies_past_u16_need_the_u32_format() {
     let input = d.path().join("s.txt");
     std::fs::write(&input, "zyx\n\nzyx zyx\n").unwrap();
     let out = d.path().join("o.bin");
-    let e = tokenize_files(&tok, &tpath, &[input.clone()], &out, &Default::default(), &NoProgress)
-        .unwrap_err();
+    let e = tokenize_files(
+        &tok,
+        &tpath,
+        &[input.clone()],
+        &out,
+        &Default::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
     let e = format!("{e:#}");
     assert!(e.contains("70000") && e.contains("--format u32"), "{e}");
     assert!(!out.exists());
@@ -320,4 +402,68 @@ fn vocabularies_past_u16_need_the_u32_format() {
     assert!(zyx > 65535);
     assert_eq!(ids, vec![1, zyx, 1, zyx, zyx]);
     assert_eq!(sc.max_id, zyx);
+}
+
+/// Peak resident memory of a child `anetrain tokenize` on a ~100 MB JSON array (a quarter of it
+/// story text, the rest a field that is skipped), read from the kernel's accounting of that one
+/// child (`wait4`'s `ru_maxrss`). Loading the array whole would take several times the input.
+#[cfg(target_os = "linux")]
+#[test]
+fn peak_memory_stays_bounded_on_a_large_input() {
+    use std::io::Write;
+    let Some((_, tpath)) = tokenizer() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("big.json");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    let mut g = Gen(99);
+    let mut size = 0usize;
+    let mut n = 0u64;
+    w.write_all(b"[").unwrap();
+    while size < 100_000_000 {
+        let story = g.story(150);
+        let skipped = json_string(&story.repeat(3));
+        let obj = format!(
+            "{}{{\"summary\": {skipped}, \"story\": {}}}",
+            if n > 0 { ",\n" } else { "" },
+            json_string(&story)
+        );
+        w.write_all(obj.as_bytes()).unwrap();
+        size += obj.len();
+        n += 1;
+    }
+    w.write_all(b"]").unwrap();
+    drop(w);
+    let out = d.path().join("big.bin");
+    let child = Command::new(env!("CARGO_BIN_EXE_anetrain"))
+        .arg("tokenize")
+        .arg("--tokenizer")
+        .arg(&tpath)
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0i32;
+    // SAFETY: plain FFI calls with valid pointers to locals; `child` is our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    assert_eq!(pid, child.id() as i32);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    let peak_mb = ru.ru_maxrss as f64 / 1024.0;
+    let sc = read_sidecar(&out).unwrap().unwrap();
+    eprintln!(
+        "tokenize: {:.0} MB of JSON, {} documents, {} tokens, peak RSS {peak_mb:.1} MB",
+        size as f64 / 1e6,
+        sc.documents,
+        sc.tokens
+    );
+    assert_eq!(sc.documents, n);
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 2 * sc.tokens);
+    assert!(
+        peak_mb < 100.0,
+        "peak RSS {peak_mb:.1} MB on a 100 MB input"
+    );
 }
