@@ -101,7 +101,15 @@ fn json_shard_gives_the_tokenizer_ids_with_bos_separators() {
             threads,
             ..Default::default()
         };
-        let sc = tokenize_files(&tok, &tpath, &[input.clone()], &out, &opts, &NoProgress).unwrap();
+        let sc = tokenize_files(
+            &tok,
+            &tpath,
+            std::slice::from_ref(&input),
+            &out,
+            &opts,
+            &NoProgress,
+        )
+        .unwrap();
         let got = read_u16(&out);
         assert_eq!(got.len(), want.len());
         assert!(
@@ -378,7 +386,7 @@ fn vocabularies_past_u16_need_the_u32_format() {
     let e = tokenize_files(
         &tok,
         &tpath,
-        &[input.clone()],
+        std::slice::from_ref(&input),
         &out,
         &Default::default(),
         &NoProgress,
@@ -436,6 +444,7 @@ fn peak_memory_stays_bounded_on_a_large_input() {
     w.write_all(b"]").unwrap();
     drop(w);
     let out = d.path().join("big.bin");
+    #[allow(clippy::zombie_processes)] // reaped by wait4 below, which also gives its rusage
     let child = Command::new(env!("CARGO_BIN_EXE_anetrain"))
         .arg("tokenize")
         .arg("--tokenizer")
