@@ -713,3 +713,44 @@ fn cli_takes_the_url_from_the_environment_and_says_where_files_went() {
     );
     assert!(!shard_path(d.path(), 2).exists());
 }
+
+#[test]
+fn a_shard_that_is_not_whole_uint16_ids_is_refused() {
+    let srv = Server::start();
+    let good = shard(1, 100);
+    let odd = vec![7u8; 1001];
+    let archive = gzip(&tar_bytes(&[("data00.bin", &good), ("data01.bin", &odd)]));
+    srv.route("/ts.tar.gz", Route::file(archive));
+    let d = tempfile::tempdir().unwrap();
+    let e = err_text(download_tinystories(
+        &request(d.path(), &srv.url("/ts.tar.gz"), 2),
+        &Rec::default(),
+    ));
+    assert!(
+        e.contains("data01.bin has 1001 bytes") && e.contains("uint16"),
+        "{e}"
+    );
+    assert_eq!(listing(d.path()), vec!["TinyStories_tok32000.tar.gz"]);
+}
+
+#[test]
+fn raw_stories_archive_gives_json_shards() {
+    let srv = Server::start();
+    let j0 = br#"[{"story": "Once upon a time."}]"#.to_vec();
+    let j1 = br#"[{"story": "The end."}]"#.to_vec();
+    let archive = gzip(&tar_bytes(&[("data00.json", &j0), ("data01.json", &j1)]));
+    srv.route("/all.tar.gz", Route::file(archive));
+    let d = tempfile::tempdir().unwrap();
+    let mut req = request(d.path(), &srv.url("/all.tar.gz"), 2);
+    req.raw = true;
+    let r = download_tinystories(&req, &Rec::default()).unwrap();
+    assert_eq!(r.archive, d.path().join("TinyStories_all_data.tar.gz"));
+    assert_eq!(
+        listing(d.path()),
+        vec!["tinystories_data00.json", "tinystories_data01.json"]
+    );
+    assert_eq!(
+        std::fs::read(d.path().join("tinystories_data01.json")).unwrap(),
+        j1
+    );
+}

@@ -430,6 +430,8 @@ pub struct Member {
     pub name: String,
     /// Where it goes.
     pub dest: PathBuf,
+    /// The member must be a whole number of uint16 ids (an even byte count).
+    pub uint16_ids: bool,
 }
 
 /// Unpacks `members` from the tar.gz `archive`. All or nothing: each member goes to a hidden
@@ -527,6 +529,12 @@ fn extract_to_temps(
                 .map_err(|e| anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
             out.sync_all()
                 .with_context(|| format!("cannot write {}", tmp.display()))?;
+            if members[i].uint16_ids && got % 2 != 0 {
+                bail!(
+                    "{}: member {name} has {got} bytes, not a whole number of uint16 token ids; is this the pretokenized archive?",
+                    archive.display()
+                );
+            }
             sizes[i] = Some(got);
             if sizes.iter().all(Option::is_some) {
                 break;
@@ -636,7 +644,11 @@ pub fn download_tinystories(
             already_present += 1;
             files.push((dest, m.len()));
         } else {
-            members.push(Member { name: inner, dest });
+            members.push(Member {
+                name: inner,
+                dest,
+                uint16_ids: !req.raw,
+            });
         }
     }
     let mut report = TinyStoriesReport {
@@ -666,16 +678,6 @@ pub fn download_tinystories(
             return Err(e);
         }
     };
-    if !req.raw {
-        for (m, &s) in members.iter().zip(&sizes) {
-            if s % 2 != 0 {
-                bail!(
-                    "{}: {s} bytes is not a whole number of uint16 token ids; is {url} the pretokenized archive?",
-                    m.dest.display()
-                );
-            }
-        }
-    }
     files.extend(members.iter().map(|m| m.dest.clone()).zip(sizes));
     files.sort();
     report.files = files;
