@@ -170,7 +170,11 @@ fn run_download(a: DownloadArgs) -> Result<()> {
     } else {
         "pretokenized TinyStories (Llama 2 tokenizer, 32000 ids, uint16)"
     };
-    println!("{what}: shards 0..{} from {url}", a.shards);
+    let which = match a.shards {
+        1 => "shard 0".to_string(),
+        n => format!("shards 0-{}", n - 1),
+    };
+    println!("{what}: {which} from {url}");
     let progress = TermProgress::new();
     let t0 = Instant::now();
     let r = download::download_tinystories(&req, &progress)?;
