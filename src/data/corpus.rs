@@ -16,6 +16,13 @@ fn pick<'a, T>(rng: &mut Rng, xs: &'a [T]) -> &'a T {
     &xs[rng.below(xs.len() as u64) as usize]
 }
 
+/// Two different elements (`xs` has at least two).
+fn pick2<'a, T>(rng: &mut Rng, xs: &'a [T]) -> (&'a T, &'a T) {
+    let i = rng.below(xs.len() as u64) as usize;
+    let j = (i + 1 + rng.below(xs.len() as u64 - 1) as usize) % xs.len();
+    (&xs[i], &xs[j])
+}
+
 /// True with probability `p`.
 fn chance(rng: &mut Rng, p: f32) -> bool {
     rng.next_f32() < p
@@ -435,16 +442,6 @@ const HAPPY: &[&str] = &["happy", "glad", "excited", "joyful", "cheerful", "prou
 const SAD: &[&str] = &["sad", "upset", "unhappy", "worried", "lonely", "gloomy"];
 const SCARED: &[&str] = &["scared", "afraid", "frightened", "nervous", "worried"];
 const MAD: &[&str] = &["angry", "mad", "cross", "grumpy", "upset"];
-const SAID: &[&str] = &[
-    "said",
-    "said",
-    "said",
-    "called",
-    "shouted",
-    "whispered",
-    "cried",
-    "replied",
-];
 const WALK: &[&str] = &[
     "walked", "ran", "skipped", "hopped", "went", "hurried", "raced",
 ];
@@ -479,18 +476,18 @@ const FOODS: &[&str] = &[
     "pie",
     "soup",
 ];
-/// (animal, what is wrong with it)
-const HURT_ANIMALS: &[(&str, &str)] = &[
-    ("bird", "had a hurt wing"),
-    ("kitten", "had a thorn in its paw"),
-    ("duckling", "had lost its mother"),
-    ("puppy", "had a sore leg"),
-    ("bunny", "had its foot stuck under a branch"),
-    ("turtle", "was stuck on its back"),
-    ("squirrel", "had its tail caught in a fence"),
-    ("frog", "was stuck in a bucket"),
-    ("lamb", "was caught in a bush"),
-    ("hedgehog", "was lost and cold"),
+/// (animal, what is wrong with it, how it leaves)
+const HURT_ANIMALS: &[(&str, &str, &str)] = &[
+    ("bird", "had a hurt wing", "flew"),
+    ("kitten", "had a thorn in its paw", "ran"),
+    ("duckling", "had lost its mother", "waddled"),
+    ("puppy", "had a sore leg", "ran"),
+    ("bunny", "had its foot stuck under a branch", "hopped"),
+    ("turtle", "was stuck on its back", "crawled"),
+    ("squirrel", "had its tail caught in a fence", "ran"),
+    ("frog", "was stuck in a bucket", "hopped"),
+    ("lamb", "was caught in a bush", "ran"),
+    ("hedgehog", "was lost and cold", "walked"),
 ];
 const FEARS: &[(&str, &str)] = &[
     ("the dark", "the room was very dark"),
@@ -579,18 +576,6 @@ const BREAKABLES: &[&str] = &[
     "clock",
     "sand castle",
 ];
-const LESSONS: &[&str] = &[
-    "it is good to share",
-    "friends help each other",
-    "it is important to tell the truth",
-    "being brave is not about having no fear",
-    "trying again is how you learn",
-    "kind words make everyone feel better",
-    "it is nice to help others",
-    "you should take care of your things",
-    "working together makes hard things easy",
-    "a small gift from the heart means a lot",
-];
 const ENDINGS: &[&str] = &[
     "From that day on, {A} and {B} were the best of friends.",
     "It was the best day ever.",
@@ -600,6 +585,9 @@ const ENDINGS: &[&str] = &[
     "{A} would always remember that day.",
     "The sun went down, and it was time to go home.",
     "{A} could not wait to come back tomorrow.",
+    "{A} and {B} hugged and said goodbye until tomorrow.",
+    "The end.",
+    "It was a day full of love and fun.",
 ];
 
 /// Someone in the story, with the pronouns that go with them.
@@ -691,6 +679,7 @@ impl Cast {
         let friend = Who::draw(rng, &hero.name.clone());
         let &(adult, male) = pick(rng, ADULTS);
         let look = *pick(rng, LOOKS);
+        let time = *pick(rng, TIMES);
         Cast {
             hero,
             friend,
@@ -698,7 +687,7 @@ impl Cast {
             adult_he: if male { "he" } else { "she" },
             place: pick(rng, PLACES),
             object: format!("{look} {}", pick(rng, OBJECTS)),
-            time: *pick(rng, TIMES),
+            time,
         }
     }
 }
@@ -733,12 +722,14 @@ impl Text {
 }
 
 /// A line of dialogue: `"Words," said Lily.` or `Lily said, "Words."`. `words` ends in
-/// `.`, `!` or `?`.
+/// `.`, `!` or `?`; the verb suits the punctuation.
 fn quote(rng: &mut Rng, who: &str, words: &str) -> String {
     let verb = if words.ends_with('?') {
         "asked"
+    } else if words.ends_with('!') {
+        *pick(rng, &["said", "shouted", "cried", "called", "yelled"])
     } else {
-        *pick(rng, SAID)
+        *pick(rng, &["said", "said", "said", "replied", "whispered"])
     };
     if chance(rng, 0.6) {
         let w = match words.strip_suffix('.') {
@@ -752,10 +743,10 @@ fn quote(rng: &mut Rng, who: &str, words: &str) -> String {
 }
 
 /// The opening: who, where, when.
-fn setup(rng: &mut Rng, c: &Cast, t: &mut Text) {
-    let h = &c.hero;
-    let p = c.place;
-    match rng.below(4) {
+/// `friend_known`: whether the plot lets the friend be introduced as an old friend.
+fn setup(rng: &mut Rng, c: &Cast, t: &mut Text, friend_known: bool) {
+    let (h, f, p) = (&c.hero, &c.friend, c.place);
+    match rng.below(6) {
         0 => t.say(format!("Once upon a time, there was {}.", h.intro())),
         1 => t.say(format!("There once was {}.", h.intro())),
         2 => t.say(format!(
@@ -765,13 +756,22 @@ fn setup(rng: &mut Rng, c: &Cast, t: &mut Text) {
             h.kind,
             p.name
         )),
-        _ => t.say(format!(
+        3 => t.say(format!(
             "Once there was {} who loved {}.",
             h.intro(),
             p.name
         )),
+        4 => t.say(format!(
+            "In a little house by {} lived {}.",
+            p.name,
+            h.intro()
+        )),
+        _ => t.say(format!(
+            "Once upon a time, in a small town, there lived {}.",
+            h.intro()
+        )),
     }
-    match rng.below(4) {
+    match rng.below(6) {
         0 => t.say(format!(
             "{} liked to {} every day.",
             h.he_cap(),
@@ -783,12 +783,23 @@ fn setup(rng: &mut Rng, c: &Cast, t: &mut Text) {
             a(&c.object),
             h.he
         )),
-        2 => t.say(format!(
+        2 if friend_known => t.say(format!(
             "{}'s best friend was {}, {} {}.",
             h.name,
-            c.friend.name,
-            a(&c.friend.adj),
-            c.friend.kind
+            f.name,
+            a(&f.adj),
+            f.kind
+        )),
+        3 if friend_known => t.say(format!(
+            "{} loved to play with {} friend {}.",
+            h.he_cap(),
+            h.his,
+            f.name
+        )),
+        4 => t.say(format!(
+            "Every morning, {} said hello to {} and the sun.",
+            h.he,
+            pick(rng, p.sights)
         )),
         _ => {}
     }
@@ -807,12 +818,39 @@ fn lost_object(rng: &mut Rng, c: &Cast, t: &mut Text) {
         pick(rng, p.activity)
     ));
     t.paragraph();
-    t.say(format!(
-        "But when {} turned around, the {} was gone!",
-        h.he, c.object
-    ));
+    match rng.below(3) {
+        0 => t.say(format!(
+            "But when {} turned around, the {} was gone!",
+            h.he, c.object
+        )),
+        1 => t.say(format!(
+            "After a while, {} looked for {} {}, but it was not there.",
+            h.he, h.his, c.object
+        )),
+        _ => t.say(format!(
+            "Then a big wind came, and the {} was nowhere to be seen.",
+            c.object
+        )),
+    }
     t.say(format!("{} felt very {}.", h.name, pick(rng, SAD)));
-    t.say(quote(rng, &h.name, &format!("Where is my {}?", c.object)));
+    match rng.below(3) {
+        0 => t.say(format!("A little tear rolled down {} cheek.", h.his)),
+        1 => t.say(format!(
+            "It was {} favorite thing in the whole world.",
+            h.his
+        )),
+        _ => {}
+    }
+    let line = pick(
+        rng,
+        &[
+            "Where is my {}?",
+            "Oh no, I lost my {}!",
+            "Has anyone seen my {}?",
+        ],
+    )
+    .replace("{}", &c.object);
+    t.say(quote(rng, &h.name, &line));
     t.say(format!(
         "Just then, {} came by. {} saw that {} was {}.",
         f.name,
@@ -820,24 +858,55 @@ fn lost_object(rng: &mut Rng, c: &Cast, t: &mut Text) {
         h.name,
         pick(rng, SAD)
     ));
-    t.say(quote(rng, &f.name, "Do not worry. I will help you look."));
+    let offer = *pick(
+        rng,
+        &[
+            "Do not worry. I will help you look.",
+            "Let us find it together!",
+            "Two friends can look better than one.",
+        ],
+    );
+    t.say(quote(rng, &f.name, offer));
     t.paragraph();
     t.say(format!(
-        "They {} everywhere. They {} near {} and in the grass.",
+        "They {} everywhere. They {} near {} and {}.",
         pick(rng, LOOKED),
         pick(rng, LOOKED),
-        pick(rng, p.sights)
+        pick(rng, p.sights),
+        pick(rng, p.spots)
     ));
-    if let Some(sound) = f.sound {
-        t.say(quote(rng, &f.name, &format!("{sound}! Look over there!")));
-    } else {
-        t.say(quote(rng, &f.name, "Look over there!"));
+    if chance(rng, 0.5) {
+        t.say(format!(
+            "It was getting late, and {} almost gave up.",
+            h.name
+        ));
     }
+    let shout = match f.sound {
+        Some(sound) => format!("{sound}! Look over there!"),
+        None => "Look over there!".to_string(),
+    };
+    t.say(quote(rng, &f.name, &shout));
     t.say(format!("The {} was {}!", c.object, spot));
-    t.say(format!(
-        "{} picked it up and gave {} a big hug. \"Thank you, {}!\"",
-        h.name, f.name, f.name
-    ));
+    match rng.below(3) {
+        0 => t.say(format!(
+            "{} picked it up and gave {} a big hug. \"Thank you, {}!\"",
+            h.name, f.name, f.name
+        )),
+        1 => t.say(format!(
+            "{} jumped up and down. \"You found it! You are the best friend ever!\"",
+            h.name
+        )),
+        _ => t.say(format!(
+            "{} held the {} tight and smiled at {}.",
+            h.name, c.object, f.name
+        )),
+    }
+    if chance(rng, 0.5) {
+        t.say(format!(
+            "After that, {} always kept {} {} close.",
+            h.name, h.his, c.object
+        ));
+    }
 }
 
 fn sharing(rng: &mut Rng, c: &Cast, t: &mut Text) {
@@ -854,35 +923,68 @@ fn sharing(rng: &mut Rng, c: &Cast, t: &mut Text) {
         pick(rng, &["along", "to play with", "in a bag"])
     ));
     t.paragraph();
-    t.say(quote(
+    let ask = pick(
         rng,
-        &f.name,
-        &format!("Can I play with your {}?", c.object),
-    ));
-    t.say(quote(rng, &h.name, "No, it is mine!"));
-    t.say(format!(
-        "{} pulled the {} and {} pulled it back.",
-        f.name, c.object, h.name
-    ));
+        &[
+            "Can I play with your {}?",
+            "May I have a turn with the {}?",
+            "Can I hold the {} too?",
+        ],
+    )
+    .replace("{}", &c.object);
+    t.say(quote(rng, &f.name, &ask));
+    let no = *pick(
+        rng,
+        &[
+            "No, it is mine!",
+            "No! I want it!",
+            "Not now, it is my turn!",
+        ],
+    );
+    t.say(quote(rng, &h.name, no));
+    match rng.below(2) {
+        0 => t.say(format!(
+            "{} pulled the {} and {} pulled it back.",
+            f.name, c.object, h.name
+        )),
+        _ => t.say(format!(
+            "{} held the {} close and turned away.",
+            h.name, c.object
+        )),
+    }
     t.say(format!(
         "Both of them were {}, and {} started to cry.",
         pick(rng, MAD),
         f.name
     ));
     t.paragraph();
-    t.say(format!("{} heard the noise and came over.", c.adult));
-    t.say(quote(
-        rng,
-        c.adult,
-        &format!(
-            "Why don't you take turns? {} can play first, and then {}.",
-            h.name, f.name
-        ),
-    ));
-    t.say(format!(
-        "{} thought about it. Then {} gave the {} to {}.",
-        h.name, h.he, c.object, f.name
-    ));
+    match rng.below(2) {
+        0 => {
+            t.say(format!("{} heard the noise and came over.", c.adult));
+            let advice = format!(
+                "Why don't you take turns? {} can play first, and then {}.",
+                h.name, f.name
+            );
+            t.say(quote(rng, c.adult, &advice));
+            t.say(format!(
+                "{} thought about it. Then {} gave the {} to {}.",
+                h.name, h.he, c.object, f.name
+            ));
+        }
+        _ => {
+            t.say(format!(
+                "{} looked at {}'s sad face. {} did not feel good inside.",
+                h.name,
+                f.name,
+                h.he_cap()
+            ));
+            t.say(quote(
+                rng,
+                &h.name,
+                "I am sorry. Here, you can play with it first.",
+            ));
+        }
+    }
     t.say(quote(rng, &f.name, "Thank you! You are a good friend."));
     t.say(format!(
         "They took turns all afternoon and had a {} time. {} was {} {} had shared.",
@@ -907,13 +1009,25 @@ fn fear(rng: &mut Rng, c: &Cast, t: &mut Text) {
         c.time,
         scene,
         h.name,
-        if chance(rng, 0.5) {
-            "hid under a blanket"
-        } else {
-            "did not want to move"
-        }
+        pick(
+            rng,
+            &[
+                "hid under a blanket",
+                "did not want to move",
+                "held on to a teddy bear",
+                "started to shake"
+            ]
+        )
     ));
-    t.say(quote(rng, &h.name, "I am scared. I do not like this."));
+    let line = *pick(
+        rng,
+        &[
+            "I am scared. I do not like this.",
+            "Help! I am too scared!",
+            "Can someone stay with me?",
+        ],
+    );
+    t.say(quote(rng, &h.name, line));
     t.paragraph();
     let helper = if chance(rng, 0.5) {
         c.adult.to_string()
@@ -926,15 +1040,32 @@ fn fear(rng: &mut Rng, c: &Cast, t: &mut Text) {
         &helper,
         "It is okay to be scared. I am right here with you.",
     ));
-    t.say(quote(
-        rng,
-        &helper,
-        "Let us take a deep breath and count to three.",
-    ));
-    t.say(format!(
-        "{} held {}'s hand. One, two, three.",
-        helper, h.name
-    ));
+    match rng.below(3) {
+        0 => {
+            t.say(quote(
+                rng,
+                &helper,
+                "Let us take a deep breath and count to three.",
+            ));
+            t.say(format!(
+                "{} held {}'s hand. One, two, three.",
+                helper, h.name
+            ));
+        }
+        1 => {
+            t.say(quote(
+                rng,
+                &helper,
+                "When I was little, I was scared too. Then I learned it could not hurt me.",
+            ));
+        }
+        _ => {
+            t.say(format!(
+                "{} sang a soft song, and {} listened.",
+                helper, h.name
+            ));
+        }
+    }
     t.paragraph();
     t.say(format!(
         "{} opened {} eyes and looked again. It was not so bad after all.",
@@ -944,14 +1075,14 @@ fn fear(rng: &mut Rng, c: &Cast, t: &mut Text) {
         "{} felt {} and {}.",
         h.he_cap(),
         pick(rng, HAPPY),
-        if chance(rng, 0.5) { "brave" } else { "strong" }
+        pick(rng, &["brave", "strong", "big", "safe"])
     ));
     t.say(quote(rng, &h.name, "I did it! I am not scared anymore!"));
 }
 
 fn helping(rng: &mut Rng, c: &Cast, t: &mut Text) {
     let (h, f, p) = (&c.hero, &c.friend, c.place);
-    let &(animal, trouble) = pick(rng, HURT_ANIMALS);
+    let &(animal, trouble, moves) = pick(rng, HURT_ANIMALS);
     t.say(format!(
         "{}, {} {} to {} with {}.",
         c.time,
@@ -977,23 +1108,36 @@ fn helping(rng: &mut Rng, c: &Cast, t: &mut Text) {
         &format!("Oh no! We have to help the {animal}."),
     ));
     t.paragraph();
-    t.say(format!(
-        "{} and {} worked together. {} held the {} gently while {} helped.",
-        h.name, f.name, h.name, animal, f.name
-    ));
+    match rng.below(2) {
+        0 => t.say(format!(
+            "{} and {} worked together. {} held the {} gently while {} helped.",
+            h.name, f.name, h.name, animal, f.name
+        )),
+        _ => t.say(format!(
+            "{} was careful and slow. {} talked to the {} in a soft voice so it would not be afraid.",
+            h.name, f.name, animal
+        )),
+    }
     t.say(format!("They gave it some water and {}.", pick(rng, FOODS)));
     t.say(format!(
         "Soon the {} felt better. It looked at them with {} eyes.",
         animal,
-        if chance(rng, 0.5) { "big" } else { "bright" }
+        pick(rng, &["big", "bright", "happy", "shiny"])
     ));
     t.paragraph();
     t.say(format!(
         "Then the {} {} away, happy and free.",
-        animal,
-        if animal == "bird" { "flew" } else { "ran" }
+        animal, moves
     ));
-    t.say(quote(rng, &f.name, "We did a good thing today."));
+    let words = *pick(
+        rng,
+        &[
+            "We did a good thing today.",
+            "Goodbye, little friend!",
+            "I hope we see it again.",
+        ],
+    );
+    t.say(quote(rng, &f.name, words));
     t.say(format!(
         "{} nodded. {} felt warm and {} inside.",
         h.name,
@@ -1005,20 +1149,38 @@ fn helping(rng: &mut Rng, c: &Cast, t: &mut Text) {
 fn new_skill(rng: &mut Rng, c: &Cast, t: &mut Text) {
     let h = &c.hero;
     let &(skill, fail, win) = pick(rng, SKILLS);
-    t.say(format!("{} wanted to learn how to {}.", h.name, skill));
+    match rng.below(2) {
+        0 => t.say(format!("{} wanted to learn how to {}.", h.name, skill)),
+        _ => t.say(format!(
+            "{} watched {} {} and wanted to try too.",
+            h.name, c.friend.name, skill
+        )),
+    }
     t.say(format!(
         "{}, {} tried for the first time, but {} {}.",
         c.time, h.he, h.he, fail
     ));
     t.say(format!("{} felt {}.", h.he_cap(), pick(rng, SAD)));
-    t.say(quote(rng, &h.name, "I can not do it. It is too hard."));
+    let line = *pick(
+        rng,
+        &[
+            "I can not do it. It is too hard.",
+            "I will never learn this!",
+            "Why is it so hard for me?",
+        ],
+    );
+    t.say(quote(rng, &h.name, line));
     t.paragraph();
     t.say(format!("{} came to help.", c.adult));
-    t.say(quote(
+    let advice = *pick(
         rng,
-        c.adult,
-        "Everyone makes mistakes when they learn. Try again, and go slow.",
-    ));
+        &[
+            "Everyone makes mistakes when they learn. Try again, and go slow.",
+            "Do not give up. Every time you try, you get a little better.",
+            "I could not do it at first either. Let us practice together.",
+        ],
+    );
+    t.say(quote(rng, c.adult, advice));
     t.say(format!(
         "So {} tried again. And again. {} did not give up.",
         h.name,
@@ -1037,20 +1199,19 @@ fn new_skill(rng: &mut Rng, c: &Cast, t: &mut Text) {
 }
 
 fn gift(rng: &mut Rng, c: &Cast, t: &mut Text) {
-    let (h, f) = (&c.hero, &c.friend);
+    let h = &c.hero;
     let present = *pick(rng, GIFTS);
     let occasion = *pick(rng, OCCASIONS);
-    let for_adult = chance(rng, 0.5);
-    let (who, who_he) = if for_adult {
+    let (who, who_he) = if chance(rng, 0.5) {
         (c.adult.to_string(), c.adult_he)
     } else {
-        (f.name.clone(), f.he)
+        (c.friend.name.clone(), c.friend.he)
     };
-    t.say(format!("{} it was {}'s {}.", c.time, who, occasion));
+    t.say(format!("{}, it was {}'s {}.", c.time, who, occasion));
     t.say(format!(
         "{} wanted to make something {} for {}.",
         h.name,
-        pick(rng, GOOD),
+        pick(rng, &["special", "nice", "pretty", "lovely", "wonderful"]),
         who
     ));
     t.say(format!(
@@ -1061,10 +1222,25 @@ fn gift(rng: &mut Rng, c: &Cast, t: &mut Text) {
         present
     ));
     t.paragraph();
-    t.say(format!(
-        "{} worked very hard. It was not easy, and once {} almost gave up.",
-        h.name, h.he
-    ));
+    match rng.below(3) {
+        0 => t.say(format!(
+            "{} worked very hard. It was not easy, and once {} almost gave up.",
+            h.name, h.he
+        )),
+        1 => {
+            t.say(format!(
+            "{} used glue, paper and a lot of love. {} even asked {} for help with the hard part.",
+            h.name,
+            h.he_cap(),
+            if who == c.adult { &c.friend.name } else { c.adult }
+        ))
+        }
+        _ => t.say(format!(
+            "It took all morning. {} hands were sticky, but {} did not mind.",
+            cap(h.his),
+            h.he
+        )),
+    }
     t.say(format!(
         "{} hid the gift {} so that {} would not see it.",
         h.he_cap(),
@@ -1098,18 +1274,23 @@ fn adventure(rng: &mut Rng, c: &Cast, t: &mut Text) {
         "{}, {} and {} went to explore {}.",
         c.time, h.name, f.name, p.name
     ));
-    t.say(format!(
-        "They saw {} and {}.",
-        pick(rng, p.sights),
-        pick(rng, p.sights)
-    ));
+    let (first, second) = pick2(rng, p.sights);
+    t.say(format!("They saw {first} and {second}."));
     t.say(format!(
         "Then {} found {} {}.",
         h.name,
         found,
         pick(rng, p.spots)
     ));
-    t.say(quote(rng, &f.name, "What is that? Should we go and see?"));
+    let q = *pick(
+        rng,
+        &[
+            "What is that? Should we go and see?",
+            "Do you think it is safe?",
+            "Where does it go?",
+        ],
+    );
+    t.say(quote(rng, &f.name, q));
     t.say(format!(
         "{} felt a little {}, but also very curious.",
         h.name,
@@ -1120,7 +1301,15 @@ fn adventure(rng: &mut Rng, c: &Cast, t: &mut Text) {
         "They went closer, step by step. And there they found {}!",
         inside
     ));
-    t.say(quote(rng, &h.name, "Wow! This is amazing!"));
+    let wow = *pick(
+        rng,
+        &[
+            "Wow! This is amazing!",
+            "I can not believe it!",
+            "Look at that!",
+        ],
+    );
+    t.say(quote(rng, &h.name, wow));
     t.say(format!(
         "They watched for a long time and did not make a sound. It was {}.",
         pick(
@@ -1218,7 +1407,20 @@ fn picnic(rng: &mut Rng, c: &Cast, t: &mut Text) {
         pick(rng, SAD),
         h.he
     ));
-    let dry = format!("Let us have the picnic {} instead!", pick(rng, p.spots));
+    let dry = format!(
+        "Let us have the picnic {} instead!",
+        pick(
+            rng,
+            &[
+                "under the big tree",
+                "in the little tent",
+                "under my big umbrella",
+                "in the car",
+                "under the bridge",
+                "on the porch",
+            ]
+        )
+    );
     t.say(quote(rng, &h.name, &dry));
     t.paragraph();
     t.say(format!(
@@ -1235,43 +1437,293 @@ fn picnic(rng: &mut Rng, c: &Cast, t: &mut Text) {
     ));
 }
 
+fn race(rng: &mut Rng, c: &Cast, t: &mut Text) {
+    let (h, f, p) = (&c.hero, &c.friend, c.place);
+    let goal = *pick(rng, p.spots);
+    t.say(format!(
+        "{}, {} and {} were at {}.",
+        c.time, h.name, f.name, p.name
+    ));
+    let dare = format!("Let us race! The first one {goal} wins!");
+    t.say(quote(rng, &f.name, &dare));
+    t.say(format!(
+        "They ran as fast as they could. {} was in front, and {} wanted to win so much.",
+        f.name, h.name
+    ));
+    t.paragraph();
+    match rng.below(2) {
+        0 => {
+            t.say(format!(
+                "Then {} tripped on a stone and fell down. \"Ouch!\" {} cried.",
+                f.name, f.he
+            ));
+            t.say(format!(
+                "{} could run past and win. But {} stopped and helped {} up.",
+                h.name, h.he, f.name
+            ));
+            t.say(quote(rng, &h.name, "Are you okay? Let us finish together."));
+            t.say(
+                "So they walked the rest of the way side by side, and they both won.".to_string(),
+            );
+        }
+        _ => {
+            t.say(format!(
+                "{} ran and ran, but {} was faster and got there first.",
+                h.name, f.name
+            ));
+            t.say(format!(
+                "{} felt {} for a moment. Then {} smiled.",
+                h.name,
+                pick(rng, MAD),
+                h.he
+            ));
+            t.say(quote(rng, &h.name, "Good job! You are so fast!"));
+            t.say(quote(rng, &f.name, "Thank you! Do you want to race again?"));
+        }
+    }
+    t.say(format!(
+        "They laughed and lay on the grass to rest. Winning was not so important. Playing together was the {} part.",
+        pick(rng, &["best", "most fun", "happiest"])
+    ));
+}
+
+fn new_friend(rng: &mut Rng, c: &Cast, t: &mut Text) {
+    let (h, f, p) = (&c.hero, &c.friend, c.place);
+    t.say(format!(
+        "{}, {} went to {} alone. {} felt a little {}.",
+        c.time,
+        h.name,
+        p.name,
+        h.he_cap(),
+        pick(rng, &["lonely", "sad", "bored", "quiet"])
+    ));
+    t.say(format!(
+        "Then {} saw {} {} sitting {}. It was {}, and {} was new in town.",
+        h.he,
+        a(&f.adj),
+        f.kind,
+        pick(rng, p.spots),
+        f.name,
+        f.he
+    ));
+    t.paragraph();
+    t.say(format!(
+        "{} was shy, but {} walked over and said hello.",
+        h.name, h.he
+    ));
+    let ask = format!("Hi, I am {}. Do you want to play with me?", h.name);
+    t.say(quote(rng, &h.name, &ask));
+    match f.sound {
+        Some(sound) => t.say(quote(
+            rng,
+            &f.name,
+            &format!("{sound}! Yes, I would love to!"),
+        )),
+        None => t.say(quote(rng, &f.name, "Yes, I would love to!")),
+    }
+    t.paragraph();
+    let (first, second) = pick2(rng, p.activity);
+    t.say(format!(
+        "They played all day. They liked to {first} and {second}."
+    ));
+    t.say(format!(
+        "{} showed {} {} {}, and {} told {} about {} old home.",
+        h.name, f.name, h.his, c.object, f.name, h.name, f.his
+    ));
+    t.say(format!(
+        "When it was time to go, {} was not lonely anymore.",
+        h.name
+    ));
+}
+
+fn build(rng: &mut Rng, c: &Cast, t: &mut Text) {
+    let (h, f, p) = (&c.hero, &c.friend, c.place);
+    let &(what, stuff, ruin) = pick(
+        rng,
+        &[
+            (
+                "a sand castle",
+                "wet sand",
+                "a big wave came and washed it away",
+            ),
+            ("a snowman", "snow", "the sun came out and it began to melt"),
+            (
+                "a tall tower",
+                "wooden blocks",
+                "a little puppy ran by and knocked it over",
+            ),
+            (
+                "a little fort",
+                "sticks and leaves",
+                "the wind blew and it fell down",
+            ),
+            ("a bird house", "wood and nails", "one wall fell off"),
+            ("a boat", "paper", "the boat got wet and sank"),
+        ],
+    );
+    t.say(format!(
+        "{}, {} and {} decided to build {} at {}.",
+        c.time, h.name, f.name, what, p.name
+    ));
+    t.say(format!(
+        "They used {} and worked for a long time. It was the {} thing they had ever made.",
+        stuff,
+        pick(rng, &["biggest", "best", "prettiest", "tallest"])
+    ));
+    t.paragraph();
+    t.say(format!("But then {}!", ruin));
+    t.say(format!(
+        "{} was so {} that {} wanted to cry.",
+        h.name,
+        pick(rng, SAD),
+        h.he
+    ));
+    let line = *pick(
+        rng,
+        &[
+            "We can build it again. And this time it will be even better!",
+            "Do not be sad. We know how to do it now.",
+        ],
+    );
+    t.say(quote(rng, &f.name, line));
+    t.paragraph();
+    t.say(format!(
+        "So they started again. {} brought more {}, and {} had new ideas.",
+        h.name, stuff, f.name
+    ));
+    t.say(format!(
+        "The new one was even better than the first. They put {} {} on top.",
+        h.his, c.object
+    ));
+    t.say(quote(
+        rng,
+        c.adult,
+        "What a wonderful job! You make a great team.",
+    ));
+}
+
+fn bedtime(rng: &mut Rng, c: &Cast, t: &mut Text) {
+    let (h, f, p) = (&c.hero, &c.friend, c.place);
+    t.say(format!(
+        "It was time for bed, but {} could not sleep.",
+        h.name
+    ));
+    t.say(format!(
+        "{} turned this way and that way. {} {} was next to {} on the pillow.",
+        h.he_cap(),
+        cap(h.his),
+        c.object,
+        h.him
+    ));
+    t.say(quote(rng, &h.name, "Will you tell me a story?"));
+    t.paragraph();
+    t.say(format!(
+        "{} sat on the bed and told a story about {}.",
+        c.adult, p.name
+    ));
+    t.say(format!(
+        "Soon {} eyes felt heavy, and {} began to dream.",
+        h.his, h.he
+    ));
+    t.say(format!(
+        "In the dream, {} and {} could fly! They flew over {} and saw {} from high in the sky.",
+        h.name,
+        f.name,
+        p.name,
+        pick(rng, p.sights)
+    ));
+    t.say(format!(
+        "They waved to {} and {}.",
+        pick(rng, &["the birds", "the clouds", "the moon", "the stars"]),
+        pick(rng, &["the birds", "the clouds", "the moon", "the stars"])
+    ));
+    t.paragraph();
+    t.say(format!(
+        "In the morning, {} woke up with a big smile.",
+        h.name
+    ));
+    let tell = format!("{}, I had the {} dream!", c.adult, pick(rng, GOOD));
+    t.say(quote(rng, &h.name, &tell));
+}
+
+fn cookie_jar(rng: &mut Rng, c: &Cast, t: &mut Text) {
+    let h = &c.hero;
+    let food = *pick(rng, &["cookies", "muffins", "candy", "cake"]);
+    t.say(format!(
+        "{}, {} saw a jar of {} on a high shelf in the kitchen.",
+        c.time, h.name, food
+    ));
+    t.say(format!(
+        "{} wanted one very much, but {} said to wait until after dinner.",
+        h.he_cap(),
+        c.adult
+    ));
+    t.paragraph();
+    t.say(format!(
+        "When nobody was looking, {} pushed a chair to the shelf and climbed up.",
+        h.name
+    ));
+    t.say(format!(
+        "{} reached and reached. The chair began to wobble!",
+        h.he_cap()
+    ));
+    t.say(format!(
+        "Just in time, {} came in and held the chair.",
+        c.adult
+    ));
+    let warn = "That was not safe. You could have been hurt.";
+    t.say(quote(rng, c.adult, warn));
+    t.say(quote(rng, &h.name, "I am sorry. I just wanted a treat."));
+    t.paragraph();
+    t.say(format!(
+        "{} gave {} a hug. After dinner, they ate the {} together, and they tasted even better.",
+        c.adult, h.him, food
+    ));
+    t.say(format!(
+        "{} learned that waiting is hard, but it is worth it.",
+        h.name
+    ));
+}
+
+/// A plot template: writes the middle of a story about the cast.
+type Plot = fn(&mut Rng, &Cast, &mut Text);
+
+/// The plot templates, each with whether the opening may present the friend as an old
+/// friend, and the lesson its ending may state.
+const PLOTS: &[(Plot, bool, Option<&str>)] = &[
+    (lost_object, true, Some("friends help each other")),
+    (sharing, true, Some("it is good to share")),
+    (fear, true, Some("being brave is not about having no fear")),
+    (helping, true, Some("it is nice to help others")),
+    (new_skill, true, Some("trying again is how you learn")),
+    (gift, true, Some("a small gift from the heart means a lot")),
+    (adventure, true, Some("the world is full of surprises")),
+    (mistake, true, Some("it is important to tell the truth")),
+    (picnic, true, Some("a rainy day can still be a happy day")),
+    (race, true, Some("playing together is better than winning")),
+    (new_friend, false, Some("one hello can make a new friend")),
+    (build, true, Some("working together makes hard things easy")),
+    (bedtime, true, None),
+    (cookie_jar, true, None),
+];
+
 /// One story (ASCII, paragraphs separated by a blank line).
 pub fn story(rng: &mut Rng) -> String {
     let c = Cast::draw(rng);
     let mut t = Text::new();
-    setup(rng, &c, &mut t);
+    let &(plot, friend_known, lesson) = pick(rng, PLOTS);
+    setup(rng, &c, &mut t, friend_known);
     t.paragraph();
-    match rng.below(8) {
-        0 => lost_object(rng, &c, &mut t),
-        1 => sharing(rng, &c, &mut t),
-        2 => fear(rng, &c, &mut t),
-        3 => helping(rng, &c, &mut t),
-        4 => new_skill(rng, &c, &mut t),
-        5 => gift(rng, &c, &mut t),
-        6 => adventure(rng, &c, &mut t),
-        _ => picnic_or_mistake(rng, &c, &mut t),
-    }
+    plot(rng, &c, &mut t);
     t.paragraph();
-    if chance(rng, 0.4) {
-        t.say(format!(
-            "{} learned that {}.",
-            c.hero.name,
-            pick(rng, LESSONS)
-        ));
+    if let Some(lesson) = lesson.filter(|_| chance(rng, 0.4)) {
+        t.say(format!("{} learned that {lesson}.", c.hero.name));
     }
     let end = pick(rng, ENDINGS)
         .replace("{A}", &c.hero.name)
         .replace("{B}", &c.friend.name);
     t.say(end);
     t.finish()
-}
-
-fn picnic_or_mistake(rng: &mut Rng, c: &Cast, t: &mut Text) {
-    if chance(rng, 0.5) {
-        picnic(rng, c, t)
-    } else {
-        mistake(rng, c, t)
-    }
 }
 
 /// `n_stories` stories from `seed`.
@@ -1294,7 +1746,10 @@ mod tests {
         let words: Vec<&str> = a.iter().flat_map(|s| s.split_whitespace()).collect();
         let distinct: HashSet<String> = words
             .iter()
-            .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_ascii_lowercase())
+            .map(|w| {
+                w.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+                    .to_ascii_lowercase()
+            })
             .collect();
         let stories: HashSet<&String> = a.iter().collect();
         eprintln!(
@@ -1307,7 +1762,7 @@ mod tests {
             distinct.len(),
             stories.len()
         );
-        for s in &a[..3] {
+        for s in &a[..8] {
             eprintln!("---\n{s}");
         }
         assert!(a.iter().all(|s| s.is_ascii()));

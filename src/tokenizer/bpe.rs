@@ -35,7 +35,7 @@
 //! these encodings (ties: lower ids first); counts are kept incrementally with a pair →
 //! chunks index and a lazy max-heap.
 
-use super::{byte_piece, merge_greedy, push_code_points, Tokenizer, BYTE_OFFSET, N_RESERVED};
+use super::{byte_piece, merge_greedy, push_code_points, PieceIndex, Tokenizer, N_RESERVED};
 use anyhow::{bail, Result};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -213,7 +213,7 @@ pub fn train_bpe_detailed<'a>(
         pieces.push(c.to_string().into_bytes());
     }
     let mut scores = vec![0.0f32; pieces.len()];
-    let mut index: HashMap<Vec<u8>, u32> = HashMap::new();
+    let mut index = PieceIndex::default();
     for (id, p) in pieces.iter().enumerate() {
         index.entry(p.clone()).or_insert(id as u32);
     }
@@ -363,7 +363,6 @@ pub fn train_bpe_detailed<'a>(
             tokens: w.tokens.iter().map(|&t| remap[t as usize]).collect(),
         })
         .collect();
-    debug_assert!(BYTE_OFFSET + 255 < N_RESERVED);
     Ok(BpeTraining {
         tokenizer,
         chunks,

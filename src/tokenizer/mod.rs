@@ -31,7 +31,8 @@
 //! transcription of run.c.
 //!
 //! Where run.c's behaviour is undefined or inexpressible this module chooses:
-//! - a NUL byte in the text (a C string cannot hold one) is an ordinary character;
+//! - a NUL byte in the text (a C string cannot hold one) is an ordinary character, and
+//!   `<0x00>` decodes to a NUL byte (run.c's C string would end there and print nothing);
 //! - a vocabulary without a `" "` piece takes the byte token of `' '` as its dummy prefix
 //!   (run.c would index the vocabulary with -1);
 //! - duplicate pieces resolve to the lowest id (run.c's `bsearch` returns any of them).
@@ -45,6 +46,7 @@ pub use bpe::{train_bpe, train_bpe_detailed, BpeTraining, TrainedChunk};
 use anyhow::{bail, Context, Result};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write;
 use std::path::Path;
 
@@ -58,6 +60,38 @@ pub const EOS: u32 = 2;
 pub const BYTE_OFFSET: u32 = 3;
 /// Number of ids before the first learned piece: 3 specials and 256 bytes.
 pub const N_RESERVED: u32 = BYTE_OFFSET + 256;
+
+/// A fast non-cryptographic hasher for piece lookups (the multiply-rotate scheme of rustc's
+/// FxHash, over 8-byte words). Encoding does one lookup per adjacent pair, so SipHash's cost
+/// dominated; the keys are a fixed vocabulary, so hash flooding is not a concern.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct PieceHasher(u64);
+
+impl Hasher for PieceHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap());
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Piece bytes -> id.
+pub(crate) type PieceIndex = HashMap<Vec<u8>, u32, BuildHasherDefault<PieceHasher>>;
 
 /// run.c's initial `best_score`: a merge whose piece scores at or below this never happens.
 const NO_MERGE_SCORE: f32 = -1e10;
@@ -86,7 +120,7 @@ pub struct Tokenizer {
     pub scores: Vec<f32>,
     pub max_token_length: u32,
     /// piece bytes -> lowest id holding them
-    index: HashMap<Vec<u8>, u32>,
+    index: PieceIndex,
     /// the dummy-prefix token: the id of `" "`, or the byte token of `' '`
     space: u32,
 }
@@ -209,7 +243,7 @@ impl Tokenizer {
                 );
             }
         }
-        let mut index = HashMap::with_capacity(pieces.len());
+        let mut index = PieceIndex::with_capacity_and_hasher(pieces.len(), Default::default());
         for (id, p) in pieces.iter().enumerate() {
             index.entry(p.clone()).or_insert(id as u32);
         }
@@ -357,7 +391,7 @@ fn parse_byte_piece(piece: &[u8]) -> Option<u8> {
 }
 
 /// run.c's first pass over the text (see [`Tokenizer::encode_bytes`]).
-fn push_code_points(index: &HashMap<Vec<u8>, u32>, text: &[u8], tokens: &mut Vec<u32>) {
+fn push_code_points(index: &PieceIndex, text: &[u8], tokens: &mut Vec<u32>) {
     let mut start = 0;
     let mut len = 0;
     for i in 0..text.len() {
@@ -419,7 +453,7 @@ impl Ord for Candidate {
 pub(crate) fn merge_greedy(
     pieces: &[Vec<u8>],
     scores: &[f32],
-    index: &HashMap<Vec<u8>, u32>,
+    index: &PieceIndex,
     tokens: &mut Vec<u32>,
 ) {
     let n = tokens.len();
@@ -568,6 +602,14 @@ mod tests {
         assert_eq!(t.encode("", true, true), vec![BOS, EOS]);
         // Invalid UTF-8: a stray continuation byte is its own unit.
         assert_eq!(t.encode_bytes(b"\x80", false, false), vec![35, 0x80 + 3]);
+    }
+
+    #[test]
+    fn nul_is_an_ordinary_character() {
+        let t = tiny(&[(" ", -1.0), ("a", -1.0)]);
+        let ids = t.encode("a\0a", false, false);
+        assert_eq!(ids[2], BYTE_OFFSET);
+        assert_eq!(t.decode_bytes(&ids), b" a\0a");
     }
 
     #[test]
