@@ -2,6 +2,9 @@
 //! download and tokenization.
 
 pub mod corpus;
+pub mod download;
+pub mod info;
+pub mod tokenize;
 pub mod tokens;
 
 pub use tokens::TokenData;
