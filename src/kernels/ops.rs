@@ -59,7 +59,7 @@ pub fn exp_approx(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding 1.5·2^23 rounds to an integer held in the low mantissa bits.
     const MAGIC: f32 = 12_582_912.0;
-    let x = x.max(-87.0).min(88.0);
+    let x = x.clamp(-87.0, 88.0);
     let r = x * LOG2E + MAGIC;
     let n = r - MAGIC;
     let f = x - n * LN2_HI - n * LN2_LO;
@@ -235,7 +235,7 @@ fn rope_rotate(x: &mut [f32], rope: &Rope, n: usize, seq: usize, sign: f32) {
         "rope: sequence of {seq} exceeds the table's {} positions",
         rope.len()
     );
-    assert!(n % seq == 0 && x.len() % (hd * n) == 0);
+    assert!(n.is_multiple_of(seq) && x.len().is_multiple_of(hd * n));
     for head in x.chunks_exact_mut(hd * n) {
         for j in 0..half {
             let (r0, r1) = head[2 * j * n..(2 * j + 2) * n].split_at_mut(n);
