@@ -176,16 +176,9 @@ impl Head {
 
 /// Softmax of one row in place.
 fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0f32;
-    for v in row.iter_mut() {
-        *v = ops::exp_approx(*v - max);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
+    let max = ops::max_of(row);
+    let inv = 1.0 / ops::exp_shifted(row, max);
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// Query-row tiles `[r0, r1)` of a sequence of `s`.
@@ -203,7 +196,10 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
 
 fn check_dims(d: &Dims) -> Result<()> {
     ensure!(
-        d.n_kv_heads > 0 && d.n_heads.is_multiple_of(d.n_kv_heads) && d.head_dim.is_multiple_of(2) && d.seq > 0,
+        d.n_kv_heads > 0
+            && d.n_heads.is_multiple_of(d.n_kv_heads)
+            && d.head_dim.is_multiple_of(2)
+            && d.seq > 0,
         "cpu kernel: invalid dims {d:?}"
     );
     Ok(())
@@ -686,7 +682,7 @@ impl Kernels for CpuKernels {
                     // dS = P ⊙ (dP − rowsum(dP ⊙ P)), zero above the diagonal.
                     for i in 0..s {
                         let (pr, dr) = (&p[i * s..i * s + i + 1], &dpb[i * s..i * s + i + 1]);
-                        let dot: f32 = pr.iter().zip(dr).map(|(a, b)| a * b).sum();
+                        let dot = ops::dot(pr, dr);
                         let row = &mut ds[i * s..(i + 1) * s];
                         for ((o, &a), &b) in row.iter_mut().zip(pr).zip(dr) {
                             *o = a * (b - dot);
