@@ -419,7 +419,7 @@ impl Trainer {
                         step: self.step + 1,
                         reason: reason.clone(),
                         time: now_unix(),
-                    })?;
+                    });
                     if bad_run >= self.s.max_bad_steps {
                         progress.finish();
                         bail!(
