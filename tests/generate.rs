@@ -518,7 +518,8 @@ fn logits_match_f64_reference_and_run_c_at_several_positions() {
 }
 
 /// A shape no llama2.c file holds: head_dim ≠ dim / n_heads, 3 query heads per kv head,
-/// untied classifier, rope on a shorter head, larger weights so that attention is peaked.
+/// untied classifier, rope on a shorter head; weights 4× llama2.c's init so that attention
+/// is far from uniform and every layer matters.
 #[test]
 fn general_shape_untied_matches_f64_reference() {
     let mut c = Config::llama(48, 100, 2, 6, 2, 97, 40);
@@ -527,7 +528,7 @@ fn general_shape_untied_matches_f64_reference() {
     c.validate().unwrap();
     let mut p = Params::init_random(&c, 11);
     for v in p.data.iter_mut() {
-        *v *= 8.0; // N(0, 0.16) weights, norms 8
+        *v *= 4.0; // N(0, 0.08) weights, norms 4
     }
     let reference = ref_from_params(&p);
     let tokens: Vec<u32> = (0..40).map(|i| (i * 37 % 97) as u32).collect();
