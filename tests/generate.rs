@@ -188,6 +188,15 @@ const RUNC_TOPP05_T12_SEED1E9: [u32; 200] = [
     285, 340, 368, 390, 371, 420, 377,
 ];
 
+/// What llama2.c's own `run` binary prints for stories260K with the fixture tokenizer.bin, of
+/// which run.c reads the first 512 pieces (the model's vocabulary). Same commit; built as
+/// `gcc -O2 -o run run.c -lm` and as `gcc -Ofast -fopenmp -march=native run.c -lm -o run`,
+/// which print the same bytes:
+/// `run stories260K.bin -z tokenizer.bin -t 0 -n 60` (greedy, empty prompt).
+const RUNC_TEXT_GREEDY_60: &str = "Comment Commentcodecodecode Comment conciourrom Jndation seouenou ne o\nubububububububububububububicldlo for); Cest     anthtart Gst thndriiz #statation R \u{43f} I \u{43f}iaam\n";
+/// `run stories260K.bin -z tokenizer.bin -t 1 -p 0 -s 42 -n 60` (multinomial, seed 42).
+const RUNC_TEXT_MULT_SEED42_60: &str = "Ibegin                //assizassassassassrom itourromouiaassKtrou M -ineteasD Ming Rourrom@ g g at this R Rci - wasppass3 Mod v k exou en oic\n";
+
 // ---------------------------------------------------------------------------------------------
 // The f64 reference: weights as plain vectors, a whole-sequence causal forward pass.
 // ---------------------------------------------------------------------------------------------
@@ -669,6 +678,103 @@ fn model_loading_errors_name_the_file() {
         generate::load_model_params(&dir.path().join("missing.bin")).unwrap_err()
     );
     assert!(e.contains("missing.bin"), "{e}");
+}
+
+#[test]
+fn text_matches_run_c_binary_output() {
+    let Some((_, params)) = fixture_model() else {
+        return;
+    };
+    let Some(tok_path) = anetrain::fixture("tokenizer.bin") else {
+        return;
+    };
+    let tok = anetrain::tokenizer::Tokenizer::load(&tok_path).unwrap();
+    let text = generate::generate_text(&params, &tok, "", 60, 0.0, 0.9, 1).unwrap();
+    assert_eq!(format!("{text}\n"), RUNC_TEXT_GREEDY_60);
+    let text = generate::generate_text(&params, &tok, "", 60, 1.0, 0.0, 42).unwrap();
+    assert_eq!(format!("{text}\n"), RUNC_TEXT_MULT_SEED42_60);
+    // A prompt is printed back (its tokens are forced), then continued.
+    let text = generate::generate_text(&params, &tok, "Once upon a time", 60, 0.0, 0.9, 1).unwrap();
+    assert!(
+        text.starts_with("Once upon a time") && text.len() > 20,
+        "{text:?}"
+    );
+
+    // The command prints the same bytes on stdout.
+    let exe = env!("CARGO_BIN_EXE_anetrain");
+    let model = anetrain::fixture("stories260K.bin").unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["generate", "--model"])
+        .arg(&model)
+        .arg("--tokenizer")
+        .arg(&tok_path)
+        .args([
+            "-n",
+            "60",
+            "--temperature",
+            "1",
+            "--top-p",
+            "0",
+            "--seed",
+            "42",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        RUNC_TEXT_MULT_SEED42_60
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tok/s"));
+
+    // Without a tokenizer it prints ids; --prompt-ids are forced as in run.c.
+    let out = std::process::Command::new(exe)
+        .args(["generate", "--model"])
+        .arg(&model)
+        .args([
+            "--prompt-ids",
+            "1,300,400,500",
+            "-n",
+            "100",
+            "--temperature",
+            "1",
+        ])
+        .args(["--top-p", "0", "--seed", "5"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(ids, RUNC_PROMPT_MULT_SEED5);
+
+    // Bad settings are refused with a message, not a panic.
+    for bad in [
+        &["--top-p", "1.5"][..],
+        &["--temperature", "-1"],
+        &["--prompt", "hi"],
+    ] {
+        let out = std::process::Command::new(exe)
+            .args(["generate", "--model"])
+            .arg(&model)
+            .args(bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("error"),
+            "{bad:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -50,9 +50,18 @@ pub fn run(a: Args) -> Result<()> {
     let tok = match &a.tokenizer {
         Some(p) => {
             let t = Tokenizer::load(p)?;
-            generate::check_tokenizer(&params, &t)
-                .with_context(|| format!("{}: does not fit {}", p.display(), a.model.display()))?;
-            Some(t)
+            let fitted = generate::fit_tokenizer(&t, c.vocab_size)
+                .with_context(|| format!("{}: does not fit {}", p.display(), a.model.display()))?
+                .into_owned();
+            if t.vocab_size() != c.vocab_size {
+                eprintln!(
+                    "note: {} has {} pieces; using the first {}, the model's vocabulary, as run.c does",
+                    p.display(),
+                    t.vocab_size(),
+                    c.vocab_size
+                );
+            }
+            Some(fitted)
         }
         None => None,
     };

@@ -23,6 +23,7 @@ use crate::model::llama2c::Model;
 use crate::model::Params;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Instant;
 
@@ -124,22 +125,33 @@ pub fn printable_piece(piece: &[u8]) -> &[u8] {
     }
 }
 
-/// A tokenizer can decode a model's ids when it has at least that many pieces (run.c reads
-/// exactly the model's vocabulary size of pieces from the tokenizer file).
-pub fn check_tokenizer(params: &Params, tok: &Tokenizer) -> Result<()> {
-    let v = params.config().vocab_size;
-    if tok.vocab_size() < v {
+/// The tokenizer run.c would use with a model of `vocab_size` tokens. run.c reads exactly
+/// that many pieces from the tokenizer file, so a larger vocabulary is cut to its first
+/// `vocab_size` pieces (which changes what prompts encode to, as in run.c); a smaller one
+/// cannot decode the model's ids and is an error.
+pub fn fit_tokenizer(tok: &Tokenizer, vocab_size: usize) -> Result<Cow<'_, Tokenizer>> {
+    let n = tok.vocab_size();
+    if n == vocab_size {
+        return Ok(Cow::Borrowed(tok));
+    }
+    if n < vocab_size {
         bail!(
-            "the tokenizer has {} pieces but the model's vocabulary has {v}: use the model's own tokenizer",
-            tok.vocab_size()
+            "the tokenizer has {n} pieces but the model's vocabulary has {vocab_size}: use the model's own tokenizer"
         );
     }
-    Ok(())
+    let cut = Tokenizer::from_parts(
+        tok.pieces[..vocab_size].to_vec(),
+        tok.scores[..vocab_size].to_vec(),
+    )
+    .with_context(|| {
+        format!("cannot use the first {vocab_size} of the tokenizer's {n} pieces, as run.c would")
+    })?;
+    Ok(Cow::Owned(cut))
 }
 
 /// Encodes `prompt` as run.c does (BOS, no EOS), generates `steps` positions (prompt included,
 /// see [`clamp_steps`]) and returns the text run.c would print (prompt included, no final
-/// newline). `seed` must be nonzero to be reproducible (see [`sampler::default_seed`]).
+/// newline). The tokenizer is fitted to the model by [`fit_tokenizer`]. `seed` must be nonzero to be reproducible (see [`sampler::default_seed`]).
 pub fn generate_text(
     params: &Params,
     tok: &Tokenizer,
@@ -149,7 +161,7 @@ pub fn generate_text(
     topp: f32,
     seed: u64,
 ) -> Result<String> {
-    check_tokenizer(params, tok)?;
+    let tok = fit_tokenizer(tok, params.config().vocab_size)?;
     let ids = tok.encode(prompt, true, false);
     let mut sampler = Sampler::new(params.config().vocab_size, temperature, topp, seed);
     let mut bytes = Vec::new();
