@@ -693,7 +693,9 @@ fn text_matches_run_c_binary_output() {
     assert_eq!(format!("{text}\n"), RUNC_TEXT_GREEDY_60);
     let text = generate::generate_text(&params, &tok, "", 60, 1.0, 0.0, 42).unwrap();
     assert_eq!(format!("{text}\n"), RUNC_TEXT_MULT_SEED42_60);
-    // A prompt is printed back (its tokens are forced), then continued.
+    // A prompt is printed back (its tokens are forced), then continued. The first 512 pieces
+    // have no " ", so the dummy prefix is the byte piece <0x20>, which decoding after BOS
+    // does not strip (only a piece starting with a space is).
     let text = generate::generate_text(&params, &tok, "Once upon a time", 60, 0.0, 0.9, 1).unwrap();
     assert!(
         text.starts_with("Once upon a time") && text.len() > 20,
