@@ -17,7 +17,13 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     let toks: Vec<u8> = (0..30_000u32)
-        .map(|i| if i % 50 == 0 { 1u16 } else { (3 + (i * 7 + i / 13) % 90) as u16 })
+        .map(|i| {
+            if i % 50 == 0 {
+                1u16
+            } else {
+                (3 + (i * 7 + i / 13) % 90) as u16
+            }
+        })
         .flat_map(|t| t.to_le_bytes())
         .collect();
     let data = dir.join("tokens.bin");
@@ -27,9 +33,24 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
 
 fn base_args(cfg: &Path, data: &Path, out: &Path, steps: &str) -> Vec<String> {
     [
-        "train", "--model", cfg.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out",
-        out.to_str().unwrap(), "--steps", steps, "--batch", "2", "--seq", "32", "--eval-every",
-        "0", "--threads", "1", "--quiet",
+        "train",
+        "--model",
+        cfg.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        steps,
+        "--batch",
+        "2",
+        "--seq",
+        "32",
+        "--eval-every",
+        "0",
+        "--threads",
+        "1",
+        "--quiet",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -61,12 +82,21 @@ fn sigkill_at_random_moments_never_leaves_an_unusable_checkpoint() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while kills < 12 && Instant::now() < deadline {
         let mut args = base_args(&cfg, &data, &out, "100000");
-        args.extend(["--ckpt-every".into(), "1".into(), "--keep-ckpts".into(), "2".into()]);
+        args.extend([
+            "--ckpt-every".into(),
+            "1".into(),
+            "--keep-ckpts".into(),
+            "2".into(),
+        ]);
         if ckpt.exists() {
             args.push("--resume".into());
         }
         let mut child = bin().args(&args).stderr(Stdio::null()).spawn().unwrap();
-        let before = ckpt.exists().then(|| anetrain::train::checkpoint::read_header(&ckpt).unwrap().step);
+        let before = ckpt.exists().then(|| {
+            anetrain::train::checkpoint::read_header(&ckpt)
+                .unwrap()
+                .step
+        });
         // Random moments: most kills land inside a step or a checkpoint write (writes are a
         // large part of each step at --ckpt-every 1).
         std::thread::sleep(Duration::from_millis(150 + rng.below(600)));
@@ -103,12 +133,24 @@ fn disk_full_while_checkpointing_keeps_training_and_the_last_good_file() {
     let (cfg, data) = setup(d.path());
     let out = d.path().join("run");
     let mut args = base_args(&cfg, &data, &out, "12");
-    args.extend(["--ckpt-every".into(), "3".into(), "--keep-ckpts".into(), "1".into()]);
+    args.extend([
+        "--ckpt-every".into(),
+        "3".into(),
+        "--keep-ckpts".into(),
+        "1".into(),
+    ]);
     // The 2nd and 3rd checkpoint writes (steps 6 and 9) fail halfway with ENOSPC.
-    let o = bin().args(&args).env("ANETRAIN_INJECT_CKPT_FAIL", "2,3").output().unwrap();
+    let o = bin()
+        .args(&args)
+        .env("ANETRAIN_INJECT_CKPT_FAIL", "2,3")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("No space left on device") && err.contains("model.ckpt"), "{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains("model.ckpt"),
+        "{err}"
+    );
     assert!(err.contains("will retry"), "{err}");
     // Retried at the next interval: the final checkpoint is complete and at step 12.
     let ck = anetrain::train::checkpoint::load(&out.join("model.ckpt")).unwrap();
@@ -127,8 +169,15 @@ fn disk_full_while_checkpointing_keeps_training_and_the_last_good_file() {
     let out2 = d.path().join("run2");
     let mut args = base_args(&cfg, &data, &out2, "6");
     args.extend(["--ckpt-every".into(), "3".into()]);
-    let o = bin().args(&args).env("ANETRAIN_INJECT_CKPT_FAIL", "2").output().unwrap();
-    assert!(!o.status.success(), "a failed final checkpoint must be a failure");
+    let o = bin()
+        .args(&args)
+        .env("ANETRAIN_INJECT_CKPT_FAIL", "2")
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "a failed final checkpoint must be a failure"
+    );
     let ck = anetrain::train::checkpoint::load(&out2.join("model.ckpt")).unwrap();
     assert_eq!(ck.header.step, 3);
 }
@@ -139,8 +188,17 @@ fn non_finite_gradients_are_skipped_then_training_stops_with_a_diagnostic() {
     let (cfg, data) = setup(d.path());
     let out = d.path().join("run");
     let mut args = base_args(&cfg, &data, &out, "20");
-    args.extend(["--ckpt-every".into(), "2".into(), "--max-bad-steps".into(), "3".into()]);
-    let o = bin().args(&args).env("ANETRAIN_INJECT_NAN", "5").output().unwrap();
+    args.extend([
+        "--ckpt-every".into(),
+        "2".into(),
+        "--max-bad-steps".into(),
+        "3".into(),
+    ]);
+    let o = bin()
+        .args(&args)
+        .env("ANETRAIN_INJECT_NAN", "5")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("3 consecutive non-finite steps"), "{err}");

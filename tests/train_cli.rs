@@ -39,7 +39,13 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
         }
     }
     let data = dir.join("tokens.bin");
-    std::fs::write(&data, toks.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        &data,
+        toks.iter()
+            .flat_map(|t| t.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     (cfg, data)
 }
 
@@ -56,9 +62,30 @@ fn step_losses(log: &Path) -> Vec<(u64, f64)> {
 
 fn train_args<'a>(cfg: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "--model", cfg, "--data", data, "--out", out, "--steps", "24", "--batch", "2",
-        "--seq", "16", "--accum", "2", "--lr", "3e-3", "--eval-every", "8", "--ckpt-every", "5",
-        "--threads", "2", "--quiet",
+        "train",
+        "--model",
+        cfg,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--steps",
+        "24",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--accum",
+        "2",
+        "--lr",
+        "3e-3",
+        "--eval-every",
+        "8",
+        "--ckpt-every",
+        "5",
+        "--threads",
+        "2",
+        "--quiet",
     ]
 }
 
@@ -102,26 +129,72 @@ fn export_eval_and_grad_work_on_a_trained_checkpoint() {
     assert!(run(&args).status.success());
     let ckpt = out.join("model.ckpt");
     let model = d.path().join("m.bin");
-    let o = run(&["export", "--ckpt", ckpt.to_str().unwrap(), "-o", model.to_str().unwrap()]);
+    let o = run(&[
+        "export",
+        "--ckpt",
+        ckpt.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+    ]);
     assert!(o.status.success());
     // The exported file is a valid llama2.c model holding the checkpoint's parameters.
     let m = anetrain::model::llama2c::Model::load(&model).unwrap();
     let ck = anetrain::train::checkpoint::load(&ckpt).unwrap();
     assert_eq!(m.params.data, ck.params.data);
 
-    let e1 = run(&["eval", "--model", model.to_str().unwrap(), "--data", data, "--seq", "16", "--batches", "4"]);
-    let e2 = run(&["eval", "--model", ckpt.to_str().unwrap(), "--data", data, "--seq", "16", "--batches", "4"]);
+    let e1 = run(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data,
+        "--seq",
+        "16",
+        "--batches",
+        "4",
+    ]);
+    let e2 = run(&[
+        "eval",
+        "--model",
+        ckpt.to_str().unwrap(),
+        "--data",
+        data,
+        "--seq",
+        "16",
+        "--batches",
+        "4",
+    ]);
     assert!(e1.status.success() && e2.status.success());
     let s1 = String::from_utf8_lossy(&e1.stdout).to_string();
     assert!(s1.contains("perplexity"), "{s1}");
-    assert_eq!(s1.split_whitespace().nth(1), String::from_utf8_lossy(&e2.stdout).split_whitespace().nth(1));
+    assert_eq!(
+        s1.split_whitespace().nth(1),
+        String::from_utf8_lossy(&e2.stdout)
+            .split_whitespace()
+            .nth(1)
+    );
 
     let g = d.path().join("g.safetensors");
-    let o = run(&["grad", "--model", model.to_str().unwrap(), "--data", data, "--offset", "7", "--seq", "9", "--out", g.to_str().unwrap()]);
+    let o = run(&[
+        "grad",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data,
+        "--offset",
+        "7",
+        "--seq",
+        "9",
+        "--out",
+        g.to_str().unwrap(),
+    ]);
     assert!(o.status.success());
     let bytes = std::fs::read(&g).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    assert!(st.names().iter().any(|n| *n == "layers.1.attention.wk.weight"));
+    assert!(st
+        .names()
+        .iter()
+        .any(|n| *n == "layers.1.attention.wk.weight"));
     let wk = st.tensor("layers.1.attention.wk.weight").unwrap();
     assert_eq!(wk.shape(), &[16, 32]);
 }
@@ -136,7 +209,10 @@ fn bad_data_is_refused_with_a_clear_message() {
         ("short.bin", vec![1, 0, 5, 0, 6, 0], "training window needs"),
         (
             "big.bin",
-            (0..200u16).map(|i| if i == 77 { 9999 } else { 5 }).flat_map(|t| t.to_le_bytes()).collect(),
+            (0..200u16)
+                .map(|i| if i == 77 { 9999u16 } else { 5 })
+                .flat_map(|t| t.to_le_bytes())
+                .collect(),
             "offset 77",
         ),
     ];
@@ -144,9 +220,24 @@ fn bad_data_is_refused_with_a_clear_message() {
         let p = d.path().join(name);
         std::fs::write(&p, bytes).unwrap();
         let out = bin()
-            .args(["train", "--model", cfg, "--data", p.to_str().unwrap(), "--out"])
+            .args([
+                "train",
+                "--model",
+                cfg,
+                "--data",
+                p.to_str().unwrap(),
+                "--out",
+            ])
             .arg(d.path().join("o"))
-            .args(["--steps", "2", "--seq", "16", "--val-fraction", "0", "--quiet"])
+            .args([
+                "--steps",
+                "2",
+                "--seq",
+                "16",
+                "--val-fraction",
+                "0",
+                "--quiet",
+            ])
             .output()
             .unwrap();
         assert!(!out.status.success(), "{name} accepted");

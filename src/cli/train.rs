@@ -14,7 +14,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// Which Neural Engine kernel pipeline to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Pipeline {
     /// Weights baked into the programs; recompiles every --accum steps, exec() restarts.
@@ -24,9 +26,11 @@ pub enum Pipeline {
 }
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "With no arguments, trains a stories260k-shaped model on the built-in \
+#[command(
+    after_help = "With no arguments, trains a stories260k-shaped model on the built-in \
 corpus of generated children's stories (about 3 minutes on 2 cores), then prints a story and \
-where the checkpoint, tokenizer and log went. `anetrain generate` then works with no flags.")]
+where the checkpoint, tokenizer and log went. `anetrain generate` then works with no flags."
+)]
 pub struct TrainArgs {
     /// Model to train: a preset (stories260k, stories15m, stories42m, stories110m,
     /// qwen3-0.6b-shape) or config file for random init, a llama2.c .bin or a .ckpt to start from.
@@ -144,7 +148,9 @@ pub fn set_threads(threads: Option<usize>) -> usize {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
     crate::kernels::gemm::set_threads(n);
     n
 }
@@ -296,8 +302,11 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             None => bail!("no tokenizer"),
         }
     };
-    let sample: Option<&dyn Fn(&Params) -> Result<String>> =
-        if tok.is_some() { Some(&sampler_fn) } else { None };
+    let sample: Option<&dyn Fn(&Params) -> Result<String>> = if tok.is_some() {
+        Some(&sampler_fn)
+    } else {
+        None
+    };
     let out = tr.run(&data, val.as_ref(), &mut log, sample, peak)?;
     if out.restart {
         drop(log);
@@ -320,7 +329,10 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     if let Some(t) = &tok {
         if !out.interrupted && !a.quiet {
             let story = crate::generate::generate_text(&tr.params, t, "", 256, 0.8, 0.9, a.seed)?;
-            println!("--- a story from the trained model ---\n{}\n---", story.trim());
+            println!(
+                "--- a story from the trained model ---\n{}\n---",
+                story.trim()
+            );
         }
     }
     if !a.quiet {
@@ -484,7 +496,10 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
     let c = params.config().clone();
     let data = TokenData::open(&a.data)?;
     let toks = data.tokens();
-    let end = a.offset.checked_add(a.seq + 1).context("window overflows")?;
+    let end = a
+        .offset
+        .checked_add(a.seq + 1)
+        .context("window overflows")?;
     if end > toks.len() {
         bail!(
             "{}: window {}..{} needs {} tokens but the file has {}",
@@ -499,7 +514,11 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
         bail!("--seq {} exceeds the model's seq_len {}", a.seq, c.seq_len);
     }
     let win = &toks[a.offset..end];
-    if let Some((i, &t)) = win.iter().enumerate().find(|(_, &t)| t as usize >= c.vocab_size) {
+    if let Some((i, &t)) = win
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= c.vocab_size)
+    {
         bail!(
             "{}: token {t} at offset {} is not below the vocabulary size {}",
             a.data.display(),
@@ -530,19 +549,28 @@ pub fn write_safetensors(path: &Path, p: &Params, loss: f32) -> Result<()> {
     let tensors = p.layout.tensors();
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
-        .map(|t| p.data[t.range.clone()].iter().flat_map(|x| x.to_le_bytes()).collect())
+        .map(|t| {
+            p.data[t.range.clone()]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect()
+        })
         .collect();
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .zip(bytes.iter())
-        .map(|(t, b)| Ok((t.name.clone(), TensorView::new(Dtype::F32, t.shape.clone(), b)?)))
+        .map(|(t, b)| {
+            Ok((
+                t.name.clone(),
+                TensorView::new(Dtype::F32, t.shape.clone(), b)?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let meta = std::collections::HashMap::from([("loss".to_string(), format!("{loss}"))]);
     let out = safetensors::serialize(views, &Some(meta))?;
     crate::util::fs::write_atomic(path, |w| w.write_all(&out))
         .with_context(|| format!("{}: cannot write", path.display()))
 }
-
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -615,7 +643,15 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
             version += 1;
             ws.set_weights_version(version);
             let t1 = std::time::Instant::now();
-            ws.forward_backward(k.as_mut(), &params, &mut grads, &inputs, &targets, 1.0, &mut t)?;
+            ws.forward_backward(
+                k.as_mut(),
+                &params,
+                &mut grads,
+                &inputs,
+                &targets,
+                1.0,
+                &mut t,
+            )?;
             fb_ms += t1.elapsed().as_secs_f64() * 1e3;
         }
         let t2 = std::time::Instant::now();
@@ -631,7 +667,10 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         }
         let _ = fb_ms;
         if !a.json {
-            eprintln!("{} step: {ms:.1} ms", if it == 0 { "warm-up" } else { "measured" });
+            eprintln!(
+                "{} step: {ms:.1} ms",
+                if it == 0 { "warm-up" } else { "measured" }
+            );
         }
     }
     let med = |v: &mut Vec<f64>| {
@@ -666,7 +705,10 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
             "{} batch {} x seq {} x accum {} on {} ({threads} threads)",
             a.model, a.batch, a.seq, a.accum, a.backend
         );
-        println!("  ms/step   median {ms_step:.1}  min {min:.1}  max {max:.1}  ({} steps)", a.steps);
+        println!(
+            "  ms/step   median {ms_step:.1}  min {min:.1}  max {max:.1}  ({} steps)",
+            a.steps
+        );
         println!("  ms/seq    {ms_seq:.1}");
         println!("  tokens/s  {tps:.0}");
         println!(

@@ -21,7 +21,8 @@ pub fn prepare(dir: &Path, seed: u64, quiet: bool) -> Result<Builtin> {
     let tokenizer = dir.join("tokenizer.bin");
     let tokens = dir.join("tokens.bin");
     let stamp = dir.join("corpus.json");
-    let want = serde_json::json!({"seed": seed, "stories": N_STORIES, "vocab": VOCAB, "version": 1});
+    let want =
+        serde_json::json!({"seed": seed, "stories": N_STORIES, "vocab": VOCAB, "version": 1});
     let fresh = std::fs::read(&stamp)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -59,7 +60,6 @@ pub fn prepare(dir: &Path, seed: u64, quiet: bool) -> Result<Builtin> {
     }
     Ok(Builtin { tokens, tokenizer })
 }
-
 
 /// Entropy (nats/token) of the unigram distribution of `data`: the loss of the best model
 /// that ignores context.

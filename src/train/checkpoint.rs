@@ -68,7 +68,11 @@ pub struct Checkpoint {
     pub v: Vec<f32>,
 }
 
-fn f32s_to_bytes(w: &mut dyn Write, xs: &[f32], crc: &mut crc32fast::Hasher) -> std::io::Result<()> {
+fn f32s_to_bytes(
+    w: &mut dyn Write,
+    xs: &[f32],
+    crc: &mut crc32fast::Hasher,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1 << 16);
     for c in xs.chunks(1 << 14) {
         buf.clear();
@@ -155,7 +159,9 @@ fn check_preamble(pre: &[u8]) -> Result<u32> {
 
 fn parse_header(json: &[u8]) -> Result<Header> {
     let h: Header = serde_json::from_slice(json).context("corrupt checkpoint header")?;
-    h.config.validate().context("checkpoint header holds an invalid config")?;
+    h.config
+        .validate()
+        .context("checkpoint header holds an invalid config")?;
     if h.timings_ms.len() > 64 {
         bail!("corrupt checkpoint header (timings)");
     }
@@ -164,15 +170,18 @@ fn parse_header(json: &[u8]) -> Result<Header> {
 
 /// Loads and verifies a checkpoint (size and checksum) before using any of it.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
     parse(&bytes).with_context(|| format!("{}: checkpoint is unusable", path.display()))
 }
 
 /// Parses checkpoint bytes (see [`load`]).
 pub fn parse(bytes: &[u8]) -> Result<Checkpoint> {
     if bytes.len() < 20 {
-        bail!("file is {} bytes, too short to be a checkpoint", bytes.len());
+        bail!(
+            "file is {} bytes, too short to be a checkpoint",
+            bytes.len()
+        );
     }
     let hlen = check_preamble(&bytes[..16])? as usize;
     if bytes.len() < 16 + hlen + 4 {
@@ -187,14 +196,20 @@ pub fn parse(bytes: &[u8]) -> Result<Checkpoint> {
             bytes.len(),
             n,
             expected,
-            if bytes.len() < expected { "truncated" } else { "trailing data" }
+            if bytes.len() < expected {
+                "truncated"
+            } else {
+                "trailing data"
+            }
         );
     }
     let body_end = expected - 4;
     let stored = u32::from_le_bytes(bytes[body_end..].try_into().unwrap());
     let actual = crc32fast::hash(&bytes[..body_end]);
     if stored != actual {
-        bail!("checksum mismatch (stored {stored:08x}, computed {actual:08x}): the file is corrupt");
+        bail!(
+            "checksum mismatch (stored {stored:08x}, computed {actual:08x}): the file is corrupt"
+        );
     }
     let read = |k: usize| -> Vec<f32> {
         let s = 16 + hlen + 4 * n * k;
@@ -282,7 +297,10 @@ mod tests {
         save(&path, &header(&c), &p.data, &m, &v, 3).unwrap();
         let ck = load(&path).unwrap();
         assert_eq!(ck.header, header(&c));
-        assert_eq!((ck.params.data, ck.m, ck.v), (p.data.clone(), m.clone(), v.clone()));
+        assert_eq!(
+            (ck.params.data, ck.m, ck.v),
+            (p.data.clone(), m.clone(), v.clone())
+        );
         assert_eq!(read_header(&path).unwrap().step, 5);
 
         // Two more saves: the first is kept as .1 and .2.

@@ -135,7 +135,11 @@ pub fn grad_norm(grads: &[f32]) -> f64 {
                     acc[j] += (q[j] as f64) * (q[j] as f64);
                 }
             }
-            let tail: f64 = it.remainder().iter().map(|&x| (x as f64) * (x as f64)).sum();
+            let tail: f64 = it
+                .remainder()
+                .iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum();
             acc.iter().sum::<f64>() + tail
         })
         .collect();

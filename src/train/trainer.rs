@@ -266,7 +266,9 @@ impl Trainer {
         let mut loss_sum = 0f64;
         let scale = self.loss_scale;
         for _ in 0..accum {
-            t.time(Component::Data, || self.sampler.fill(data, seq, inputs, targets));
+            t.time(Component::Data, || {
+                self.sampler.fill(data, seq, inputs, targets)
+            });
             let l = ws.forward_backward(
                 self.kernels.as_mut(),
                 &self.params,

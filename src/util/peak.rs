@@ -12,7 +12,9 @@ pub fn measure_fma_gflops(threads: usize) -> f64 {
         let t = Instant::now();
         let iters = 4_000_000u64;
         let flops_per_thread: f64 = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads).map(|_| s.spawn(move || fma_loop(iters))).collect();
+            let hs: Vec<_> = (0..threads)
+                .map(|_| s.spawn(move || fma_loop(iters)))
+                .collect();
             hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum::<f64>() / threads as f64
         });
         let secs = t.elapsed().as_secs_f64();
