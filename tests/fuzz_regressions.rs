@@ -230,3 +230,33 @@ fn absurd_header_sizes_fail_before_allocating() {
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
     assert!(grown < 64.0, "peak RSS grew by {grown:.1} MiB");
 }
+
+/// Found by the `jsonl` target: serde_json's default float parser is not correctly rounded,
+/// so `2293372036854775808` and `2.293372036854776e18` came back one ulp off, and an event
+/// written by the trainer did not read back equal (the dashboard, plots and checkpoint
+/// headers read numbers through it). Fixed by serde_json's `float_roundtrip` feature;
+/// checked against Rust's own correctly rounded `str::parse::<f64>`.
+#[test]
+fn log_numbers_parse_correctly_rounded_and_round_trip() {
+    use anetrain::train::log::{parse_line, Event};
+    for text in [
+        "2293372036854775808",
+        "2.293372036854776e18",
+        "2.2933720368547758e18",
+        "0.30000000000000004",
+        "1.7976931348623157e308",
+        "5e-324",
+        "3.0517578125e-05",
+    ] {
+        let want: f64 = text.parse().unwrap();
+        let line = format!(r#"{{"type":"eval","step":1,"val_loss":{text}}}"#);
+        let Some(Event::Eval { val_loss, .. }) = parse_line(&line) else {
+            panic!("{line} did not parse");
+        };
+        assert_eq!(val_loss.to_bits(), want.to_bits(), "{text}");
+        let line = format!(r#"{{"type":"step","step":7,"loss":1,"timing":{{"adamw":{text}}}}}"#);
+        let e = parse_line(&line).unwrap();
+        let back = parse_line(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e, "{text}");
+    }
+}

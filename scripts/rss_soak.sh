@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Memory over a long training run: starts `anetrain train` and samples its VmRSS from
+# /proc/<pid>/status every second, with the last step the JSONL log has reached at that
+# moment, into OUT/rss.csv; then prints the start, peak and end RSS, the RSS at every
+# 200th step, and the slope over the second half of the run (a leak shows as a positive slope).
+#
+#   scripts/rss_soak.sh [OUT] [extra train flags…]
+#
+# Defaults: OUT=runs/rss-soak, stories260k on the built-in corpus, 1200 steps of batch 4 ×
+# seq 128, validation and a checkpoint every 200 steps. Needs `cargo build --release` first
+# (or ANETRAIN=path/to/anetrain).
+set -euo pipefail
+out=${1:-runs/rss-soak}
+shift || true
+bin=${ANETRAIN:-target/release/anetrain}
+[ -x "$bin" ] || { echo "no $bin: run cargo build --release first" >&2; exit 1; }
+rm -rf "$out"
+mkdir -p "$out"
+args=(train --model stories260k --steps 1200 --batch 4 --seq 128 --eval-every 200
+      --ckpt-every 200 --out "$out" --quiet "$@")
+echo "command: $bin ${args[*]}" | tee "$out/command.txt"
+"$bin" "${args[@]}" >"$out/stdout.txt" 2>"$out/stderr.txt" &
+pid=$!
+echo "t_s,rss_kib,step" >"$out/rss.csv"
+t=0
+while kill -0 "$pid" 2>/dev/null; do
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+  step=$(tail -n 50 "$out/run.jsonl" 2>/dev/null \
+    | grep -o '"type":"step","step":[0-9]*' | tail -n 1 | grep -o '[0-9]*$' || true)
+  [ -n "$rss" ] && echo "$t,$rss,${step:-0}" >>"$out/rss.csv"
+  sleep 1
+  t=$((t + 1))
+done
+wait "$pid"
+status=$?
+awk -F, 'NR > 1 {
+    n++; t[n] = $1; r[n] = $2; s[n] = $3
+    if ($2 > peak) { peak = $2; peak_step = $3 }
+    if (first == "" && $3 > 0) { first = $2; first_step = $3 }
+    while ($3 >= mark + 200) { mark += 200; at[mark] = $2 }
+  }
+  END {
+    # Least-squares slope of RSS against step over the second half of the samples.
+    for (i = int(n / 2) + 1; i <= n; i++) { m++; sx += s[i]; sy += r[i]; sxx += s[i] * s[i]; sxy += s[i] * r[i] }
+    slope = (m * sxy - sx * sy) / (m * sxx - sx * sx)
+    printf "samples:           %d over %d s, last step %d\n", n, t[n], s[n]
+    printf "start RSS:         %.1f MiB (first sample with training under way, step %d)\n", first / 1024, first_step
+    printf "peak RSS:          %.1f MiB (first reached at step %d)\n", peak / 1024, peak_step
+    printf "end RSS:           %.1f MiB (last sample, step %d)\n", r[n] / 1024, s[n]
+    printf "RSS every 200:    "
+    for (k = 200; k <= mark; k += 200) printf " %d: %.1f", k, at[k] / 1024
+    printf " MiB\n"
+    printf "second-half slope: %.2f KiB per 100 steps\n", slope * 100
+  }' "$out/rss.csv" | tee "$out/summary.txt"
+grep -h "efficiency report" -A 3 "$out/stderr.txt" "$out/stdout.txt" 2>/dev/null | head -n 4 || true
+exit "$status"
