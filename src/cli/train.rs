@@ -60,9 +60,9 @@ pub struct TrainArgs {
     /// Optimizer steps.
     #[arg(long, default_value_t = 1000)]
     pub steps: u64,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f32,
+    /// Peak learning rate (default: 1e-3; 3e-3 for the built-in corpus run).
+    #[arg(long)]
+    pub lr: Option<f32>,
     /// Final learning rate of the cosine decay (default: lr/10).
     #[arg(long)]
     pub min_lr: Option<f32>,
@@ -197,6 +197,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             (t, Some(v))
         }
     };
+    // Absolute, so that `generate` finds the tokenizer recorded in the checkpoint from anywhere.
+    let tokenizer = tokenizer.map(|p| p.canonicalize().unwrap_or(p));
     let ckpt = a.ckpt.clone().unwrap_or_else(|| a.out.join("model.ckpt"));
     let log_path = a.log.clone().unwrap_or_else(|| a.out.join("run.jsonl"));
 
@@ -223,14 +225,15 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     if a.batch == 0 || a.accum == 0 || seq == 0 {
         bail!("--batch, --accum and --seq must be positive");
     }
+    let lr = a.lr.unwrap_or(if a.data.is_none() { 3e-3 } else { 1e-3 });
     let settings = Settings {
         batch: a.batch,
         seq,
         accum: a.accum,
         steps: a.steps,
         optim: AdamWConfig {
-            lr: a.lr,
-            min_lr: a.min_lr.unwrap_or(a.lr / 10.0),
+            lr,
+            min_lr: a.min_lr.unwrap_or(lr / 10.0),
             warmup: a.warmup.unwrap_or(a.steps / 20),
             total_steps: a.steps,
             beta1: a.beta1,
