@@ -75,6 +75,12 @@ fn run(model: &str, batch: usize, seq: usize, reps: usize) {
 }
 
 fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs bench binaries without
+    // it, and a test run should not spend minutes benchmarking.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark skipped: run it with `cargo bench`");
+        return;
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
