@@ -211,10 +211,10 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// The thread count of [`crate::kernels::gemm::set_threads`] when set, else the global
+/// rayon pool's (one per core unless configured), so one setting governs both.
 fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    crate::kernels::gemm::threads()
 }
 
 fn build_pool(threads: usize) -> Arc<rayon::ThreadPool> {
@@ -229,7 +229,8 @@ fn build_pool(threads: usize) -> Arc<rayon::ThreadPool> {
 
 impl Workspace {
     /// Allocates every buffer for `batch` sequences of `seq` tokens (`seq` ≤ the config's
-    /// `seq_len`, checked by the step). Uses as many threads as the machine has cores.
+    /// `seq_len`, checked by the step). Threads: as set by `kernels::gemm::set_threads`, else
+    /// the global rayon pool's size.
     pub fn new(cfg: &Config, batch: usize, seq: usize) -> Workspace {
         let d = Dims::new(cfg, batch, seq);
         let (n, l) = (d.n(), cfg.n_layers);
@@ -281,7 +282,7 @@ impl Workspace {
         self.weights_version
     }
 
-    /// Worker threads for the step (default: one per core).
+    /// Worker threads for the step (0: back to the default of [`Workspace::new`]).
     pub fn set_threads(&mut self, threads: usize) {
         self.pool = build_pool(if threads == 0 {
             default_threads()
