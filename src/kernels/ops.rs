@@ -376,7 +376,7 @@ pub struct ClassifierGrads<'a> {
 /// Classifier and cross-entropy, chunked over token columns so that no `[V, N]` logits
 /// buffer exists: per chunk of `nc` columns,
 /// logits `[nc, V]` = xfᵀ·W_clsᵀ (token-major, so each softmax row is contiguous);
-/// loss += Σ (logsumexp − logit[target]); dlogits = (softmax − onehot)·`scale` in place;
+/// loss += Σ (logsumexp − `logit[target]`); dlogits = (softmax − onehot)·`scale` in place;
 /// dxf `[D, nc]` = W_clsᵀ·dlogitsᵀ; dW_cls `[V, D]` += dlogitsᵀ·xfᵀ.
 ///
 /// xf `[D, N]`, wcls `[V, D]`, targets `[N]` (each < V), logits scratch ≥ `chunk·V`.
