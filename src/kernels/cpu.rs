@@ -8,7 +8,8 @@
 //! touches only keys up to the tile's end, so about half of the `S²` work is skipped.
 //!
 //! Scratch lives in the struct and only grows: after the first call of a shape nothing is
-//! allocated here (the GEMM library keeps its own packing buffers).
+//! allocated here (the GEMM library allocates its packing buffers per call; glibc serves
+//! most of them from memory already touched: a Stories110M step sees ~4k page faults).
 
 use super::gemm::{sgemm, sgemm_raw, Op};
 use super::ops::{self, Rope};
