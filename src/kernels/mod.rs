@@ -12,6 +12,7 @@
 //! (llama2.c's `h / (n_heads / n_kv_heads)`).
 
 pub mod cpu;
+pub mod gemm;
 pub mod ops;
 
 use crate::model::Config;

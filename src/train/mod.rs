@@ -2,6 +2,7 @@
 //! rate schedule, checkpoints, the training loop, the event log and the efficiency report.
 
 pub mod log;
+pub mod step;
 pub mod timing;
 
 use crate::model::Config;
