@@ -23,8 +23,7 @@
 
 use crate::ane::device::{Device, ProgramId, SurfaceId};
 use crate::ane::mil::kernels::{
-    generate, kernel_set, spec, Geometry, Kernel, KernelSpec, LayerWeights, Pipeline,
-    SurfaceLayout,
+    generate, kernel_set, spec, Geometry, Kernel, KernelSpec, LayerWeights, Pipeline, SurfaceLayout,
 };
 use crate::kernels::ops::Rope;
 use crate::kernels::{
@@ -283,7 +282,10 @@ impl AneKernels {
             );
         }
         if layer >= self.cfg.n_layers {
-            bail!("{what}: layer {layer} of a {}-layer model", self.cfg.n_layers);
+            bail!(
+                "{what}: layer {layer} of a {}-layer model",
+                self.cfg.n_layers
+            );
         }
         if self.weights_version.is_none() {
             bail!("{what}: prepare() has not been given the weights yet");
@@ -344,7 +346,14 @@ impl AneKernels {
 
     /// Copies fp16 output region `from` of kernel `a` into input region `to` of kernel `b`
     /// (same shape), without converting.
-    fn forward_f16(&mut self, a: Kernel, from: &str, b: Kernel, layer: usize, to: &str) -> Result<()> {
+    fn forward_f16(
+        &mut self,
+        a: Kernel,
+        from: &str,
+        b: Kernel,
+        layer: usize,
+        to: &str,
+    ) -> Result<()> {
         let t = Instant::now();
         let (ra, la) = {
             let l = &self.specs[&a].output;
@@ -419,7 +428,8 @@ impl AneKernels {
                         };
                         for c in 0..r.ch {
                             let o = c * w + r.col0;
-                            buf[o..o + r.cols].convert_from_f32_slice(&rows[c * r.cols..][..r.cols]);
+                            buf[o..o + r.cols]
+                                .convert_from_f32_slice(&rows[c * r.cols..][..r.cols]);
                         }
                     }
                 })?;
@@ -486,16 +496,21 @@ impl Kernels for AneKernels {
 
     fn prepare(&mut self, params: &Params, weights_version: u64) -> Result<()> {
         let pc = params.config();
-        if (pc.dim, pc.hidden_dim, pc.n_layers, pc.n_heads, pc.n_kv_heads, pc.head_dim)
-            != (
-                self.cfg.dim,
-                self.cfg.hidden_dim,
-                self.cfg.n_layers,
-                self.cfg.n_heads,
-                self.cfg.n_kv_heads,
-                self.cfg.head_dim,
-            )
-        {
+        if (
+            pc.dim,
+            pc.hidden_dim,
+            pc.n_layers,
+            pc.n_heads,
+            pc.n_kv_heads,
+            pc.head_dim,
+        ) != (
+            self.cfg.dim,
+            self.cfg.hidden_dim,
+            self.cfg.n_layers,
+            self.cfg.n_heads,
+            self.cfg.n_kv_heads,
+            self.cfg.head_dim,
+        ) {
             bail!("prepare: the parameters' config differs from the backend's");
         }
         if self.weights_version == Some(weights_version) {
@@ -677,7 +692,10 @@ impl Kernels for AneKernels {
             stride: n,
             col0: 0,
         };
-        self.unpack(last, &mut [mk("dx2n", dx2n), mk("dh1", dh1), mk("dh3", dh3)])
+        self.unpack(
+            last,
+            &mut [mk("dx2n", dx2n), mk("dh1", dh1), mk("dh3", dh3)],
+        )
     }
 
     fn sdpa_bwd1(

@@ -96,13 +96,26 @@ pub fn causal_mask(s: usize) -> Vec<u8> {
     fp16(&m)
 }
 
+/// The multiplicative causal mask `[S, S]`: 1 where `t2 ≤ t`, 0 above the diagonal. sdpaBwd1
+/// multiplies `dP` by it so that, as on the CPU, the gradient of masked probabilities is 0.
+pub fn causal_keep(s: usize) -> Vec<u8> {
+    let mut m = vec![0f32; s * s];
+    for t in 0..s {
+        m[t * s..t * s + t + 1].fill(1.0);
+    }
+    fp16(&m)
+}
+
 /// RoPE tables declared `[1, 1, S, HD]`: for position `p` and pair `j`, entries `2j` and
 /// `2j+1` of row `p` both hold `cos θ` (resp. `sin θ`), `θ = p·θ_base^(−2j/HD)`.
 /// `cos`, `sin` are `[≥S, HD/2]` as in [`crate::kernels::ops::Rope`] (llama2.c's f32 tables),
 /// so the Neural Engine rotates by exactly the CPU's angles, rounded to fp16.
 pub fn rope_tables(cos: &[f32], sin: &[f32], s: usize, hd: usize) -> (Vec<u8>, Vec<u8>) {
     let half = hd / 2;
-    assert!(cos.len() >= s * half && sin.len() >= s * half, "RoPE table too short");
+    assert!(
+        cos.len() >= s * half && sin.len() >= s * half,
+        "RoPE table too short"
+    );
     let mut c = vec![0f32; s * hd];
     let mut n = vec![0f32; s * hd];
     for p in 0..s {
@@ -126,10 +139,9 @@ pub struct Record {
 
 /// Reads and validates the metadata record at `offset` (the MIL `offset=uint64(…)` value).
 pub fn record(blob: &[u8], offset: u64) -> Result<Record> {
-    let off = usize::try_from(offset).ok().filter(|o| {
-        o.checked_add(64)
-            .is_some_and(|end| end <= blob.len())
-    });
+    let off = usize::try_from(offset)
+        .ok()
+        .filter(|o| o.checked_add(64).is_some_and(|end| end <= blob.len()));
     let Some(off) = off else {
         bail!(
             "BLOBFILE offset {offset} leaves no room for a 64-byte metadata record in a {}-byte blob",

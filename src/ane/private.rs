@@ -44,8 +44,7 @@ const ANE_FRAMEWORK: &str =
 const LIBOBJC: &str = "/usr/lib/libobjc.A.dylib";
 const FOUNDATION: &str = "/System/Library/Frameworks/Foundation.framework/Foundation";
 const IOSURFACE: &str = "/System/Library/Frameworks/IOSurface.framework/IOSurface";
-const COREFOUNDATION: &str =
-    "/System/Library/Frameworks/CoreFoundation.framework/CoreFoundation";
+const COREFOUNDATION: &str = "/System/Library/Frameworks/CoreFoundation.framework/CoreFoundation";
 
 /// QoS passed to every call (`QOS_CLASS_DEFAULT`); the hardware runs at a fixed clock and
 /// shows no latency difference between values.
@@ -223,8 +222,7 @@ impl Api {
         if s.is_null() {
             return String::new();
         }
-        let f: unsafe extern "C" fn(Id, Sel) -> *const c_char =
-            std::mem::transmute(self.msg_send);
+        let f: unsafe extern "C" fn(Id, Sel) -> *const c_char = std::mem::transmute(self.msg_send);
         let p = f(s, self.sel("UTF8String"));
         if p.is_null() {
             String::new()
@@ -381,7 +379,8 @@ impl PrivateDevice {
         unsafe {
             let mut weights: Vec<(&str, Id)> = Vec::new();
             for (path, blob) in &p.weights {
-                let entry = a.dictionary(&[("offset", a.nsnumber_u64(0)), ("data", a.nsdata(blob))]);
+                let entry =
+                    a.dictionary(&[("offset", a.nsnumber_u64(0)), ("data", a.nsdata(blob))]);
                 weights.push((path.as_str(), entry));
             }
             let wdict = a.dictionary(&weights);
@@ -446,7 +445,12 @@ impl PrivateDevice {
     }
 
     /// The lock/unlock pair around a surface access; `read_only` selects the lock mode.
-    fn with_locked(&self, s: SurfaceId, read_only: bool, f: &mut dyn FnMut(*mut f16, usize)) -> Result<()> {
+    fn with_locked(
+        &self,
+        s: SurfaceId,
+        read_only: bool,
+        f: &mut dyn FnMut(*mut f16, usize),
+    ) -> Result<()> {
         let a = self.api;
         let sf = self.surface(s)?;
         let opt = if read_only { LOCK_READ_ONLY } else { 0 };
@@ -526,7 +530,9 @@ impl Device for PrivateDevice {
             }
             if (a.io_surface_get_alloc_size)(surf) < bytes {
                 (a.cf_release)(surf);
-                return Err(anyhow!("IOSurface smaller than the {bytes} bytes asked for"));
+                return Err(anyhow!(
+                    "IOSurface smaller than the {bytes} bytes asked for"
+                ));
             }
             let wrap = a.send1(a.surface_object_class, "objectWithIOSurface:", surf);
             if wrap.is_null() {
@@ -674,7 +680,10 @@ mod tests {
     #[cfg(not(target_os = "macos"))]
     fn unavailable_off_macos_with_a_reason() {
         let e = super::availability().unwrap_err();
-        assert!(e.contains("only on macOS") && e.contains("AppleNeuralEngine"), "{e}");
+        assert!(
+            e.contains("only on macOS") && e.contains("AppleNeuralEngine"),
+            "{e}"
+        );
         let e = super::PrivateDevice::new().err().unwrap().to_string();
         assert!(e.starts_with("Neural Engine unavailable"), "{e}");
     }

@@ -41,7 +41,11 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let Some(kernel) = Kernel::from_name(&a.kernel) else {
         let names: Vec<&str> = Kernel::ALL.iter().map(|k| k.name()).collect();
-        bail!("unknown kernel '{}': expected one of {}", a.kernel, names.join(", "));
+        bail!(
+            "unknown kernel '{}': expected one of {}",
+            a.kernel,
+            names.join(", ")
+        );
     };
     let bakes = a.pipeline == Pipeline::Static && kernel.has_weights();
     let (cfg, params) = if llama2c::is_model_file(&a.model) {
@@ -61,7 +65,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     let geo = Geometry::new(&cfg, a.batch, seq);
     if !kernel_set(a.pipeline, &geo).contains(&kernel) {
-        let names: Vec<&str> = kernel_set(a.pipeline, &geo).iter().map(|k| k.name()).collect();
+        let names: Vec<&str> = kernel_set(a.pipeline, &geo)
+            .iter()
+            .map(|k| k.name())
+            .collect();
         bail!(
             "{} is not a kernel of the {} pipeline for this model (its kernels: {})",
             kernel.name(),
@@ -96,7 +103,8 @@ pub fn run(a: Args) -> Result<()> {
             for (path, blob) in &prog.weights {
                 let rel = path.strip_prefix("@model_path/").unwrap_or(path);
                 let f = dir.join(rel);
-                std::fs::write(&f, blob).with_context(|| format!("{}: cannot write", f.display()))?;
+                std::fs::write(&f, blob)
+                    .with_context(|| format!("{}: cannot write", f.display()))?;
                 eprintln!("  wrote {} ({} bytes)", f.display(), blob.len());
             }
             eprintln!("  wrote {}", mil.display());

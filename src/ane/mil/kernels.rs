@@ -15,7 +15,7 @@
 //! | fwdAttn (W = S) | x D | o D, q QD, k KVD, v KVD, attn QD, xn D | g_att, Wq, Wk, Wv, Wo, mask, RoPE cos/sin |
 //! | fwdFFN (W = N) | x2 D | f D, h1 H, h3 H, gate H, x2n D | g_ffn, W1, W3, W2 |
 //! | ffnBwd (W = N) | dy D, h1 H, h3 H | dx2n D, dh1 H, dh3 H | W2ᵀ, W1ᵀ, W3ᵀ |
-//! | sdpaBwd1 (W = S) | q QD, k KVD, v KVD, dx2 D | dv KVD, P NH·S, dP NH·S | Woᵀ, mask |
+//! | sdpaBwd1 (W = S) | q QD, k KVD, v KVD, dx2 D | dv KVD, P NH·S, dP NH·S | Woᵀ, mask, causal 0/1 |
 //! | sdpaBwd2 (W = S) | P NH·S, dP NH·S, q QD, k KVD | dq QD, dk KVD | none |
 //! | qkvBwd (W = N) | dq QD, dk KVD, dv KVD | dxn D | Wqᵀ, Wkᵀ, Wvᵀ |
 //!
@@ -505,7 +505,10 @@ pub fn generate(
     }
     let need_w = p == Pipeline::Static && k.has_weights();
     let w = match (need_w, weights) {
-        (true, None) => bail!("{} (static) bakes in the layer's weights: none given", k.name()),
+        (true, None) => bail!(
+            "{} (static) bakes in the layer's weights: none given",
+            k.name()
+        ),
         (true, Some(w)) => Some(w),
         (false, _) => None,
     };
@@ -530,13 +533,17 @@ pub fn generate(
             vec![("dgate", gen.dyn_linear_sum(&[("w2", "dy")], "dgate"))]
         }
         (Pipeline::Dynamic, Kernel::FfnBwdW13t) => gen.dyn_ffn_bwd_w13t(),
-        (Pipeline::Dynamic, Kernel::WoBwd) => vec![("da", gen.dyn_linear_sum(&[("wo", "dx2")], "da"))],
+        (Pipeline::Dynamic, Kernel::WoBwd) => {
+            vec![("da", gen.dyn_linear_sum(&[("wo", "dx2")], "da"))]
+        }
         (Pipeline::Dynamic, Kernel::SdpaBwd1) => gen.dyn_sdpa_bwd1(),
         (Pipeline::Dynamic, Kernel::QkvBwd) => vec![(
             "dxn",
             gen.dyn_linear_sum(&[("wq", "dq"), ("wk", "dk"), ("wv", "dv")], "dxn"),
         )],
-        (Pipeline::Dynamic, Kernel::QBwd) => vec![("dxq", gen.dyn_linear_sum(&[("wq", "dq")], "dxq"))],
+        (Pipeline::Dynamic, Kernel::QBwd) => {
+            vec![("dxq", gen.dyn_linear_sum(&[("wq", "dq")], "dxq"))]
+        }
         (Pipeline::Dynamic, Kernel::KvBwd) => vec![(
             "dxkv",
             gen.dyn_linear_sum(&[("wk", "dk"), ("wv", "dv")], "dxkv"),
@@ -568,10 +575,20 @@ impl Gen<'_> {
     /// Concatenates the outputs in the spec's order into the single output surface.
     fn finish(mut self, outs: Vec<(&'static str, Var)>) -> Program {
         let regions = self.sp.output.regions.clone();
-        assert_eq!(regions.len(), outs.len(), "{}: output count", self.sp.kernel.name());
+        assert_eq!(
+            regions.len(),
+            outs.len(),
+            "{}: output count",
+            self.sp.kernel.name()
+        );
         for (r, (n, v)) in regions.iter().zip(&outs) {
             assert_eq!(r.name, *n, "{}: output order", self.sp.kernel.name());
-            assert_eq!(v.dims(), &[1, r.ch, 1, r.cols], "{}: output {n}", self.sp.kernel.name());
+            assert_eq!(
+                v.dims(),
+                &[1, r.ch, 1, r.cols],
+                "{}: output {n}",
+                self.sp.kernel.name()
+            );
         }
         let out = if outs.len() == 1 {
             outs[0].1.clone()
@@ -727,7 +744,9 @@ impl Gen<'_> {
         let q = self.b.conv("q", &xn, &wq);
         let k = self.b.conv("k", &xn, &wk);
         let v = self.b.conv("v", &xn, &wv);
-        self.attention_tail(xn, q, k, v, rope, &mut |gen, attn| gen.b.conv("o", attn, &wo))
+        self.attention_tail(xn, q, k, v, rope, &mut |gen, attn| {
+            gen.b.conv("o", attn, &wo)
+        })
     }
 
     /// FFN forward after the norm: `[f, h1, h3, gate]` from `x2n` and the three projections.
@@ -752,7 +771,13 @@ impl Gen<'_> {
         let h3 = self.b.conv("h3", &x2n, &w3);
         let (h1, h3, gate, _) = self.ffn_tail(h1, h3);
         let out = self.b.conv("f", &gate, &w2);
-        vec![("f", out), ("h1", h1), ("h3", h3), ("gate", gate), ("x2n", x2n)]
+        vec![
+            ("f", out),
+            ("h1", h1),
+            ("h3", h3),
+            ("gate", gate),
+            ("x2n", x2n),
+        ]
     }
 
     /// SiLU backward: `dh1 = dg·h3·s·(1 + h1·(1 − s))`, `dh3 = dg·h1·s`, `s = σ(h1)`.
@@ -789,7 +814,8 @@ impl Gen<'_> {
     }
 
     /// sdpaBwd1 from roped `q`, `k`, `v` `[1, C, 1, S]` and `da` (gradient of `attn`,
-    /// `[1, QD, 1, S]`): `dv = Σ_heads of the group Pᵀ·dA`, `dP = dA·Vᵀ`, plus `P`.
+    /// `[1, QD, 1, S]`): `dv = Σ_heads of the group Pᵀ·dA`, `dP = dA·Vᵀ` zeroed above the
+    /// diagonal (like the CPU kernel), plus `P`.
     fn sdpa_bwd1_tail(&mut self, q: Var, k: Var, v: Var, da: Var) -> Vec<(&'static str, Var)> {
         let (nh, nkv, s, sc) = (
             self.g.n_heads,
@@ -807,9 +833,12 @@ impl Gen<'_> {
         let dag = self.group_rows("dag", &dah);
         let dvh = self.b.matmul("dvh", &pg, &dag, true, false);
         let dpg = self.b.matmul("dpg", &dag, &vh, false, true);
+        let keep = self.weight("causal_keep", &[1, 1, s, s], blob::causal_keep(s));
+        let dp4 = self.b.reshape("dp4", &dpg, &[1, nh, s, s]);
+        let dpm = self.b.mul("dp_causal", &dp4, &keep);
         let dv = self.unheads("dv", &dvh);
         let pf = self.b.reshape("p_flat", &p, &[1, sc, 1, s]);
-        let dpf = self.b.reshape("dp_flat", &dpg, &[1, sc, 1, s]);
+        let dpf = self.b.reshape("dp_flat", &dpm, &[1, sc, 1, s]);
         vec![("dv", dv), ("probs", pf), ("dp", dpf)]
     }
 
@@ -819,7 +848,11 @@ impl Gen<'_> {
         let k = self.take("k");
         let v = self.take("v");
         let dx2 = self.take("dx2");
-        let wot = self.weight("wot", &[qd, d, 1, 1], blob::fp16_transposed(w.attn.wo, d, qd));
+        let wot = self.weight(
+            "wot",
+            &[qd, d, 1, 1],
+            blob::fp16_transposed(w.attn.wo, d, qd),
+        );
         let da = self.b.conv("da", &dx2, &wot);
         self.sdpa_bwd1_tail(q, k, v, da)
     }
@@ -925,7 +958,13 @@ impl Gen<'_> {
         let h3 = self.lin_t("h3", &w3, &x2n);
         let (h1, h3, gate, _) = self.ffn_tail(h1, h3);
         let f = self.lin("f", &w2, &gate);
-        vec![("f", f), ("h1", h1), ("h3", h3), ("gate", gate), ("x2n", x2n)]
+        vec![
+            ("f", f),
+            ("h1", h1),
+            ("h3", h3),
+            ("gate", gate),
+            ("x2n", x2n),
+        ]
     }
 
     /// `Σ_i B_iᵀ·a_i` over (weight block, activation) region pairs sharing the channels.

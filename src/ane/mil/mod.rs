@@ -146,7 +146,10 @@ impl Builder {
     /// The function's single fp16 input `[1, C, 1, W]`.
     pub fn input(&mut self, name: &str, shape: [usize; 4]) -> Var {
         assert!(self.input.is_none(), "MIL builder: one input per program");
-        assert!(shape[0] == 1 && shape[2] == 1, "MIL builder: input must be [1, C, 1, W]");
+        assert!(
+            shape[0] == 1 && shape[2] == 1,
+            "MIL builder: input must be [1, C, 1, W]"
+        );
         let name = self.fresh(name);
         let v = Var {
             name,
@@ -165,7 +168,13 @@ impl Builder {
     }
 
     /// A deduplicated constant with literal text `lit` (e.g. `fp16(0.125)`).
-    fn constant(&mut self, base: &str, dtype: DType, shape: Option<Vec<usize>>, lit: String) -> Var {
+    fn constant(
+        &mut self,
+        base: &str,
+        dtype: DType,
+        shape: Option<Vec<usize>>,
+        lit: String,
+    ) -> Var {
         let key = format!("{}={lit}", ty_text(dtype, shape.as_deref()));
         if let Some(v) = self.consts.get(&key) {
             return v.clone();
@@ -281,7 +290,12 @@ impl Builder {
         self.op(
             name,
             "matmul",
-            &[("x", x), ("y", y), ("transpose_x", &bx), ("transpose_y", &by)],
+            &[
+                ("x", x),
+                ("y", y),
+                ("transpose_x", &bx),
+                ("transpose_y", &by),
+            ],
             shape,
         )
     }
@@ -400,7 +414,12 @@ impl Builder {
              {\"coremltools-version\", \"9.0\"}})]\n",
         );
         text.push_str("{\n");
-        let _ = writeln!(text, "    func main<ios18>({} {}) {{", input.ty(), input.name);
+        let _ = writeln!(
+            text,
+            "    func main<ios18>({} {}) {{",
+            input.ty(),
+            input.name
+        );
         text.push_str(&self.body);
         let _ = writeln!(text, "    }} -> ({});", out.name);
         text.push_str("}\n");
@@ -428,8 +447,12 @@ mod tests {
         let z = b.scale("z", &y, 0.1);
         let z2 = b.scale("z", &z, 0.1);
         let p = b.finish(&z2);
-        assert!(p.text.starts_with("program(1.3)\n[buildInfo = dict<string, string>({{"));
-        assert!(p.text.contains("    func main<ios18>(tensor<fp16, [1, 4, 1, 8]> x) {\n"));
+        assert!(p
+            .text
+            .starts_with("program(1.3)\n[buildInfo = dict<string, string>({{"));
+        assert!(p
+            .text
+            .contains("    func main<ios18>(tensor<fp16, [1, 4, 1, 8]> x) {\n"));
         assert!(p.text.contains(
             "tensor<fp16, [2, 4, 1, 1]> w = const()[name = string(\"w\"), val = tensor<fp16, [2, 4, 1, 1]>(BLOBFILE(path = string(\"@model_path/weights/w.bin\"), offset = uint64(64)))];"
         ));

@@ -17,8 +17,16 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -32,7 +40,9 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
 /// Batched matrix product over the last two axes, leading axes broadcast.
 pub fn matmul(x: &[usize], y: &[usize], tx: bool, ty: bool) -> Result<Vec<usize>, String> {
     if x.len() < 2 || y.len() < 2 {
-        return Err(format!("matmul needs rank ≥ 2 operands, got {x:?} and {y:?}"));
+        return Err(format!(
+            "matmul needs rank ≥ 2 operands, got {x:?} and {y:?}"
+        ));
     }
     let (xr, xc) = (x[x.len() - 2], x[x.len() - 1]);
     let (yr, yc) = (y[y.len() - 2], y[y.len() - 1]);
@@ -53,7 +63,9 @@ pub fn matmul(x: &[usize], y: &[usize], tx: bool, ty: bool) -> Result<Vec<usize>
 /// `[Cout, Cin/groups, kH, kW]`.
 pub fn conv(x: &[usize], w: &[usize], groups: usize) -> Result<Vec<usize>, String> {
     if x.len() != 4 || w.len() != 4 {
-        return Err(format!("conv needs rank-4 x and weight, got {x:?} and {w:?}"));
+        return Err(format!(
+            "conv needs rank-4 x and weight, got {x:?} and {w:?}"
+        ));
     }
     if groups == 0 || x[1] % groups != 0 || w[0] % groups != 0 {
         return Err(format!(
@@ -101,10 +113,7 @@ pub fn reshape(x: &[usize], shape: &[i64]) -> Result<Vec<usize>, String> {
         return Err(format!("reshape target {shape:?} must have positive sizes"));
     }
     let out: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    let (a, b) = (
-        x.iter().product::<usize>(),
-        out.iter().product::<usize>(),
-    );
+    let (a, b) = (x.iter().product::<usize>(), out.iter().product::<usize>());
     if a != b {
         return Err(format!(
             "cannot reshape {x:?} ({a} elements) to {out:?} ({b} elements)"
@@ -181,20 +190,41 @@ mod tests {
 
     #[test]
     fn rules() {
-        assert_eq!(broadcast(&[1, 8, 4, 4], &[1, 1, 4, 4]).unwrap(), vec![1, 8, 4, 4]);
+        assert_eq!(
+            broadcast(&[1, 8, 4, 4], &[1, 1, 4, 4]).unwrap(),
+            vec![1, 8, 4, 4]
+        );
         assert_eq!(broadcast(&[3, 1], &[]).unwrap(), vec![3, 1]);
         assert!(broadcast(&[2, 3], &[3, 2]).is_err());
-        assert_eq!(matmul(&[1, 2, 5, 3], &[1, 2, 4, 3], false, true).unwrap(), vec![1, 2, 5, 4]);
-        assert_eq!(matmul(&[1, 1, 3, 5], &[1, 1, 3, 7], true, false).unwrap(), vec![1, 1, 5, 7]);
+        assert_eq!(
+            matmul(&[1, 2, 5, 3], &[1, 2, 4, 3], false, true).unwrap(),
+            vec![1, 2, 5, 4]
+        );
+        assert_eq!(
+            matmul(&[1, 1, 3, 5], &[1, 1, 3, 7], true, false).unwrap(),
+            vec![1, 1, 5, 7]
+        );
         assert!(matmul(&[1, 1, 3, 5], &[1, 1, 3, 7], false, false).is_err());
-        assert_eq!(conv(&[1, 8, 1, 16], &[4, 8, 1, 1], 1).unwrap(), vec![1, 4, 1, 16]);
+        assert_eq!(
+            conv(&[1, 8, 1, 16], &[4, 8, 1, 1], 1).unwrap(),
+            vec![1, 4, 1, 16]
+        );
         assert!(conv(&[1, 8, 1, 16], &[4, 6, 1, 1], 1).is_err());
-        assert_eq!(reduce(&[1, 8, 1, 16], &[1], true).unwrap(), vec![1, 1, 1, 16]);
+        assert_eq!(
+            reduce(&[1, 8, 1, 16], &[1], true).unwrap(),
+            vec![1, 1, 1, 16]
+        );
         assert_eq!(reduce(&[1, 8, 1, 16], &[-1], false).unwrap(), vec![1, 8, 1]);
         assert!(reshape(&[1, 8, 1, 16], &[1, 2, 4, 15]).is_err());
-        assert_eq!(transpose(&[1, 2, 3, 4], &[0, 1, 3, 2]).unwrap(), vec![1, 2, 4, 3]);
+        assert_eq!(
+            transpose(&[1, 2, 3, 4], &[0, 1, 3, 2]).unwrap(),
+            vec![1, 2, 4, 3]
+        );
         assert!(slice(&[1, 8, 1, 16], &[0, 4, 0, 0], &[1, 5, 1, 16]).is_err());
-        assert_eq!(concat(&[&[1, 2, 1, 4], &[1, 3, 1, 4]], 1).unwrap(), vec![1, 5, 1, 4]);
+        assert_eq!(
+            concat(&[&[1, 2, 1, 4], &[1, 3, 1, 4]], 1).unwrap(),
+            vec![1, 5, 1, 4]
+        );
         assert!(concat(&[&[1, 2, 1, 4], &[1, 3, 1, 5]], 1).is_err());
     }
 }

@@ -313,7 +313,9 @@ impl Compiler<'_> {
         }
         if s.op == "const" {
             if !s.args.is_empty() {
-                bail!("const takes its value in the attribute brackets: const()[name = …, val = …]");
+                bail!(
+                    "const takes its value in the attribute brackets: const()[name = …, val = …]"
+                );
             }
             let val = s
                 .attrs
@@ -340,7 +342,15 @@ impl Compiler<'_> {
         }
         let args: HashMap<&str, &Arg> = s.args.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let allowed: &[&str] = match s.op.as_str() {
-            "conv" => &["x", "weight", "strides", "pad_type", "pad", "dilations", "groups"],
+            "conv" => &[
+                "x",
+                "weight",
+                "strides",
+                "pad_type",
+                "pad",
+                "dilations",
+                "groups",
+            ],
             "matmul" => &["x", "y", "transpose_x", "transpose_y"],
             "add" | "sub" | "mul" | "real_div" | "pow" => &["x", "y"],
             "sigmoid" => &["x"],
@@ -435,7 +445,8 @@ impl Compiler<'_> {
                 if groups < 1 {
                     bail!("conv: groups must be positive");
                 }
-                let out = shape::conv(&xs, &ws, groups as usize).map_err(|e| anyhow!("conv: {e}"))?;
+                let out =
+                    shape::conv(&xs, &ws, groups as usize).map_err(|e| anyhow!("conv: {e}"))?;
                 let flops = 2.0 * (out.iter().product::<usize>() as f64) * ws[1] as f64;
                 (
                     Op::Conv {
@@ -464,9 +475,19 @@ impl Compiler<'_> {
                 let xs = tx.shape.clone().unwrap_or_default();
                 let ys = ty.shape.clone().unwrap_or_default();
                 let out = shape::matmul(&xs, &ys, trx, try_).map_err(|e| anyhow!("matmul: {e}"))?;
-                let k = if trx { xs[xs.len() - 2] } else { xs[xs.len() - 1] };
+                let k = if trx {
+                    xs[xs.len() - 2]
+                } else {
+                    xs[xs.len() - 1]
+                };
                 let flops = 2.0 * out.iter().product::<usize>() as f64 * k as f64;
-                (Op::Matmul { tx: trx, ty: try_ }, vec![x, y], out, tx.dt, flops)
+                (
+                    Op::Matmul { tx: trx, ty: try_ },
+                    vec![x, y],
+                    out,
+                    tx.dt,
+                    flops,
+                )
             }
             "add" | "sub" | "mul" | "real_div" | "pow" => {
                 let (x, tx) = self.tensor_arg(need("x")?, "x")?;
@@ -515,7 +536,8 @@ impl Compiler<'_> {
                     None => false,
                 };
                 let xs = tx.shape.clone().unwrap_or_default();
-                let out = shape::reduce(&xs, &axes, keep).map_err(|e| anyhow!("reduce_sum: {e}"))?;
+                let out =
+                    shape::reduce(&xs, &axes, keep).map_err(|e| anyhow!("reduce_sum: {e}"))?;
                 let mut ax: Vec<usize> = axes
                     .iter()
                     .map(|&a| shape::axis(a, xs.len()).unwrap())
@@ -611,7 +633,8 @@ impl Compiler<'_> {
                 let out = shape::matmul(&sc, &vs, false, false)
                     .map_err(|e| anyhow!("scaled_dot_product_attention: {e}"))?;
                 self.uses_sdpa = true;
-                let flops = 2.0 * sc.iter().product::<usize>() as f64
+                let flops = 2.0
+                    * sc.iter().product::<usize>() as f64
                     * (qs[qs.len() - 1] + vs[vs.len() - 1]) as f64;
                 (Op::Sdpa, vec![q, k, v], out, tq.dt, flops)
             }
@@ -664,13 +687,19 @@ pub fn compile(ast: &Ast, weights: &BTreeMap<String, Vec<u8>>) -> Result<Plan> {
     let f: &Function = match ast.functions.as_slice() {
         [f] => f,
         [] => bail!("the program has no function"),
-        _ => bail!("the program has {} functions; the in-memory compiler takes one, main", ast.functions.len()),
+        _ => bail!(
+            "the program has {} functions; the in-memory compiler takes one, main",
+            ast.functions.len()
+        ),
     };
     if f.name != "main" {
         bail!("the function is called {}; it must be main", f.name);
     }
     if f.opset != "ios18" {
-        bail!("opset {} is not known to compile on the Neural Engine; use main<ios18>", f.opset);
+        bail!(
+            "opset {} is not known to compile on the Neural Engine; use main<ios18>",
+            f.opset
+        );
     }
     let surface_ok = |t: &Ty| {
         t.dt == Dt::Fp16
@@ -691,9 +720,7 @@ pub fn compile(ast: &Ast, weights: &BTreeMap<String, Vec<u8>>) -> Result<Plan> {
     let mut inputs = Vec::new();
     for (ty, name) in &f.params {
         if !surface_ok(ty) {
-            bail!(
-                "input {name} is {ty}; Neural Engine inputs are fp16 surfaces [1, C, 1, W]"
-            );
+            bail!("input {name} is {ty}; Neural Engine inputs are fp16 surfaces [1, C, 1, W]");
         }
         if c.vars.contains_key(name) {
             bail!("input {name} is declared twice");
@@ -850,7 +877,12 @@ fn binary(a: &Tensor, b: &Tensor, out: &[usize], op: Bin) -> Vec<f32> {
         Bin::Pow => x.powf(y),
     };
     if a.shape == b.shape {
-        return a.data.iter().zip(b.data.iter()).map(|(&x, &y)| f(x, y)).collect();
+        return a
+            .data
+            .iter()
+            .zip(b.data.iter())
+            .map(|(&x, &y)| f(x, y))
+            .collect();
     }
     if b.data.len() == 1 && a.shape == out {
         let y = b.data[0];
@@ -945,7 +977,18 @@ fn matmul(x: &Tensor, y: &Tensor, tx: bool, ty: bool, out: &[usize]) -> Vec<f32>
     sy1.push(0);
     for_runs(&bshape, [&sx1, &sy1], [0, 0], |[ox, oy]| {
         let cc = chunks.next().unwrap();
-        sgemm(m, k, n, &x.data[ox..], rsa, csa, &y.data[oy..], rsb, csb, cc);
+        sgemm(
+            m,
+            k,
+            n,
+            &x.data[ox..],
+            rsa,
+            csa,
+            &y.data[oy..],
+            rsb,
+            csb,
+            cc,
+        );
     });
     c
 }
@@ -1142,4 +1185,3 @@ impl Plan {
             .collect())
     }
 }
-

@@ -145,8 +145,13 @@ impl Device for SimDevice {
                 self.compiles
             );
         }
-        let plan = compile_text(&p.text, &p.weights).with_context(|| format!("kernel {}", p.label))?;
-        let io: usize = plan.inputs.iter().map(|i| i.1.iter().product::<usize>()).sum::<usize>()
+        let plan =
+            compile_text(&p.text, &p.weights).with_context(|| format!("kernel {}", p.label))?;
+        let io: usize = plan
+            .inputs
+            .iter()
+            .map(|i| i.1.iter().product::<usize>())
+            .sum::<usize>()
             + plan
                 .output_shapes()
                 .iter()

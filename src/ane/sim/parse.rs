@@ -85,7 +85,11 @@ pub enum Lit {
     /// A tensor given inline; values flattened row-major.
     Tensor(Ty, Vec<Lit>),
     /// A tensor stored in a weight blob.
-    Blob { ty: Ty, path: String, offset: u64 },
+    Blob {
+        ty: Ty,
+        path: String,
+        offset: u64,
+    },
 }
 
 /// An operation argument.
@@ -292,7 +296,12 @@ impl Parser {
             .toks
             .get(self.pos)
             .map(|t| t.0.clone())
-            .ok_or_else(|| anyhow!("line {}: unexpected end of program, expected {what}", self.line()))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "line {}: unexpected end of program, expected {what}",
+                    self.line()
+                )
+            })?;
         self.pos += 1;
         Ok(t)
     }
@@ -379,7 +388,10 @@ impl Parser {
                         return self.err(format!("expected a dimension, found {t}"));
                     };
                     let d: usize = n.parse().map_err(|_| {
-                        anyhow!("line {}: dimension {n} is not a non-negative integer", self.line())
+                        anyhow!(
+                            "line {}: dimension {n} is not a non-negative integer",
+                            self.line()
+                        )
                     })?;
                     if d > 1 << 31 {
                         return self.err(format!("dimension {d} is implausibly large"));
@@ -647,7 +659,9 @@ impl Parser {
             Tok::Arrow => {}
             t => {
                 self.pos -= 1;
-                return self.err(format!("expected '->' and the outputs after the function body, found {t}"));
+                return self.err(format!(
+                    "expected '->' and the outputs after the function body, found {t}"
+                ));
             }
         }
         self.punct('(')?;
@@ -779,12 +793,17 @@ mod tests {
         assert_eq!(f.params[0].1, "x");
         assert_eq!(f.body.len(), 5);
         assert_eq!(f.body[0].attrs[1].1, Lit::Num(Dt::Fp16, 0.125));
-        let Lit::Tensor(_, v) = &f.body[1].attrs[1].1 else { panic!() };
+        let Lit::Tensor(_, v) = &f.body[1].attrs[1].1 else {
+            panic!()
+        };
         assert_eq!(v[1], Lit::Num(Dt::Int32, -1.0));
         assert_eq!(
             f.body[2].attrs[1].1,
             Lit::Blob {
-                ty: Ty { dt: Dt::Fp16, shape: Some(vec![4, 4, 1, 1]) },
+                ty: Ty {
+                    dt: Dt::Fp16,
+                    shape: Some(vec![4, 4, 1, 1])
+                },
                 path: "@model_path/weights/w.bin".into(),
                 offset: 64
             }
@@ -801,7 +820,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 5") && e.contains("expected ';'"), "{e}");
-        let e = parse("program(1.3)\n{ func main<ios18>() { } -> (y); ").unwrap_err().to_string();
+        let e = parse("program(1.3)\n{ func main<ios18>() { } -> (y); ")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'}'"), "{e}");
         let e = parse("program(1.3) { func main<ios18>(tensor<fp17, [1]> x) {} -> (x); }")
             .unwrap_err()
