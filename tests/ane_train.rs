@@ -10,7 +10,9 @@
 //!   difference, fp32 reordering included, grows): both pipelines follow the CPU loss curve
 //!   within 2e-2 relative at every step. The static pipeline recompiles after every update
 //!   and, when its compile budget is spent, is rebuilt on a fresh device, as the trainer
-//!   restarts its process.
+//!   restarts its process;
+//! - dynamic loss scaling: starting at 2^24 the fp16 gradients overflow, the scaler halves
+//!   until they are finite, and the gradients it accepts match the CPU's.
 
 use anetrain::ane::backend::AneKernels;
 use anetrain::ane::sim::SimDevice;
@@ -192,4 +194,57 @@ fn sgd_loss_curves_follow_cpu() {
             cpu[steps - 1]
         );
     }
+}
+
+#[test]
+fn dynamic_loss_scaling_backs_off_from_overflow() {
+    use anetrain::ane::loss_scale::{all_finite, LossScaler, MAX_SCALE};
+    let p = model();
+    let c = p.config().clone();
+    let mut ws = Workspace::new(&c, BATCH, SEQ);
+    let (inp, tgt) = batch(c.vocab_size);
+    let mut ane = AneKernels::new(
+        Box::new(SimDevice::new()),
+        &c,
+        BATCH,
+        SEQ,
+        Pipeline::Dynamic,
+    )
+    .unwrap();
+    let mut scaler = LossScaler::new(MAX_SCALE);
+    let mut skipped = 0;
+    let g = loop {
+        let mut g = Params::zeros(&c);
+        let mut t = Timings::default();
+        ws.forward_backward(&mut ane, &p, &mut g, &inp, &tgt, scaler.scale, &mut t)
+            .unwrap();
+        let s = scaler.scale;
+        if scaler.update(all_finite(&g.data)) {
+            g.data.iter_mut().for_each(|x| *x /= s);
+            break g;
+        }
+        skipped += 1;
+        assert!(skipped < 24, "never finite");
+    };
+    // 2^24 overflows fp16 gradients; the scaler halves until they are finite, and the
+    // gradients it then accepts match the CPU's.
+    assert!(skipped >= 1, "2^24 should overflow");
+    let (_, gc) = grads(&mut CpuKernels::new(), &mut ws, &p, 1);
+    let num: f64 = g
+        .data
+        .iter()
+        .zip(&gc.data)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = gc.data.iter().map(|b| (*b as f64).powi(2)).sum();
+    let rel = (num / den).sqrt();
+    assert!(
+        rel < 5e-2,
+        "gradient rel. L2 error {rel:.2e} at scale {}",
+        scaler.scale
+    );
+    eprintln!(
+        "loss scale 2^24 → {} after {skipped} skipped steps; gradient rel. L2 error {rel:.2e}",
+        scaler.scale
+    );
 }
