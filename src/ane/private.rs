@@ -114,6 +114,15 @@ fn sym(h: *mut c_void, name: &str) -> Result<*mut c_void, String> {
     }
 }
 
+/// A symbol's address as the function pointer type `T`.
+///
+/// # Safety
+/// `T` must be a function pointer type matching the symbol's C signature.
+unsafe fn fn_ptr<T: Copy>(p: *mut c_void) -> T {
+    assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<*mut c_void>());
+    std::mem::transmute_copy(&p)
+}
+
 impl Api {
     fn load() -> Result<Api, String> {
         let ane = open(ANE_FRAMEWORK).map_err(|e| {
@@ -134,7 +143,7 @@ impl Api {
         unsafe {
             macro_rules! f {
                 ($h:expr, $n:expr) => {
-                    std::mem::transmute::<*mut c_void, _>(sym($h, $n)?)
+                    fn_ptr(sym($h, $n)?)
                 };
             }
             let mut api = Api {

@@ -67,7 +67,7 @@ pub fn conv(x: &[usize], w: &[usize], groups: usize) -> Result<Vec<usize>, Strin
             "conv needs rank-4 x and weight, got {x:?} and {w:?}"
         ));
     }
-    if groups == 0 || x[1] % groups != 0 || w[0] % groups != 0 {
+    if groups == 0 || !x[1].is_multiple_of(groups) || !w[0].is_multiple_of(groups) {
         return Err(format!(
             "conv groups {groups} must divide input channels {} and output channels {}",
             x[1], w[0]

@@ -620,10 +620,8 @@ impl Compiler<'_> {
                 let (k, tk) = self.tensor_arg(need("key")?, "key")?;
                 let (v, tv) = self.tensor_arg(need("value")?, "value")?;
                 // attn_mask is accepted and ignored, as by the hardware.
-                if let Some(a) = args.get("attn_mask") {
-                    if let Arg::Var(n) = a {
-                        self.var(n)?;
-                    }
+                if let Some(Arg::Var(n)) = args.get("attn_mask") {
+                    self.var(n)?;
                 }
                 let qs = tq.shape.clone().unwrap_or_default();
                 let ks = tk.shape.clone().unwrap_or_default();
