@@ -32,6 +32,10 @@ pub struct Args {
     /// Seed of the random weights used when --model is not a model file.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also compile the program on the simulated device and print its estimated Neural
+    /// Engine time per evaluation (a cost-model estimate, not a measurement).
+    #[arg(long)]
+    pub estimate: bool,
     /// Folder to write `model.mil` and `weights/*.bin` into (the layout the Neural Engine
     /// runtime reads from its temporary directory).
     #[arg(long)]
@@ -93,6 +97,22 @@ pub fn run(a: Args) -> Result<()> {
         prog.output[3],
         prog.weights.len()
     );
+    if a.estimate {
+        let plan = crate::ane::sim::compile_text(&prog.text, &prog.weights)?;
+        let io = 2 * (prog.input.iter().product::<usize>() + prog.output.iter().product::<usize>());
+        let cm = crate::ane::sim::CostModel::default();
+        eprintln!(
+            "  estimate (cost model: {} ms dispatch + max(FLOPs at {} TFLOPS, bytes at {} GB/s)): \
+             {:.3} ms per evaluation; {:.3} GFLOP, {:.2} MB of constants, {:.2} MB of surfaces",
+            cm.dispatch_ms,
+            cm.compute_tflops,
+            cm.bandwidth_gbs,
+            cm.eval_ms(&plan, io),
+            plan.flops / 1e9,
+            plan.const_bytes as f64 / 1e6,
+            io as f64 / 1e6
+        );
+    }
     match &a.out {
         Some(dir) => {
             std::fs::create_dir_all(dir.join("weights"))

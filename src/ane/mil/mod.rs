@@ -197,22 +197,22 @@ impl Builder {
     }
     /// An int32 scalar constant.
     pub fn int(&mut self, v: i64) -> Var {
-        self.constant("i", DType::Int32, None, format!("int32({v})"))
+        self.constant("ci", DType::Int32, None, format!("int32({v})"))
     }
     /// A bool constant.
     pub fn boolean(&mut self, v: bool) -> Var {
-        self.constant("b", DType::Bool, None, format!("bool({v})"))
+        self.constant("cb", DType::Bool, None, format!("bool({v})"))
     }
     /// A string constant.
     pub fn string(&mut self, v: &str) -> Var {
-        self.constant("s", DType::Str, None, format!("string(\"{v}\")"))
+        self.constant("cs", DType::Str, None, format!("string(\"{v}\")"))
     }
     /// An int32 vector constant.
     pub fn ints(&mut self, v: &[i64]) -> Var {
         let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
         let ty = ty_text(DType::Int32, Some(&[v.len()]));
         self.constant(
-            "v",
+            "cv",
             DType::Int32,
             Some(vec![v.len()]),
             format!("{ty}([{}])", items.join(", ")),
@@ -456,7 +456,7 @@ mod tests {
         assert!(p.text.contains(
             "tensor<fp16, [2, 4, 1, 1]> w = const()[name = string(\"w\"), val = tensor<fp16, [2, 4, 1, 1]>(BLOBFILE(path = string(\"@model_path/weights/w.bin\"), offset = uint64(64)))];"
         ));
-        assert!(p.text.contains("tensor<fp16, [1, 2, 1, 8]> y = conv(x = x, weight = w, strides = v, pad_type = s, pad = v_1, dilations = v, groups = i)[name = string(\"y\")];"), "{}", p.text);
+        assert!(p.text.contains("tensor<fp16, [1, 2, 1, 8]> y = conv(x = x, weight = w, strides = cv, pad_type = cs, pad = cv_1, dilations = cv, groups = ci)[name = string(\"y\")];"), "{}", p.text);
         // The scalar 0.1 is declared once (rounded to fp16) and reused; names stay unique.
         assert_eq!(p.text.matches("fp16(0.099975586)").count(), 1, "{}", p.text);
         assert!(p.text.contains("z_1 = mul(x = z, y = c)"));
