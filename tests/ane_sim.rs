@@ -198,6 +198,14 @@ fn rejects_type_mismatches_and_malformed_programs() {
         "y",
     );
     assert!(err_text(compile_text(&t, &BTreeMap::new())).contains("output y"));
+    // An intermediate too large to simulate is refused at compile time, not allocated.
+    let t = prog(
+        "tensor<fp16, [1, 1, 1, 32768]> x",
+        "        tensor<fp16, [1, 1, 32768, 1]> c = reshape(x = x, shape = tensor<int32, [4]>([1, 1, 32768, 1]))[name = string(\"c\")];
+        tensor<fp16, [1, 1, 32768, 32768]> o = matmul(x = c, y = x)[name = string(\"o\")];",
+        "x",
+    );
+    assert!(err_text(compile_text(&t, &BTreeMap::new())).contains("limit"));
     // Truncated text, unknown opset, broken broadcast, duplicated label.
     let t = prog("tensor<fp16, [1, 4, 1, 8]> x", "", "x");
     let e = err_text(compile_text(&t[..t.len() - 3], &BTreeMap::new()));

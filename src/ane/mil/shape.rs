@@ -113,10 +113,13 @@ pub fn reshape(x: &[usize], shape: &[i64]) -> Result<Vec<usize>, String> {
         return Err(format!("reshape target {shape:?} must have positive sizes"));
     }
     let out: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    let (a, b) = (x.iter().product::<usize>(), out.iter().product::<usize>());
-    if a != b {
+    let count = |s: &[usize]| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let (a, b) = (count(x), count(&out));
+    if a.is_none() || a != b {
         return Err(format!(
-            "cannot reshape {x:?} ({a} elements) to {out:?} ({b} elements)"
+            "cannot reshape {x:?} ({} elements) to {out:?} ({} elements)",
+            a.map_or("too many".into(), |v| v.to_string()),
+            b.map_or("too many".into(), |v| v.to_string())
         ));
     }
     Ok(out)

@@ -43,6 +43,14 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "scaled_dot_product_attention",
 ];
 
+/// The largest tensor an op may produce in the simulator (1 GiB of f32).
+pub const MAX_ELEMS: usize = 1 << 28;
+
+/// Element count as f64 (for FLOP counts; cannot overflow).
+fn numel(s: &[usize]) -> f64 {
+    s.iter().map(|&d| d as f64).product()
+}
+
 /// A dense tensor; values are exactly representable in the dtype it was declared with.
 #[derive(Clone, Debug)]
 pub struct Tensor {
@@ -447,7 +455,7 @@ impl Compiler<'_> {
                 }
                 let out =
                     shape::conv(&xs, &ws, groups as usize).map_err(|e| anyhow!("conv: {e}"))?;
-                let flops = 2.0 * (out.iter().product::<usize>() as f64) * ws[1] as f64;
+                let flops = 2.0 * numel(&out) * ws[1] as f64;
                 (
                     Op::Conv {
                         groups: groups as usize,
@@ -480,7 +488,7 @@ impl Compiler<'_> {
                 } else {
                     xs[xs.len() - 1]
                 };
-                let flops = 2.0 * out.iter().product::<usize>() as f64 * k as f64;
+                let flops = 2.0 * numel(&out) * k as f64;
                 (
                     Op::Matmul { tx: trx, ty: try_ },
                     vec![x, y],
@@ -507,13 +515,13 @@ impl Compiler<'_> {
                     "real_div" => Bin::Div,
                     _ => Bin::Pow,
                 };
-                let n = out.iter().product::<usize>() as f64;
+                let n = numel(&out);
                 (Op::Bin(b), vec![x, y], out, tx.dt, n)
             }
             "sigmoid" => {
                 let (x, tx) = self.tensor_arg(need("x")?, "x")?;
                 let out = tx.shape.clone().unwrap_or_default();
-                let n = out.iter().product::<usize>() as f64;
+                let n = numel(&out);
                 (Op::Sigmoid, vec![x], out, tx.dt, 4.0 * n)
             }
             "softmax" => {
@@ -524,7 +532,7 @@ impl Compiler<'_> {
                     None => -1,
                 };
                 let axis = shape::axis(a, out.len()).map_err(|e| anyhow!("softmax: {e}"))?;
-                let n = out.iter().product::<usize>() as f64;
+                let n = numel(&out);
                 (Op::Softmax { axis }, vec![x], out, tx.dt, 5.0 * n)
             }
             "reduce_sum" => {
@@ -543,7 +551,7 @@ impl Compiler<'_> {
                     .map(|&a| shape::axis(a, xs.len()).unwrap())
                     .collect();
                 ax.sort_unstable();
-                let n = xs.iter().product::<usize>() as f64;
+                let n = numel(&xs);
                 (Op::ReduceSum { axes: ax }, vec![x], out, tx.dt, n)
             }
             "reshape" => {
@@ -631,13 +639,21 @@ impl Compiler<'_> {
                 let out = shape::matmul(&sc, &vs, false, false)
                     .map_err(|e| anyhow!("scaled_dot_product_attention: {e}"))?;
                 self.uses_sdpa = true;
-                let flops = 2.0
-                    * sc.iter().product::<usize>() as f64
-                    * (qs[qs.len() - 1] + vs[vs.len() - 1]) as f64;
+                let flops = 2.0 * numel(&sc) * (qs[qs.len() - 1] + vs[vs.len() - 1]) as f64;
                 (Op::Sdpa, vec![q, k, v], out, tq.dt, flops)
             }
             _ => unreachable!(),
         };
+        if shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_none_or(|n| n > MAX_ELEMS)
+        {
+            bail!(
+                "{} produces a {shape:?} tensor, larger than the simulator's limit of {MAX_ELEMS} values",
+                s.op
+            );
+        }
         let inferred = Ty {
             dt,
             shape: Some(shape.clone()),
