@@ -143,7 +143,8 @@ fn main() {
         .num_threads(2)
         .build()
         .unwrap();
-    let candidates: Vec<(&str, Box<dyn Fn(Call) + Sync>)> = vec![
+    type Candidate = (&'static str, Box<dyn Fn(Call) + Sync>);
+    let candidates: Vec<Candidate> = vec![
         ("matrixmultiply 1t", Box::new(|c| unsafe { mm(c) })),
         (
             "matrixmultiply 2x1t split",

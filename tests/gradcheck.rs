@@ -238,6 +238,7 @@ fn check(name: &str, mut c: Config, tied: bool, batch: usize, seq: usize, seed: 
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cfg(
     dim: usize,
     hidden: usize,

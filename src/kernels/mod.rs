@@ -243,6 +243,17 @@ pub trait Kernels: Send {
     fn stats(&self) -> BackendStats {
         BackendStats::default()
     }
+
+    /// Compiles this process may still perform (`None`: no limit).
+    fn compiles_left(&self) -> Option<u64> {
+        None
+    }
+
+    /// Compiles one weight update costs (the static pipeline recompiles every
+    /// weight-bearing kernel; 0 for backends that never recompile).
+    fn compiles_per_update(&self) -> u64 {
+        0
+    }
 }
 
 /// The backends this build knows, for `--backend`.

@@ -59,7 +59,7 @@ pub fn exp_approx(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding 1.5·2^23 rounds to an integer held in the low mantissa bits.
     const MAGIC: f32 = 12_582_912.0;
-    let x = x.max(-87.0).min(88.0);
+    let x = x.clamp(-87.0, 88.0);
     let r = x * LOG2E + MAGIC;
     let n = r - MAGIC;
     let f = x - n * LN2_HI - n * LN2_LO;
@@ -235,7 +235,7 @@ fn rope_rotate(x: &mut [f32], rope: &Rope, n: usize, seq: usize, sign: f32) {
         "rope: sequence of {seq} exceeds the table's {} positions",
         rope.len()
     );
-    assert!(n % seq == 0 && x.len() % (hd * n) == 0);
+    assert!(n.is_multiple_of(seq) && x.len().is_multiple_of(hd * n));
     for head in x.chunks_exact_mut(hd * n) {
         for j in 0..half {
             let (r0, r1) = head[2 * j * n..(2 * j + 2) * n].split_at_mut(n);
@@ -368,25 +368,92 @@ pub fn classifier_ce(
 /// One token's cross-entropy from its logits row `[V]`: returns `logsumexp − row[target]`;
 /// with `grad`, overwrites the row with `(softmax − onehot(target))·scale`.
 pub fn softmax_ce_row(row: &mut [f32], target: usize, grad: bool, scale: f32) -> f64 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let max = max_of(row);
     let target_logit = row[target];
-    let mut sum = 0.0f32;
-    if grad {
-        for v in row.iter_mut() {
-            *v = exp_approx(*v - max);
-            sum += *v;
-        }
+    let sum = if grad {
+        let sum = exp_shifted(row, max);
         let k = scale / sum;
-        for v in row.iter_mut() {
-            *v *= k;
-        }
+        row.iter_mut().for_each(|v| *v *= k);
         row[target] -= scale;
+        sum
     } else {
-        for &v in row.iter() {
-            sum += exp_approx(v - max);
+        sum_exp_shifted(row, max)
+    };
+    (sum as f64).ln() + max as f64 - target_logit as f64
+}
+
+/// Independent accumulators per reduction, so that the loops vectorise without reordering
+/// a single floating-point chain.
+const LANES: usize = 16;
+
+/// Largest element (−∞ for an empty slice).
+pub fn max_of(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
         }
     }
-    (sum as f64).ln() + max as f64 - target_logit as f64
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    acc.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// `x ← e^(x − shift)` in place; returns the sum of the new values.
+pub fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+            *v = exp_approx(*v - shift);
+            *a += *v;
+        }
+    }
+    let mut tail = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp_approx(*v - shift);
+        tail += *v;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ e^(x − shift)` without writing.
+pub fn sum_exp_shifted(x: &[f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += exp_approx(v - shift);
+        }
+    }
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| exp_approx(v - shift))
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ a⊙b`.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for ((s, &p), &q) in acc.iter_mut().zip(x).zip(y) {
+            *s += p * q;
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(p, q)| p * q)
+        .sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
