@@ -2,7 +2,7 @@
 //! the compile budget seen through the backend, and the `anetrain mil` output compiled back
 //! from disk.
 
-use anetrain::ane::backend::AneKernels;
+use anetrain::ane::backend::{AneKernels, BudgetExhausted};
 use anetrain::ane::blob;
 use anetrain::ane::device::{Device, SurfaceId};
 use anetrain::ane::mil::kernels::{generate, Geometry, Kernel};
@@ -360,10 +360,21 @@ fn static_backend_budgets_its_compiles() {
     k.prepare(&p, 2).unwrap();
     assert_eq!(k.compiles_left(), 9);
     // The next update does not fit: a clear error before anything is compiled.
-    let e = err_text(k.prepare(&p, 3));
+    let err = k.prepare(&p, 3).unwrap_err();
+    let e = format!("{err:#}");
     assert!(
         e.contains("needs 25 compiles") && e.contains("only 9") && e.contains("restart"),
         "{e}"
+    );
+    // The trainer recognises it by type, also under added context.
+    let err = err.context("backend could not prepare the weights");
+    assert_eq!(
+        err.downcast_ref::<BudgetExhausted>(),
+        Some(&BudgetExhausted {
+            needed: 25,
+            left: 9,
+            budget: 60
+        })
     );
     assert_eq!(k.stats().compiles, 51);
     // Kernels refuse to run on weights that were not compiled.

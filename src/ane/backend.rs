@@ -37,6 +37,21 @@ use half::slice::HalfFloatSliceExt;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+/// The static pipeline's next weight update needs more compiles than the process has left.
+/// Returned by `prepare()` before anything is compiled; the trainer finds it with
+/// `err.downcast_ref::<BudgetExhausted>()` (also through added context), checkpoints and
+/// restarts the process.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the static pipeline needs {needed} compiles for this weight update but only {left} of the \
+     process's {budget} remain: checkpoint and restart the process"
+)]
+pub struct BudgetExhausted {
+    pub needed: u64,
+    pub left: u64,
+    pub budget: u64,
+}
+
 /// Timing of one kernel type.
 #[derive(Clone, Debug, Default)]
 pub struct KernelStat {
@@ -445,11 +460,12 @@ impl AneKernels {
         let need = self.compiles_per_update();
         let left = self.compiles_left();
         if left < need {
-            bail!(
-                "the static pipeline needs {need} compiles for this weight update but only {left} \
-                 of the process's {} remain: checkpoint and restart the process",
-                self.dev.compile_budget()
-            );
+            return Err(BudgetExhausted {
+                needed: need,
+                left,
+                budget: self.dev.compile_budget(),
+            }
+            .into());
         }
         let old: Vec<ProgramId> = std::mem::take(&mut self.per_layer).into_values().collect();
         for p in old {
