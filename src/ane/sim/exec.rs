@@ -882,6 +882,39 @@ fn gather(src: &[f32], out_shape: &[usize], st: &[usize], base: usize) -> Vec<f3
     out
 }
 
+/// Whether `perm` is `[0, 1, …, r−1, r−2]`.
+fn swaps_last_two(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2
+        && perm[r - 1] == r - 2
+        && perm[r - 2] == r - 1
+        && perm[..r - 2].iter().enumerate().all(|(i, &p)| p == i)
+}
+
+/// Transposes the last two axes, in 32×32 tiles.
+fn transpose_last_two(t: &Tensor) -> Vec<f32> {
+    let r = t.shape.len();
+    let (rows, cols) = (t.shape[r - 2], t.shape[r - 1]);
+    let mut out = vec![0f32; t.data.len()];
+    const B: usize = 32;
+    for (src, dst) in t
+        .data
+        .chunks_exact((rows * cols).max(1))
+        .zip(out.chunks_exact_mut((rows * cols).max(1)))
+    {
+        for i0 in (0..rows).step_by(B) {
+            for j0 in (0..cols).step_by(B) {
+                for i in i0..(i0 + B).min(rows) {
+                    for j in j0..(j0 + B).min(cols) {
+                        dst[j * rows + i] = src[i * cols + j];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 fn binary(a: &Tensor, b: &Tensor, out: &[usize], op: Bin) -> Vec<f32> {
     let f = |x: f32, y: f32| match op {
         Bin::Add => x + y,
@@ -914,8 +947,22 @@ fn binary(a: &Tensor, b: &Tensor, out: &[usize], op: Bin) -> Vec<f32> {
         sa.last().copied().unwrap_or(0),
         sb.last().copied().unwrap_or(0),
     );
-    for_runs(out, [&sa, &sb], [0, 0], |[oa, ob]| {
-        v.extend((0..last).map(|j| f(a.data[oa + j * la], b.data[ob + j * lb])));
+    for_runs(out, [&sa, &sb], [0, 0], |[oa, ob]| match (la, lb) {
+        (1, 1) => v.extend(
+            a.data[oa..oa + last]
+                .iter()
+                .zip(&b.data[ob..ob + last])
+                .map(|(&x, &y)| f(x, y)),
+        ),
+        (1, 0) => {
+            let y = b.data[ob];
+            v.extend(a.data[oa..oa + last].iter().map(|&x| f(x, y)));
+        }
+        (0, 1) => {
+            let x = a.data[oa];
+            v.extend(b.data[ob..ob + last].iter().map(|&y| f(x, y)));
+        }
+        _ => v.extend((0..last).map(|j| f(a.data[oa + j * la], b.data[ob + j * lb]))),
     });
     v
 }
@@ -1057,7 +1104,10 @@ fn softmax(x: &[f32], shape: &[usize], axis: usize) -> Vec<f32> {
             }
             let mut sum = 0f32;
             for r in row.iter_mut() {
-                *r = (*r - mx).exp();
+                // Below −88 the exponential is under f32's smallest normal: 0 for every
+                // purpose here, and masked entries (−inf) skip libm's slow underflow path.
+                let z = *r - mx;
+                *r = if z < -88.0 { 0.0 } else { z.exp() };
                 sum += *r;
             }
             let inv = 1.0 / sum;
@@ -1162,6 +1212,9 @@ impl Plan {
                     Op::Reshape => Err(get(0).data.clone()),
                     Op::Cast if ins.dt == Dt::Fp32 => Err(get(0).data.clone()),
                     Op::Cast => Ok(get(0).data.to_vec()),
+                    Op::Transpose { perm } if swaps_last_two(perm) => {
+                        Ok(transpose_last_two(get(0)))
+                    }
                     Op::Transpose { perm } => {
                         let t = get(0);
                         let st = strides(&t.shape);
