@@ -976,4 +976,12 @@ impl Kernels for AneKernels {
         s.compiles = self.dev.compiles();
         s
     }
+
+    fn compiles_left(&self) -> Option<u64> {
+        Some(AneKernels::compiles_left(self))
+    }
+
+    fn compiles_per_update(&self) -> u64 {
+        AneKernels::compiles_per_update(self)
+    }
 }
