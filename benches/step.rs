@@ -13,11 +13,16 @@ use std::time::Instant;
 /// CPU seconds (user + system) this process has used: under contention from other
 /// processes, CPU time per step shows efficiency where wall time shows the machine's load.
 fn cpu_seconds() -> f64 {
+    cpu_and_faults().0
+}
+
+/// (CPU seconds, minor page faults) of this process so far.
+fn cpu_and_faults() -> (f64, i64) {
     // SAFETY: getrusage fills the struct we pass.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    tv(u.ru_utime) + tv(u.ru_stime)
+    (tv(u.ru_utime) + tv(u.ru_stime), u.ru_minflt)
 }
 
 fn run(model: &str, batch: usize, seq: usize, reps: usize) {
@@ -39,7 +44,7 @@ fn run(model: &str, batch: usize, seq: usize, reps: usize) {
         .unwrap();
     let mut times = Vec::new();
     let mut sum = Timings::default();
-    let cpu0 = cpu_seconds();
+    let (cpu0, faults0) = cpu_and_faults();
     for _ in 0..reps {
         let mut t = Timings::default();
         let s = Instant::now();
@@ -48,7 +53,9 @@ fn run(model: &str, batch: usize, seq: usize, reps: usize) {
         times.push(s.elapsed().as_secs_f64());
         sum.merge(&t);
     }
-    let cpu = (cpu_seconds() - cpu0) / reps as f64;
+    let (cpu1, faults1) = cpu_and_faults();
+    let cpu = (cpu1 - cpu0) / reps as f64;
+    let faults = (faults1 - faults0) as f64 / reps as f64;
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let med = times[times.len() / 2];
     let flops = StepFlops::new(&c, batch, seq).total();
@@ -61,10 +68,11 @@ fn run(model: &str, batch: usize, seq: usize, reps: usize) {
         flops / med / 1e9
     );
     println!(
-        "  CPU time {:.1} ms/step ({:.2} cores busy), {:.1} GFLOP per CPU-second",
+        "  CPU time {:.1} ms/step ({:.2} cores busy), {:.1} GFLOP per CPU-second, {:.0} page faults/step",
         cpu * 1e3,
         cpu / (times.iter().sum::<f64>() / reps as f64),
-        flops / cpu / 1e9
+        flops / cpu / 1e9,
+        faults
     );
     let parts: Vec<String> = sum
         .entries()
@@ -75,6 +83,12 @@ fn run(model: &str, batch: usize, seq: usize, reps: usize) {
 }
 
 fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs bench binaries without
+    // it, and a test run should not spend minutes benchmarking.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark skipped: run it with `cargo bench`");
+        return;
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

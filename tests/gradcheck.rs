@@ -142,7 +142,16 @@ fn random_params(c: &Config, seed: u64) -> Params {
     p
 }
 
-fn check(name: &str, mut c: Config, tied: bool, batch: usize, seq: usize, seed: u64) {
+/// `ce_chunk`: classifier token columns per chunk (0: the default, one chunk here).
+fn check(
+    name: &str,
+    mut c: Config,
+    tied: bool,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+    ce_chunk: usize,
+) {
     c.tied = tied;
     c.validate().unwrap();
     let params = random_params(&c, seed);
@@ -157,6 +166,9 @@ fn check(name: &str, mut c: Config, tied: bool, batch: usize, seq: usize, seed: 
         .collect();
 
     let mut ws = Workspace::new(&c, batch, seq);
+    if ce_chunk > 0 {
+        ws.set_ce_chunk(ce_chunk);
+    }
     let mut k = CpuKernels::new();
     let mut grads = Params::zeros(&c);
     // A non-zero start checks that the step adds; grad_scale checks the scaling.
@@ -257,22 +269,55 @@ fn cfg(
 
 #[test]
 fn mha_tied_batch2_seq7_head_dim_not_dim_over_heads() {
-    check("mha-tied", cfg(16, 24, 2, 4, 4, 6, 13, 16), true, 2, 7, 1);
+    check(
+        "mha-tied",
+        cfg(16, 24, 2, 4, 4, 6, 13, 16),
+        true,
+        2,
+        7,
+        1,
+        0,
+    );
 }
 
 #[test]
 fn gqa_untied_batch3_seq7() {
-    check("gqa-untied", cfg(12, 20, 2, 4, 2, 4, 11, 7), false, 3, 7, 2);
+    check(
+        "gqa-untied",
+        cfg(12, 20, 2, 4, 2, 4, 11, 7),
+        false,
+        3,
+        7,
+        2,
+        0,
+    );
 }
 
+/// Also splits the classifier into token chunks of 3 (dW_cls accumulates across chunks).
 #[test]
-fn mqa_untied_batch2_seq5() {
-    check("mqa-untied", cfg(8, 12, 1, 3, 1, 4, 9, 8), false, 2, 5, 3);
+fn mqa_untied_batch2_seq5_chunked_classifier() {
+    check(
+        "mqa-untied",
+        cfg(8, 12, 1, 3, 1, 4, 9, 8),
+        false,
+        2,
+        5,
+        3,
+        3,
+    );
 }
 
 /// Longer than one causal tile (64 query rows), so tile edges and the skipped masked
 /// blocks are exercised.
 #[test]
 fn gqa_tied_seq70_spans_tiles() {
-    check("gqa-seq70", cfg(8, 12, 1, 4, 2, 4, 7, 80), true, 2, 70, 4);
+    check(
+        "gqa-seq70",
+        cfg(8, 12, 1, 4, 2, 4, 7, 80),
+        true,
+        2,
+        70,
+        4,
+        0,
+    );
 }

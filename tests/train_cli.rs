@@ -246,3 +246,63 @@ fn bad_data_is_refused_with_a_clear_message() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// The built-in default: a stories260k-shaped model on the generated corpus learns far below
+/// the corpus's unigram entropy, and `generate` then works with no flags from the same folder.
+#[test]
+fn builtin_corpus_run_beats_unigram_entropy_and_generate_needs_no_flags() {
+    let d = tempfile::tempdir().unwrap();
+    let out = bin()
+        .current_dir(d.path())
+        .args([
+            "train",
+            "--steps",
+            "300",
+            "--batch",
+            "4",
+            "--seq",
+            "128",
+            "--eval-every",
+            "300",
+            "--threads",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let grab = |key: &str| -> f64 {
+        let i = err
+            .find(key)
+            .unwrap_or_else(|| panic!("{key} missing in {err}"));
+        err[i + key.len()..]
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .find(|s| !s.is_empty())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let unigram = grab("unigram entropy of the corpus: ");
+    let val = grab("(validation ");
+    eprintln!("unigram entropy {unigram:.3} nats/token, validation loss {val:.3}");
+    // The unigram entropy is the floor for a model without context; well below it means the
+    // model uses context.
+    assert!(
+        val < 0.7 * unigram,
+        "validation {val} vs unigram entropy {unigram}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a story from the trained model"));
+
+    let g = bin()
+        .current_dir(d.path())
+        .args(["generate", "-n", "60", "--seed", "5"])
+        .output()
+        .unwrap();
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let text = String::from_utf8_lossy(&g.stdout);
+    // Decoded text, not token ids: letters and spaces.
+    assert!(
+        text.chars().filter(|c| c.is_ascii_alphabetic()).count() > 40,
+        "{text}"
+    );
+}

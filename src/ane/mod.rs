@@ -1,7 +1,34 @@
 //! The Apple Neural Engine path: MIL program generation, weight blobs, a simulated device,
 //! the private-API runtime, and the `ane` / `ane-sim` backends.
+//!
+//! ```text
+//!   kernels::Kernels ──► backend::AneKernels ──► mil::kernels (programs + surface layouts)
+//!                              │                      │
+//!                              │                      └─► blob (weight files)
+//!                              ▼
+//!                        device::Device ──► sim::SimDevice     (parse text → plan → fp16 run)
+//!                                      └──► private::PrivateDevice (dlopen + objc_msgSend)
+//! ```
+//!
+//! Everything above [`device::Device`] is shared by `ane` and `ane-sim`: the simulator parses
+//! the very text the hardware would compile, so generating, packing and budgeting are tested
+//! on any machine. See docs/ANE.md for both pipelines' kernel tables, the simulator's op set,
+//! the cost model and the recommended loss-scaling scheme.
+
+pub mod backend;
+pub mod blob;
+pub mod device;
+pub mod loss_scale;
+pub mod mil;
+pub mod private;
+pub mod sim;
+
+pub use backend::AneKernels;
+pub use device::Device;
+pub use loss_scale::LossScaler;
+pub use mil::kernels::Pipeline;
 
 /// Whether the real Neural Engine can be used here, and if not, why.
 pub fn availability() -> Result<(), String> {
-    Err("not implemented in this build".into())
+    private::availability()
 }

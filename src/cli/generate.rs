@@ -9,10 +9,11 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model to run: a llama2.c model file (.bin).
-    #[arg(long)]
+    /// Model to run: a llama2.c model file (.bin) or a training checkpoint (.ckpt).
+    #[arg(long, short, default_value = "runs/default/model.ckpt")]
     pub model: PathBuf,
-    /// llama2.c tokenizer.bin; without one, token ids are printed instead of text.
+    /// llama2.c tokenizer.bin (default for a checkpoint: the tokenizer it was trained with);
+    /// without one, token ids are printed instead of text.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Text to continue (needs --tokenizer); encoded with BOS as run.c does.
@@ -45,9 +46,26 @@ pub fn run(a: Args) -> Result<()> {
     if !(0.0..=1.0).contains(&a.top_p) {
         bail!("--top-p {} must be between 0 and 1", a.top_p);
     }
+    if !a.model.exists() && a.model == std::path::Path::new("runs/default/model.ckpt") {
+        bail!(
+            "no model given and no default run at {} (train one with `anetrain train`, or pass --model FILE)",
+            a.model.display()
+        );
+    }
     let params = generate::load_model_params(&a.model)?;
     let c = params.config();
-    let tok = match &a.tokenizer {
+    let tokenizer = a.tokenizer.clone().or_else(|| {
+        if a.model.extension().is_some_and(|e| e == "ckpt") {
+            crate::train::checkpoint::read_header(&a.model)
+                .ok()
+                .and_then(|h| h.tokenizer)
+                .map(PathBuf::from)
+                .filter(|p| p.exists())
+        } else {
+            None
+        }
+    });
+    let tok = match &tokenizer {
         Some(p) => {
             let t = Tokenizer::load(p)?;
             let fitted = generate::fit_tokenizer(&t, c.vocab_size)

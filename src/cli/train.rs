@@ -13,17 +13,7 @@ use crate::train::{builtin, checkpoint};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Which Neural Engine kernel pipeline to use.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Pipeline {
-    /// Weights baked into the programs; recompiles every --accum steps, exec() restarts.
-    Static,
-    /// Weights streamed through the input surface; compiles once.
-    Dynamic,
-}
+pub use crate::ane::Pipeline;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -60,9 +50,9 @@ pub struct TrainArgs {
     /// Optimizer steps.
     #[arg(long, default_value_t = 1000)]
     pub steps: u64,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f32,
+    /// Peak learning rate (default: 1e-3; 3e-3 for the built-in corpus run).
+    #[arg(long)]
+    pub lr: Option<f32>,
     /// Final learning rate of the cosine decay (default: lr/10).
     #[arg(long)]
     pub min_lr: Option<f32>,
@@ -132,10 +122,10 @@ pub struct TrainArgs {
     /// Consecutive non-finite steps tolerated before stopping.
     #[arg(long, default_value_t = 5)]
     pub max_bad_steps: u32,
-    /// Initial loss scale for the fp16 backends (dynamic: halves on overflow, doubles after
-    /// 200 good steps).
-    #[arg(long, default_value_t = 1024.0)]
-    pub loss_scale: f32,
+    /// Initial loss scale for the fp16 backends (default: 2^⌈log2(batch·seq)⌉; dynamic:
+    /// halves on overflow and skips the update, doubles after 1000 finite steps).
+    #[arg(long)]
+    pub loss_scale: Option<f32>,
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
@@ -164,13 +154,17 @@ pub fn make_kernels(
     pipeline: Pipeline,
     budget: u32,
 ) -> Result<Box<dyn Kernels>> {
-    let _ = (c, batch, seq, pipeline, budget);
-    match kind {
-        BackendKind::Cpu => Ok(Box::new(crate::kernels::cpu::CpuKernels::new())),
-        BackendKind::Ane | BackendKind::AneSim => {
-            bail!("backend {kind} is not available in this build")
+    use crate::ane::{sim::SimDevice, AneKernels, Device};
+    let device: Box<dyn Device> = match kind {
+        BackendKind::Cpu => return Ok(Box::new(crate::kernels::cpu::CpuKernels::new())),
+        BackendKind::AneSim => Box::new(SimDevice::with_budget(budget as u64)),
+        BackendKind::Ane => {
+            crate::ane::availability()
+                .map_err(|why| anyhow::anyhow!("backend ane is unavailable: {why} (use --backend ane-sim for the simulated device)"))?;
+            Box::new(crate::ane::private::PrivateDevice::new()?.with_budget(budget as u64))
         }
-    }
+    };
+    Ok(Box::new(AneKernels::new(device, c, batch, seq, pipeline)?))
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
@@ -197,6 +191,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             (t, Some(v))
         }
     };
+    // Absolute, so that `generate` finds the tokenizer recorded in the checkpoint from anywhere.
+    let tokenizer = tokenizer.map(|p| p.canonicalize().unwrap_or(p));
     let ckpt = a.ckpt.clone().unwrap_or_else(|| a.out.join("model.ckpt"));
     let log_path = a.log.clone().unwrap_or_else(|| a.out.join("run.jsonl"));
 
@@ -223,14 +219,15 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     if a.batch == 0 || a.accum == 0 || seq == 0 {
         bail!("--batch, --accum and --seq must be positive");
     }
+    let lr = a.lr.unwrap_or(if a.data.is_none() { 3e-3 } else { 1e-3 });
     let settings = Settings {
         batch: a.batch,
         seq,
         accum: a.accum,
         steps: a.steps,
         optim: AdamWConfig {
-            lr: a.lr,
-            min_lr: a.min_lr.unwrap_or(a.lr / 10.0),
+            lr,
+            min_lr: a.min_lr.unwrap_or(lr / 10.0),
             warmup: a.warmup.unwrap_or(a.steps / 20),
             total_steps: a.steps,
             beta1: a.beta1,
@@ -255,6 +252,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             1.0
         } else {
             a.loss_scale
+                .unwrap_or_else(|| crate::ane::LossScaler::for_tokens(a.batch * seq).scale)
         },
         quiet: a.quiet,
         until: a.until,

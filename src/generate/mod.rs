@@ -30,13 +30,11 @@ use std::time::Instant;
 /// The BOS token: starts every sequence and, when sampled, ends generation.
 pub const BOS: u32 = 1;
 
-/// Loads the parameters of a model to run: a llama2.c model file (legacy or version 1).
+/// Loads the parameters of a model to run: a llama2.c model file (legacy or version 1) or a
+/// training checkpoint (`.ckpt`, verified before use).
 pub fn load_model_params(spec: &Path) -> Result<Params> {
     if spec.extension().is_some_and(|e| e == "ckpt") {
-        bail!(
-            "{}: training checkpoints cannot be run directly; convert it with `anetrain export` to a llama2.c .bin model",
-            spec.display()
-        );
+        return Ok(crate::train::checkpoint::load_or_explain(spec)?.params);
     }
     Ok(Model::load(spec)?.params)
 }

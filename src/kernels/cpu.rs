@@ -8,7 +8,8 @@
 //! touches only keys up to the tile's end, so about half of the `S²` work is skipped.
 //!
 //! Scratch lives in the struct and only grows: after the first call of a shape nothing is
-//! allocated here (the GEMM library keeps its own packing buffers).
+//! allocated here (the GEMM library allocates its packing buffers per call; glibc serves
+//! most of them from memory already touched: a Stories110M step sees ~4k page faults).
 
 use super::gemm::{sgemm, sgemm_raw, Op};
 use super::ops::{self, Rope};
@@ -178,7 +179,7 @@ impl Head {
 fn softmax_in_place(row: &mut [f32]) {
     let max = ops::max_of(row);
     let inv = 1.0 / ops::exp_shifted(row, max);
-    row.iter_mut().for_each(|v| *v *= inv);
+    ops::scale_in_place(row, inv);
 }
 
 /// Query-row tiles `[r0, r1)` of a sequence of `s`.
@@ -428,11 +429,7 @@ impl Kernels for CpuKernels {
             .par_chunks_mut(n)
             .zip(out.h1.par_chunks(n).zip(out.h3.par_chunks(n)))
             .with_min_len(16)
-            .for_each(|(g, (a, b))| {
-                for ((g, &a), &b) in g.iter_mut().zip(a).zip(b) {
-                    *g = ops::silu(a) * b;
-                }
-            });
+            .for_each(|(g, (a, b))| ops::swiglu_fwd(g, a, b));
         sgemm(
             Op::N,
             Op::N,
@@ -486,17 +483,7 @@ impl Kernels for CpuKernels {
                     .zip(h1.par_chunks(n).zip(h3.par_chunks(n))),
             )
             .with_min_len(16)
-            .for_each(|((d1, d3), (dg, (a, b)))| {
-                for ((o1, o3), (&dg, (&a, &b))) in d1
-                    .iter_mut()
-                    .zip(d3.iter_mut())
-                    .zip(dg.iter().zip(a.iter().zip(b)))
-                {
-                    let s = ops::sigmoid(a);
-                    *o1 = dg * b * s * (1.0 + a * (1.0 - s));
-                    *o3 = dg * a * s;
-                }
-            });
+            .for_each(|((d1, d3), (dg, (a, b)))| ops::swiglu_bwd(d1, d3, dg, a, b));
         sgemm(
             Op::T,
             Op::N,

@@ -11,6 +11,39 @@
 use super::gemm::{sgemm, Op};
 use rayon::prelude::*;
 
+/// Compiles a function's body three times — for AVX-512, for AVX2+FMA and for the baseline
+/// target — and picks one at run time (the build targets plain x86-64, whose SSE2 would
+/// quarter the width of these loops). The body must be written so that it vectorises.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features v4 was compiled for.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above, for v3.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 /// RoPE tables computed exactly as llama2.c's `run.c` does in f32:
 /// `freq = 1 / 10000^(i/hd)` for even `i`, angle `pos·freq`; pairs `(2j, 2j+1)` of each head
 /// rotate together.
@@ -93,6 +126,37 @@ pub fn silu_grad(x: f32) -> f32 {
     s * (1.0 + x * (1.0 - s))
 }
 
+multiversion! {
+    /// SwiGLU gate forward: gate = silu(h1)⊙h3, all `[H, N]` (flat).
+    pub fn swiglu_fwd(gate: &mut [f32], h1: &[f32], h3: &[f32]) {
+        for ((g, &a), &b) in gate.iter_mut().zip(h1).zip(h3) {
+            *g = silu(a) * b;
+        }
+    }
+}
+
+multiversion! {
+    /// SwiGLU gate backward: dh1 = dgate⊙h3⊙silu′(h1), dh3 = dgate⊙silu(h1), all `[H, N]`.
+    pub fn swiglu_bwd(dh1: &mut [f32], dh3: &mut [f32], dgate: &[f32], h1: &[f32], h3: &[f32]) {
+        for ((o1, o3), (&dg, (&a, &b))) in dh1
+            .iter_mut()
+            .zip(dh3.iter_mut())
+            .zip(dgate.iter().zip(h1.iter().zip(h3)))
+        {
+            let s = sigmoid(a);
+            *o1 = dg * b * s * (1.0 + a * (1.0 - s));
+            *o3 = dg * a * s;
+        }
+    }
+}
+
+multiversion! {
+    /// `x ← x·k`.
+    pub fn scale_in_place(x: &mut [f32], k: f32) {
+        x.iter_mut().for_each(|v| *v *= k);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Embedding
 
@@ -124,89 +188,110 @@ pub fn embedding_bwd(demb: &mut [f32], dx: &[f32], tokens: &[u32], dim: usize) {
 // ---------------------------------------------------------------------------------------
 // RMSNorm
 
-/// `inv_rms[t] = 1 / sqrt(mean_c x[c,t]² + eps)` for x `[C, N]`; inv_rms `[N]`.
-pub fn rms_inv(inv_rms: &mut [f32], x: &[f32], channels: usize, eps: f32) {
-    let n = inv_rms.len();
-    assert_eq!(x.len(), channels * n);
-    inv_rms.fill(0.0);
-    for row in x.chunks_exact(n) {
-        for (s, &v) in inv_rms.iter_mut().zip(row) {
-            *s += v * v;
+multiversion! {
+    /// `inv_rms[t] = 1 / sqrt(mean_c x[c,t]² + eps)` for x `[C, N]`; inv_rms `[N]`.
+    pub fn rms_inv(inv_rms: &mut [f32], x: &[f32], channels: usize, eps: f32) {
+        let n = inv_rms.len();
+        assert_eq!(x.len(), channels * n);
+        inv_rms.fill(0.0);
+        for row in x.chunks_exact(n) {
+            for (s, &v) in inv_rms.iter_mut().zip(row) {
+                *s += v * v;
+            }
         }
-    }
-    for s in inv_rms.iter_mut() {
-        *s = 1.0 / (*s / channels as f32 + eps).sqrt();
-    }
-}
-
-/// out `[C, N]` = g `[C]` ⊙ x `[C, N]` · inv_rms (llama2.c `rmsnorm` per token column).
-/// `inv_rms` `[N]` is scratch that receives the per-token scale.
-pub fn rmsnorm_fwd(out: &mut [f32], inv_rms: &mut [f32], x: &[f32], g: &[f32], eps: f32) {
-    let channels = g.len();
-    assert_eq!(out.len(), x.len());
-    rms_inv(inv_rms, x, channels, eps);
-    for ((orow, xrow), &gc) in out
-        .chunks_exact_mut(inv_rms.len())
-        .zip(x.chunks_exact(inv_rms.len()))
-        .zip(g)
-    {
-        for ((o, &v), &r) in orow.iter_mut().zip(xrow).zip(inv_rms.iter()) {
-            *o = gc * (v * r);
+        for s in inv_rms.iter_mut() {
+            *s = 1.0 / (*s / channels as f32 + eps).sqrt();
         }
     }
 }
 
-/// Backward of [`rmsnorm_fwd`]. With `y = g⊙x·r`, `r = (mean x² + eps)^(-1/2)`:
-/// `dx += r·g⊙dy − x·r³/C·Σ_c g_c·dy_c·x_c` and `dg += Σ_t dy⊙x·r`.
-/// dx, dy, x `[C, N]`; g, dg `[C]`; scratch `[2N]`.
-pub fn rmsnorm_bwd(
-    dx: &mut [f32],
-    dg: &mut [f32],
-    dy: &[f32],
-    x: &[f32],
-    g: &[f32],
-    eps: f32,
-    scratch: &mut [f32],
-) {
-    let channels = g.len();
-    let n = x.len() / channels;
-    assert!(dx.len() == x.len() && dy.len() == x.len() && dg.len() == channels);
-    let (inv_rms, dot) = scratch[..2 * n].split_at_mut(n);
-    rms_inv(inv_rms, x, channels, eps);
-    dot.fill(0.0);
-    for ((dyrow, xrow), (&gc, dgc)) in dy
-        .chunks_exact(n)
-        .zip(x.chunks_exact(n))
-        .zip(g.iter().zip(dg.iter_mut()))
-    {
-        let mut acc = 0.0f32;
-        for ((d, (&a, &b)), &r) in dot
-            .iter_mut()
-            .zip(dyrow.iter().zip(xrow))
-            .zip(inv_rms.iter())
+multiversion! {
+    /// out `[C, N]` = g `[C]` ⊙ x `[C, N]` · inv_rms (llama2.c `rmsnorm` per token column).
+    /// `inv_rms` `[N]` is scratch that receives the per-token scale.
+    pub fn rmsnorm_fwd(out: &mut [f32], inv_rms: &mut [f32], x: &[f32], g: &[f32], eps: f32) {
+        let channels = g.len();
+        assert_eq!(out.len(), x.len());
+        rms_inv(inv_rms, x, channels, eps);
+        for ((orow, xrow), &gc) in out
+            .chunks_exact_mut(inv_rms.len())
+            .zip(x.chunks_exact(inv_rms.len()))
+            .zip(g)
         {
-            *d += gc * a * b;
-            acc += a * b * r;
+            for ((o, &v), &r) in orow.iter_mut().zip(xrow).zip(inv_rms.iter()) {
+                *o = gc * (v * r);
+            }
         }
-        *dgc += acc;
     }
-    // dot[t] becomes the coefficient of x: r³/C·Σ g·dy·x.
-    for (d, &r) in dot.iter_mut().zip(inv_rms.iter()) {
-        *d *= r * r * r / channels as f32;
-    }
-    for (((dxrow, dyrow), xrow), &gc) in dx
-        .chunks_exact_mut(n)
-        .zip(dy.chunks_exact(n))
-        .zip(x.chunks_exact(n))
-        .zip(g)
-    {
-        for (((o, &a), &b), (&r, &k)) in dxrow
-            .iter_mut()
-            .zip(dyrow)
-            .zip(xrow)
-            .zip(inv_rms.iter().zip(dot.iter()))
+}
+
+multiversion! {
+    /// Backward of [`rmsnorm_fwd`]. With `y = g⊙x·r`, `r = (mean x² + eps)^(-1/2)`:
+    /// `dx += r·g⊙dy − x·r³/C·Σ_c g_c·dy_c·x_c` and `dg += Σ_t dy⊙x·r`.
+    /// dx, dy, x `[C, N]`; g, dg `[C]`; scratch `[2N]`.
+    pub fn rmsnorm_bwd(
+        dx: &mut [f32],
+        dg: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        g: &[f32],
+        eps: f32,
+        scratch: &mut [f32],
+    ) {
+        let channels = g.len();
+        let n = x.len() / channels;
+        assert!(dx.len() == x.len() && dy.len() == x.len() && dg.len() == channels);
+        let (inv_rms, dot) = scratch[..2 * n].split_at_mut(n);
+        rms_inv(inv_rms, x, channels, eps);
+        dot.fill(0.0);
+        for ((dyrow, xrow), (&gc, dgc)) in dy
+            .chunks_exact(n)
+            .zip(x.chunks_exact(n))
+            .zip(g.iter().zip(dg.iter_mut()))
         {
-            *o += r * gc * a - b * k;
+            // Lane accumulators for dg so that the loop vectorises.
+            let mut acc = [0.0f32; LANES];
+            let mut rest = 0.0f32;
+            let mut it_d = dot.chunks_exact_mut(LANES);
+            let mut it_a = dyrow.chunks_exact(LANES);
+            let mut it_b = xrow.chunks_exact(LANES);
+            let mut it_r = inv_rms.chunks_exact(LANES);
+            for (((d, a), b), r) in (&mut it_d).zip(&mut it_a).zip(&mut it_b).zip(&mut it_r) {
+                for l in 0..LANES {
+                    let ab = a[l] * b[l];
+                    d[l] += gc * ab;
+                    acc[l] += ab * r[l];
+                }
+            }
+            for (((d, &a), &b), &r) in it_d
+                .into_remainder()
+                .iter_mut()
+                .zip(it_a.remainder())
+                .zip(it_b.remainder())
+                .zip(it_r.remainder())
+            {
+                *d += gc * a * b;
+                rest += a * b * r;
+            }
+            *dgc += acc.iter().sum::<f32>() + rest;
+        }
+        // dot[t] becomes the coefficient of x: r³/C·Σ g·dy·x.
+        for (d, &r) in dot.iter_mut().zip(inv_rms.iter()) {
+            *d *= r * r * r / channels as f32;
+        }
+        for (((dxrow, dyrow), xrow), &gc) in dx
+            .chunks_exact_mut(n)
+            .zip(dy.chunks_exact(n))
+            .zip(x.chunks_exact(n))
+            .zip(g)
+        {
+            for (((o, &a), &b), (&r, &k)) in dxrow
+                .iter_mut()
+                .zip(dyrow)
+                .zip(xrow)
+                .zip(inv_rms.iter().zip(dot.iter()))
+            {
+                *o += r * gc * a - b * k;
+            }
         }
     }
 }
@@ -227,25 +312,45 @@ pub fn rope_bwd(dx: &mut [f32], rope: &Rope, n: usize, seq: usize) {
     rope_rotate(dx, rope, n, seq, -1.0);
 }
 
-fn rope_rotate(x: &mut [f32], rope: &Rope, n: usize, seq: usize, sign: f32) {
-    let hd = rope.head_dim;
-    let half = hd / 2;
-    assert!(
-        seq <= rope.len(),
-        "rope: sequence of {seq} exceeds the table's {} positions",
-        rope.len()
-    );
-    assert!(n.is_multiple_of(seq) && x.len().is_multiple_of(hd * n));
-    for head in x.chunks_exact_mut(hd * n) {
+multiversion! {
+    fn rope_rotate(x: &mut [f32], rope: &Rope, n: usize, seq: usize, sign: f32) {
+        let hd = rope.head_dim;
+        let half = hd / 2;
+        assert!(
+            seq <= rope.len(),
+            "rope: sequence of {seq} exceeds the table's {} positions",
+            rope.len()
+        );
+        assert!(n.is_multiple_of(seq) && x.len().is_multiple_of(hd * n));
+        // The angle depends on (pos, j) only: gather cos/sin for a block of positions once and
+        // apply it to every head and sequence with contiguous, vectorisable loops.
+        const BLOCK: usize = 128;
+        let mut cos = [0.0f32; BLOCK];
+        let mut sin = [0.0f32; BLOCK];
         for j in 0..half {
-            let (r0, r1) = head[2 * j * n..(2 * j + 2) * n].split_at_mut(n);
-            for (seq0, seq1) in r0.chunks_exact_mut(seq).zip(r1.chunks_exact_mut(seq)) {
-                for (pos, (a, b)) in seq0.iter_mut().zip(seq1.iter_mut()).enumerate() {
-                    let c = rope.cos[pos * half + j];
-                    let s = sign * rope.sin[pos * half + j];
-                    let (v0, v1) = (*a, *b);
-                    *a = v0 * c - v1 * s;
-                    *b = v0 * s + v1 * c;
+            for p0 in (0..seq).step_by(BLOCK) {
+                let p1 = (p0 + BLOCK).min(seq);
+                let len = p1 - p0;
+                for (i, pos) in (p0..p1).enumerate() {
+                    cos[i] = rope.cos[pos * half + j];
+                    sin[i] = sign * rope.sin[pos * half + j];
+                }
+                for head in x.chunks_exact_mut(hd * n) {
+                    let (r0, r1) = head[2 * j * n..(2 * j + 2) * n].split_at_mut(n);
+                    for b0 in (0..n).step_by(seq) {
+                        let a = &mut r0[b0 + p0..b0 + p1];
+                        let b = &mut r1[b0 + p0..b0 + p1];
+                        for (((a, b), &c), &s) in a
+                            .iter_mut()
+                            .zip(b.iter_mut())
+                            .zip(&cos[..len])
+                            .zip(&sin[..len])
+                        {
+                            let (v0, v1) = (*a, *b);
+                            *a = v0 * c - v1 * s;
+                            *b = v0 * s + v1 * c;
+                        }
+                    }
                 }
             }
         }
@@ -271,7 +376,7 @@ pub struct ClassifierGrads<'a> {
 /// Classifier and cross-entropy, chunked over token columns so that no `[V, N]` logits
 /// buffer exists: per chunk of `nc` columns,
 /// logits `[nc, V]` = xfᵀ·W_clsᵀ (token-major, so each softmax row is contiguous);
-/// loss += Σ (logsumexp − logit[target]); dlogits = (softmax − onehot)·`scale` in place;
+/// loss += Σ (logsumexp − `logit[target]`); dlogits = (softmax − onehot)·`scale` in place;
 /// dxf `[D, nc]` = W_clsᵀ·dlogitsᵀ; dW_cls `[V, D]` += dlogitsᵀ·xfᵀ.
 ///
 /// xf `[D, N]`, wcls `[V, D]`, targets `[N]` (each < V), logits scratch ≥ `chunk·V`.
@@ -372,8 +477,7 @@ pub fn softmax_ce_row(row: &mut [f32], target: usize, grad: bool, scale: f32) ->
     let target_logit = row[target];
     let sum = if grad {
         let sum = exp_shifted(row, max);
-        let k = scale / sum;
-        row.iter_mut().for_each(|v| *v *= k);
+        scale_in_place(row, scale / sum);
         row[target] -= scale;
         sum
     } else {
@@ -386,74 +490,82 @@ pub fn softmax_ce_row(row: &mut [f32], target: usize, grad: bool, scale: f32) ->
 /// a single floating-point chain.
 const LANES: usize = 16;
 
-/// Largest element (−∞ for an empty slice).
-pub fn max_of(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = a.max(v);
+multiversion! {
+    /// Largest element (−∞ for an empty slice).
+    pub fn max_of(x: &[f32]) -> f32 {
+        let mut acc = [f32::NEG_INFINITY; LANES];
+        let mut chunks = x.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a = a.max(v);
+            }
         }
+        let tail = chunks
+            .remainder()
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        acc.iter().fold(tail, |m, &v| m.max(v))
     }
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    acc.iter().fold(tail, |m, &v| m.max(v))
 }
 
-/// `x ← e^(x − shift)` in place; returns the sum of the new values.
-pub fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let mut chunks = x.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+multiversion! {
+    /// `x ← e^(x − shift)` in place; returns the sum of the new values.
+    pub fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+        let mut acc = [0.0f32; LANES];
+        let mut chunks = x.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+                *v = exp_approx(*v - shift);
+                *a += *v;
+            }
+        }
+        let mut tail = 0.0;
+        for v in chunks.into_remainder() {
             *v = exp_approx(*v - shift);
-            *a += *v;
+            tail += *v;
         }
+        acc.iter().sum::<f32>() + tail
     }
-    let mut tail = 0.0;
-    for v in chunks.into_remainder() {
-        *v = exp_approx(*v - shift);
-        tail += *v;
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
-/// `Σ e^(x − shift)` without writing.
-pub fn sum_exp_shifted(x: &[f32], shift: f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += exp_approx(v - shift);
+multiversion! {
+    /// `Σ e^(x − shift)` without writing.
+    pub fn sum_exp_shifted(x: &[f32], shift: f32) -> f32 {
+        let mut acc = [0.0f32; LANES];
+        let mut chunks = x.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += exp_approx(v - shift);
+            }
         }
+        let tail: f32 = chunks
+            .remainder()
+            .iter()
+            .map(|&v| exp_approx(v - shift))
+            .sum();
+        acc.iter().sum::<f32>() + tail
     }
-    let tail: f32 = chunks
-        .remainder()
-        .iter()
-        .map(|&v| exp_approx(v - shift))
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
-/// `Σ a⊙b`.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let mut ca = a.chunks_exact(LANES);
-    let mut cb = b.chunks_exact(LANES);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for ((s, &p), &q) in acc.iter_mut().zip(x).zip(y) {
-            *s += p * q;
+multiversion! {
+    /// `Σ a⊙b`.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0.0f32; LANES];
+        let mut ca = a.chunks_exact(LANES);
+        let mut cb = b.chunks_exact(LANES);
+        for (x, y) in (&mut ca).zip(&mut cb) {
+            for ((s, &p), &q) in acc.iter_mut().zip(x).zip(y) {
+                *s += p * q;
+            }
         }
+        let tail: f32 = ca
+            .remainder()
+            .iter()
+            .zip(cb.remainder())
+            .map(|(p, q)| p * q)
+            .sum();
+        acc.iter().sum::<f32>() + tail
     }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(p, q)| p * q)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -44,6 +44,9 @@ pub struct Header {
     /// Loss-scale state (fp16 backends).
     #[serde(default)]
     pub loss_scale: f32,
+    /// Finite steps in a row at the current loss scale.
+    #[serde(default)]
+    pub loss_scale_good_steps: u64,
     /// Cumulative per-component milliseconds (`Component::ALL` order).
     pub timings_ms: Vec<f64>,
     /// Cumulative wall-clock seconds of training so far.
@@ -276,6 +279,7 @@ mod tests {
             sampler_rng: 99,
             sampler_cursor: 0,
             loss_scale: 1.0,
+            loss_scale_good_steps: 0,
             timings_ms: vec![1.0; 17],
             wall_s: 2.0,
             last_loss: 3.5,

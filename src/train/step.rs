@@ -22,6 +22,10 @@
 //! the other side's current product. The forward pass and the classifier split each
 //! product over both cores.
 //!
+//! The step runs inside its own rayon pool (one thread per core unless
+//! [`Workspace::set_threads`] says otherwise): kernel methods are called from a worker thread
+//! of that pool, always from the side of the join that runs the chain.
+//!
 //! Timings: each kernel and op is charged its wall time; the dW work that overlaps the
 //! chain is free, and only the time the dW side ran past the chain is charged to
 //! [`Component::Dw`], so the components add up to the step's wall time.
@@ -207,10 +211,10 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// The thread count of [`crate::kernels::gemm::set_threads`] when set, else the global
+/// rayon pool's (one per core unless configured), so one setting governs both.
 fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    crate::kernels::gemm::threads()
 }
 
 fn build_pool(threads: usize) -> Arc<rayon::ThreadPool> {
@@ -225,7 +229,8 @@ fn build_pool(threads: usize) -> Arc<rayon::ThreadPool> {
 
 impl Workspace {
     /// Allocates every buffer for `batch` sequences of `seq` tokens (`seq` ≤ the config's
-    /// `seq_len`, checked by the step). Uses as many threads as the machine has cores.
+    /// `seq_len`, checked by the step). Threads: as set by `kernels::gemm::set_threads`, else
+    /// the global rayon pool's size.
     pub fn new(cfg: &Config, batch: usize, seq: usize) -> Workspace {
         let d = Dims::new(cfg, batch, seq);
         let (n, l) = (d.n(), cfg.n_layers);
@@ -277,7 +282,7 @@ impl Workspace {
         self.weights_version
     }
 
-    /// Worker threads for the step (default: one per core).
+    /// Worker threads for the step (0: back to the default of [`Workspace::new`]).
     pub fn set_threads(&mut self, threads: usize) {
         self.pool = build_pool(if threads == 0 {
             default_threads()
@@ -780,5 +785,91 @@ impl DwGrads<'_> {
         dw(&g.dq, xn, qd, dim, self.wq);
         dw(&g.dk, xn, kvd, dim, self.wk);
         dw(&g.dv, xn, kvd, dim, self.wv);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::cpu::CpuKernels;
+
+    #[test]
+    fn bad_batches_are_errors_that_say_why() {
+        let c = Config::llama(8, 16, 1, 2, 2, 10, 8);
+        let p = Params::init_random(&c, 1);
+        let mut g = Params::zeros(&c);
+        let mut ws = Workspace::new(&c, 2, 4);
+        let mut k = CpuKernels::new();
+        let mut t = Timings::default();
+        let ok: Vec<u32> = (0..8).collect();
+        let mut bad = ok.clone();
+        bad[5] = 10;
+        let e = ws
+            .forward_backward(&mut k, &p, &mut g, &bad, &ok, 1.0, &mut t)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("inputs") && e.contains("id 10") && e.contains("position 5"),
+            "{e}"
+        );
+        let e = ws
+            .forward_loss(&mut k, &p, &ok[..7], &ok[..7], &mut t)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("7 token ids") && e.contains("= 8"), "{e}");
+        let other = Config::llama(8, 16, 2, 2, 2, 10, 8);
+        let e = ws
+            .forward_loss(&mut k, &Params::zeros(&other), &ok, &ok, &mut t)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("different model"), "{e}");
+        let mut long = Workspace::new(&c, 1, 9);
+        let nine: Vec<u32> = (0..9).collect();
+        let e = long
+            .forward_loss(&mut k, &p, &nine, &nine, &mut t)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exceeds the model's seq_len 8"), "{e}");
+        // Nothing was accumulated by the failed calls.
+        assert!(g.data.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn gradients_accumulate_and_components_are_charged() {
+        let c = Config::llama(8, 16, 2, 2, 1, 12, 8);
+        let p = Params::init_random(&c, 2);
+        let mut ws = Workspace::new(&c, 2, 5);
+        ws.set_ce_chunk(3);
+        let mut k = CpuKernels::new();
+        let ids: Vec<u32> = (0..10).map(|i| (i * 7 % 12) as u32).collect();
+        let tg: Vec<u32> = (0..10).map(|i| (i * 5 % 12) as u32).collect();
+        let mut once = Params::zeros(&c);
+        let mut t = Timings::default();
+        let l1 = ws
+            .forward_backward(&mut k, &p, &mut once, &ids, &tg, 1.0, &mut t)
+            .unwrap();
+        // Two calls with grad_scale 0.5 add up to one with 1.0.
+        let mut twice = Params::zeros(&c);
+        for _ in 0..2 {
+            let l2 = ws
+                .forward_backward(&mut k, &p, &mut twice, &ids, &tg, 0.5, &mut t)
+                .unwrap();
+            assert_eq!(l1, l2);
+        }
+        for (a, b) in once.data.iter().zip(&twice.data) {
+            assert!((a - b).abs() <= 1e-6 * (1.0 + a.abs()), "{a} {b}");
+        }
+        for comp in [
+            Component::FwdAttn,
+            Component::FwdFfn,
+            Component::FfnBwd,
+            Component::SdpaBwd1,
+            Component::SdpaBwd2,
+            Component::QkvBwd,
+            Component::Classifier,
+            Component::CrossEntropy,
+        ] {
+            assert!(t.get(comp) > 0.0, "{comp:?} not charged");
+        }
     }
 }

@@ -200,6 +200,7 @@ impl Trainer {
         if h.loss_scale > 0.0 {
             t.loss_scale = h.loss_scale;
         }
+        t.good_steps_at_scale = h.loss_scale_good_steps;
         let mut ms = [0f64; 17];
         for (d, v) in ms.iter_mut().zip(h.timings_ms.iter()) {
             *d = *v;
@@ -224,6 +225,7 @@ impl Trainer {
             sampler_rng: self.sampler.rng.state,
             sampler_cursor: self.sampler.cursor,
             loss_scale: self.loss_scale,
+            loss_scale_good_steps: self.good_steps_at_scale,
             timings_ms: self.cum.as_array().to_vec(),
             wall_s: self.wall_s,
             last_loss: self.last_loss,
@@ -438,8 +440,9 @@ impl Trainer {
                     bad_run = 0;
                     first_bad = None;
                     self.good_steps_at_scale += 1;
-                    if self.s.backend != BackendKind::Cpu && self.good_steps_at_scale >= 200 {
-                        self.loss_scale = (self.loss_scale * 2.0).min(65536.0);
+                    if self.s.backend != BackendKind::Cpu && self.good_steps_at_scale >= 1000 {
+                        self.loss_scale =
+                            (self.loss_scale * 2.0).min(crate::ane::loss_scale::MAX_SCALE);
                         self.good_steps_at_scale = 0;
                     }
                     self.last_loss = loss;
