@@ -85,6 +85,12 @@ fn committed_seeds_are_what_the_writers_make_now() {
     }
 }
 
+/// The weight dictionary the `mil` target compiles against.
+fn mil_weights() -> std::collections::BTreeMap<String, Vec<u8>> {
+    // The harness keeps it private; rebuild it from the seeds' generator the same way.
+    harness::mil_weights_for_tests()
+}
+
 #[test]
 fn valid_seeds_parse() {
     use anetrain::model::llama2c::Model;
@@ -110,6 +116,17 @@ fn valid_seeds_parse() {
         assert_eq!(
             anetrain::train::checkpoint::parse(&b).unwrap().header.step,
             3
+        );
+    }
+    for (_, name) in inputs_under(&d).into_iter().filter(|(t, _)| t == "mil") {
+        let text = std::fs::read_to_string(&name).unwrap();
+        let plan = anetrain::ane::sim::compile_text(&text, &mil_weights())
+            .unwrap_or_else(|e| panic!("{}: {e:#}", name.display()));
+        assert_eq!(
+            plan.inputs.len(),
+            1,
+            "{}: one input surface",
+            name.display()
         );
     }
     let log = std::fs::read_to_string(d.join("jsonl/run.jsonl")).unwrap();

@@ -21,6 +21,7 @@
 //! | `config` | `model::Config::from_file` (TOML and JSON) |
 //! | `tokenize_inputs` | `data::tokenize::tokenize_files` (JSON array, JSON lines, text) |
 //! | `archive` | `data::download::extract` (tar.gz, and tar wrapped in gzip by the harness) |
+//! | `mil` | `ane::sim::compile_text` (MIL parser and type checker), then running small plans |
 
 use anetrain::data::download::{extract, Member, NoProgress};
 use anetrain::data::tokenize::{
@@ -46,6 +47,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("config", config),
     ("tokenize_inputs", tokenize_inputs),
     ("archive", archive),
+    ("mil", mil),
 ];
 
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
@@ -336,6 +338,78 @@ pub fn archive(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------
+// MIL program text (the Neural Engine simulator)
+
+/// The weight blobs of every static-pipeline kernel of the tiny model, so that mutated
+/// programs' `BLOBFILE` references can resolve.
+fn mil_weights() -> &'static std::collections::BTreeMap<String, Vec<u8>> {
+    static W: std::sync::OnceLock<std::collections::BTreeMap<String, Vec<u8>>> =
+        std::sync::OnceLock::new();
+    W.get_or_init(|| {
+        let mut all = std::collections::BTreeMap::new();
+        for (_, prog) in mil_programs() {
+            all.extend(prog.weights);
+        }
+        all
+    })
+}
+
+/// A copy of the `mil` target's weight dictionary (for the seed checks in the tests).
+pub fn mil_weights_for_tests() -> std::collections::BTreeMap<String, Vec<u8>> {
+    mil_weights().clone()
+}
+
+/// Every kernel program of both pipelines for a tiny GQA model (dim 16, 2 heads, 1 kv head,
+/// 8 tokens), as `(file name, program)`.
+fn mil_programs() -> Vec<(String, anetrain::ane::mil::Program)> {
+    use anetrain::ane::mil::kernels::{generate, kernel_set, Geometry, LayerWeights, Pipeline};
+    let c = Config::llama(16, 32, 1, 2, 1, 16, 8);
+    let params = Params::init_random(&c, 5);
+    let geo = Geometry::new(&c, 1, 8);
+    let rope = anetrain::kernels::ops::Rope::new(c.head_dim, 8, c.rope_theta);
+    let w = LayerWeights::from_params(&params, 0);
+    let mut out = Vec::new();
+    for p in [Pipeline::Static, Pipeline::Dynamic] {
+        for k in kernel_set(p, &geo) {
+            let weights = (p == Pipeline::Static && k.has_weights()).then_some(&w);
+            let prog = generate(p, k, &geo, weights, &rope).expect("tiny kernel program");
+            out.push((format!("{p}-{}.mil", k.name()), prog));
+        }
+    }
+    out
+}
+
+/// `compile_text` (parse, then type-check against the weight dictionary); a plan whose
+/// inputs and arithmetic are small is run on a fixed input and must give outputs of the
+/// shapes it declares.
+pub fn mil(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(plan) = anetrain::ane::sim::compile_text(&text, mil_weights()) else {
+        return;
+    };
+    let sizes: Vec<usize> = plan
+        .inputs
+        .iter()
+        .map(|(_, s)| s.iter().product())
+        .collect();
+    if sizes.iter().sum::<usize>() > 1 << 16 || plan.flops > 2e7 {
+        return;
+    }
+    let inputs: Vec<Vec<f32>> = sizes
+        .iter()
+        .map(|&n| (0..n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect())
+        .collect();
+    let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+    if let Ok(outs) = plan.run(&refs) {
+        let shapes = plan.output_shapes();
+        assert_eq!(outs.len(), shapes.len());
+        for (o, s) in outs.iter().zip(&shapes) {
+            assert_eq!(o.len(), s.iter().product::<usize>());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Seeds: small valid inputs made with the crate's own writers, plus cut and edited variants.
 
 /// A 262-piece vocabulary: the three specials, the 256 byte pieces, and `" "`, `"a"`, `"ab"`.
@@ -367,6 +441,7 @@ fn checkpoint_bytes(tied: bool) -> Vec<u8> {
         sampler_rng: 42,
         sampler_cursor: 7,
         loss_scale: 1.0,
+        loss_scale_good_steps: 0,
         timings_ms: vec![0.5; 4],
         wall_s: 1.5,
         last_loss: 2.25,
@@ -562,5 +637,13 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     ];
     with_cuts("archive.tar.gz", [&[0u8][..], &gz].concat(), &mut v);
     add("archive", v);
+
+    add(
+        "mil",
+        mil_programs()
+            .into_iter()
+            .map(|(name, p)| (name, p.text.into_bytes()))
+            .collect(),
+    );
     all
 }
