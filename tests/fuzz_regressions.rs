@@ -277,3 +277,25 @@ fn log_numbers_parse_correctly_rounded_and_round_trip() {
         assert_eq!(back, e, "{text}");
     }
 }
+
+/// `data info` printed the first 12 bytes of the sidecar's `tokenizer_sha256` by slicing the
+/// string, which panics when byte 12 falls inside a multi-byte character of a corrupt or
+/// hand-edited sidecar. It must print, not panic.
+#[test]
+fn data_info_survives_a_sidecar_hash_with_multibyte_characters() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("t.bin");
+    let ids: Vec<u8> = [1u16, 5, 6, 1, 7]
+        .iter()
+        .flat_map(|t| t.to_le_bytes())
+        .collect();
+    std::fs::write(&p, ids).unwrap();
+    std::fs::write(
+        d.path().join("t.bin.json"),
+        r#"{"format":"u16","tokenizer":"t","tokenizer_sha256":"0123456789€€","vocab_size":512,"tokens":5,"documents":2,"bos":1,"skipped_empty":0,"inputs":["a"],"input_bytes":1,"max_id":7}"#,
+    )
+    .unwrap();
+    let r = std::panic::catch_unwind(|| anetrain::data::info::describe(&p, None, 5));
+    let (out, _) = r.expect("describe panicked").unwrap();
+    assert!(out.contains("sha256 0123456789€"), "{out}");
+}
