@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Memory over a long training run: starts `anetrain train` and samples its VmRSS from
-# /proc/<pid>/status every second, with the last step the JSONL log has reached at that
+# /proc/<pid>/status every RSS_INTERVAL seconds (default 1), with the last step the JSONL log has reached at that
 # moment, into OUT/rss.csv; then prints the start, peak and end RSS, the RSS at every
 # 200th step, and the slope over the second half of the run (a leak shows as a positive slope).
 #
-#   scripts/rss_soak.sh [OUT] [extra train flags…]
+#   [STEPS=N] [RSS_INTERVAL=S] scripts/rss_soak.sh [OUT] [extra train flags…]
 #
 # Defaults: OUT=runs/rss-soak, stories260k on the built-in corpus, 1200 steps of batch 4 ×
 # seq 128, validation and a checkpoint every 200 steps. Needs `cargo build --release` first
@@ -16,20 +16,21 @@ bin=${ANETRAIN:-target/release/anetrain}
 [ -x "$bin" ] || { echo "no $bin: run cargo build --release first" >&2; exit 1; }
 rm -rf "$out"
 mkdir -p "$out"
-args=(train --model stories260k --steps 1200 --batch 4 --seq 128 --eval-every 200
+args=(train --model stories260k --steps "${STEPS:-1200}" --batch 4 --seq 128 --eval-every 200
       --ckpt-every 200 --out "$out" --quiet "$@")
 echo "command: $bin ${args[*]}" | tee "$out/command.txt"
 "$bin" "${args[@]}" >"$out/stdout.txt" 2>"$out/stderr.txt" &
 pid=$!
+interval=${RSS_INTERVAL:-1}
 echo "t_s,rss_kib,step" >"$out/rss.csv"
-t=0
+t0=$(date +%s.%N)
 while kill -0 "$pid" 2>/dev/null; do
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
   step=$(tail -n 50 "$out/run.jsonl" 2>/dev/null \
     | grep -o '"type":"step","step":[0-9]*' | tail -n 1 | grep -o '[0-9]*$' || true)
+  t=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   [ -n "$rss" ] && echo "$t,$rss,${step:-0}" >>"$out/rss.csv"
-  sleep 1
-  t=$((t + 1))
+  sleep "$interval"
 done
 wait "$pid"
 status=$?
@@ -43,7 +44,7 @@ awk -F, 'NR > 1 {
     # Least-squares slope of RSS against step over the second half of the samples.
     for (i = int(n / 2) + 1; i <= n; i++) { m++; sx += s[i]; sy += r[i]; sxx += s[i] * s[i]; sxy += s[i] * r[i] }
     slope = (m * sxy - sx * sy) / (m * sxx - sx * sx)
-    printf "samples:           %d over %d s, last step %d\n", n, t[n], s[n]
+    printf "samples:           %d over %.0f s, last step %d\n", n, t[n], s[n]
     printf "start RSS:         %.1f MiB (first sample with training under way, step %d)\n", first / 1024, first_step
     printf "peak RSS:          %.1f MiB (first reached at step %d)\n", peak / 1024, peak_step
     printf "end RSS:           %.1f MiB (last sample, step %d)\n", r[n] / 1024, s[n]

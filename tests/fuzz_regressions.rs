@@ -18,7 +18,7 @@ fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
 }
 
-fn target(name: &str) -> fn(&[u8]) {
+fn target(name: &str) -> harness::Target {
     harness::TARGETS
         .iter()
         .find(|(n, _)| *n == name)

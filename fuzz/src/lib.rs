@@ -37,8 +37,11 @@ use anetrain::train::log::{parse_line, Event, StepRecord};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// A target body: arbitrary bytes in, panics on a broken promise.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the replay test and the seed writer.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("llama2c", llama2c),
     ("tokenizer", tokenizer),
     ("checkpoint", checkpoint),
