@@ -193,7 +193,7 @@ fn representative_log_shows_its_numbers_and_panels() {
     assert_has(&s, &format!("val {:.4} @100", loss_at(100) + 0.1));
     // The best validation loss is the later one (the curve falls).
     assert_has(&s, &format!("best val {:.4} @100", loss_at(100) + 0.1));
-    assert_has(&s, &format!("{:.1} ms/step", ms_at(120)));
+    assert_has(&s, &format!("Speed {:.1} ms", ms_at(120)));
     // Timing bars, largest first, as mean over the last 20 steps.
     assert_has(&s, "ffn_bwd");
     assert_has(&s, "15.00 ms");

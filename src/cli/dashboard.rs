@@ -160,6 +160,12 @@ pub fn run_dashboard_with(a: DashboardArgs, generate: StoryFn) -> Result<()> {
     let r = run_terminal(&mut app);
     if let Some(mut c) = app.take_trainer() {
         if let Some(s) = c.poll_exit() {
+            if r.is_ok() && !s.success() {
+                bail!(
+                    "the trainer failed ({s}); its output is in {}",
+                    c.output().display()
+                );
+            }
             eprintln!("trainer exited ({s}); output in {}", c.output().display());
         } else if a.detach {
             eprintln!(

@@ -118,12 +118,7 @@ pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     // Progress bars redraw with '\r': keep what the line ended as.
     let lines: Vec<String> = text
         .lines()
-        .filter_map(|l| {
-            l.split('\r')
-                .map(str::trim_end)
-                .filter(|p| !p.is_empty())
-                .last()
-        })
+        .filter_map(|l| l.rsplit('\r').map(str::trim_end).find(|p| !p.is_empty()))
         .map(str::to_string)
         .collect();
     lines[lines.len().saturating_sub(n)..].to_vec()

@@ -13,7 +13,7 @@
 //! - [`child`]: the trainer process that `dashboard --train` starts;
 //! - [`app`]: ties these together, handles keys and runs the terminal loop;
 //! - [`ui`]: draws an [`app::App`] into a ratatui frame;
-//! - [`plot`]: PNG plots of one or more logs.
+//! - [`plot`]: PNG plots of one or more logs, with text drawn by [`text_backend`].
 //!
 //! docs/DASHBOARD.md describes each panel and where its numbers come from.
 
@@ -24,6 +24,7 @@ pub mod plot;
 pub mod state;
 pub mod story;
 pub mod sysstats;
+pub mod text_backend;
 pub mod ui;
 
 pub use app::{run_terminal, App, DashboardConfig};

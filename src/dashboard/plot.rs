@@ -4,15 +4,19 @@
 //!
 //! Drawing is plotters' bitmap backend into an RGB buffer, encoded with the `png` crate.
 //! Text needs a font, and asking the system for one (plotters' default `ttf` feature, through
-//! font-kit) fails on headless CI machines; so DejaVu Sans is compiled into the binary and
-//! registered with plotters' `ab_glyph` text renderer (`fonts/LICENSE-DejaVu.txt` is its
-//! license, which allows this).
+//! font-kit) fails on headless CI machines; so DejaVu Sans is compiled into the binary
+//! (`fonts/LICENSE-DejaVu.txt` is its license, which allows this). Text is drawn by
+//! [`TextBackend`](super::text_backend::TextBackend), a thin wrapper around the bitmap backend that lays glyphs out with
+//! `ab_glyph` itself: plotters' own `ab_glyph` text path drops each glyph's side bearing, which
+//! puts gaps after narrow glyphs ("1 e-3") and dots in the wrong place. The font is also
+//! registered with that path, as a fallback for any text that does not go through the backend.
 //!
 //! plotters does not clip lines to the plotting area, and the y range deliberately lets the
 //! highest early losses run off the top (see [`robust_range`]), so lines are clipped here
 //! before they are drawn.
 
 use super::state::{downsample, ema_series, robust_range, RunState};
+use super::text_backend::TextBackend;
 use crate::train::log::read_log;
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::Shift;
@@ -21,7 +25,7 @@ use plotters::style::{register_font, FontStyle};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-static DEJAVU_SANS: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
+use super::text_backend::DEJAVU_SANS;
 const FONT: &str = "sans-serif";
 
 fn register_fonts() {
@@ -158,7 +162,7 @@ pub fn render_png(runs: &[RunSeries], opts: &PlotOptions) -> Result<Vec<u8>> {
     register_fonts();
     let mut rgb = vec![255u8; w as usize * h as usize * 3];
     {
-        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        let root = TextBackend::new(&mut rgb, (w, h))?.into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         let (top, bottom) = root.split_vertically((h as f64 * 0.64) as u32);
         draw_loss(&top, runs, opts.smooth)?;
@@ -260,7 +264,7 @@ fn fmt_tick(v: f64) -> String {
 }
 
 fn draw_loss(
-    area: &DrawingArea<BitMapBackend, Shift>,
+    area: &DrawingArea<TextBackend, Shift>,
     runs: &[RunSeries],
     smooth: f64,
 ) -> Result<()> {
@@ -304,6 +308,7 @@ fn draw_loss(
         .label_style((FONT, 15))
         .x_label_formatter(&|v| fmt_tick(*v))
         .y_label_formatter(&|v| format!("{v:.2}"))
+        .max_light_lines(4)
         .light_line_style(RGBColor(235, 235, 235))
         .bold_line_style(RGBColor(205, 205, 205))
         .draw()
@@ -359,11 +364,7 @@ fn draw_loss(
     Ok(())
 }
 
-fn draw_ms(
-    area: &DrawingArea<BitMapBackend, Shift>,
-    runs: &[RunSeries],
-    smooth: f64,
-) -> Result<()> {
+fn draw_ms(area: &DrawingArea<TextBackend, Shift>, runs: &[RunSeries], smooth: f64) -> Result<()> {
     let (x0, x1) = x_range(runs);
     let width_px = area.dim_in_pixel().0 as usize;
     let raw: Vec<Vec<(f64, f64)>> = runs
@@ -399,6 +400,7 @@ fn draw_ms(
         .label_style((FONT, 15))
         .x_label_formatter(&|v| fmt_tick(*v))
         .y_label_formatter(&|v| format!("{v:.0}"))
+        .max_light_lines(4)
         .light_line_style(RGBColor(235, 235, 235))
         .bold_line_style(RGBColor(205, 205, 205))
         .draw()

@@ -237,8 +237,7 @@ impl Rapl {
     /// they contain) named `package-*` (or all top-level zones if none is so named; `psys`
     /// is left out when packages exist since it includes them).
     pub fn open(powercap: &Path) -> Result<Rapl, String> {
-        let rd = std::fs::read_dir(powercap)
-            .map_err(|e| format!("no powercap ({}: {e})", powercap.display()))?;
+        let rd = std::fs::read_dir(powercap).map_err(|_| "no RAPL counters".to_string())?;
         let mut tops: Vec<(String, PathBuf)> = Vec::new();
         for ent in rd.flatten() {
             let name = ent.file_name().to_string_lossy().into_owned();
@@ -250,7 +249,7 @@ impl Rapl {
             }
         }
         if tops.is_empty() {
-            return Err("no RAPL zones in powercap".into());
+            return Err("no RAPL counters".into());
         }
         tops.sort_by(|a, b| a.1.cmp(&b.1));
         let packages: Vec<_> = tops
@@ -275,15 +274,15 @@ impl Rapl {
                         last: None,
                     });
                 }
-                Ok(_) => denied = Some(format!("{}: not a number", energy.display())),
-                Err(e) => denied = Some(format!("{}: {e}", energy.display())),
+                Ok(_) => denied = Some("energy_uj is not a number".into()),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    denied = Some("root only".into());
+                }
+                Err(e) => denied = Some(e.to_string()),
             }
         }
         if zones.is_empty() {
-            return Err(format!(
-                "RAPL counters unreadable ({})",
-                denied.unwrap_or_default()
-            ));
+            return Err(format!("RAPL {}", denied.unwrap_or_default()));
         }
         Ok(Rapl { zones })
     }
@@ -385,14 +384,13 @@ impl PowerMonitor {
     /// Picks the best source this machine offers.
     pub fn detect() -> PowerMonitor {
         #[cfg(target_os = "macos")]
-        {
-            return match powermetrics::start() {
-                Ok((rx, child)) => PowerMonitor::with(PowerSource::PowerMetrics(rx, child), None),
-                Err(why) => PowerMonitor::with(PowerSource::Unavailable, Some(why)),
-            };
-        }
-        #[allow(unreachable_code)]
-        PowerMonitor::rapl_at(Path::new("/sys/class/powercap"))
+        let m = match powermetrics::start() {
+            Ok((rx, child)) => PowerMonitor::with(PowerSource::PowerMetrics(rx, child), None),
+            Err(why) => PowerMonitor::with(PowerSource::Unavailable, Some(why)),
+        };
+        #[cfg(not(target_os = "macos"))]
+        let m = PowerMonitor::rapl_at(Path::new("/sys/class/powercap"));
+        m
     }
 
     /// RAPL under the given powercap folder (tests point it at a fake one).
@@ -515,6 +513,22 @@ mod tests {
         assert_eq!(parse_ps_line("0:01.25 100").unwrap().cpu_seconds, 1.25);
         assert!(parse_ps_line("").is_none());
         assert!(parse_ps_line("x y").is_none());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn proc_stat_fields_are_counted_after_the_command_name() {
+        // proc(5): pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt
+        // majflt cmajflt utime stime cutime cstime priority nice num_threads itrealvalue
+        // starttime …; a command name may hold spaces and parentheses.
+        let line = "42 (a) (b c) S 1 42 42 0 -1 4194304 10 0 0 0 \
+                    700 300 0 0 20 0 1 0 123456 1000 50 18446744073709551615";
+        let f = imp::parse_stat(line).unwrap();
+        assert_eq!(
+            (f.state, f.utime, f.stime, f.start_ticks),
+            ('S', 700, 300, 123456)
+        );
+        assert!(imp::parse_stat("42 (x) S 1").is_none());
     }
 
     #[test]

@@ -149,40 +149,59 @@ fn render_status(f: &mut Frame, area: Rect, app: &App) {
             )),
         },
         Some(p) => {
-            let sep = || dim(" │ ");
-            let mut v = Vec::new();
+            // (priority, joined to the previous item without a separator, span); the lowest
+            // priority goes first when the line is wider than the panel.
+            let mut items: Vec<(u8, bool, Span<'static>)> = Vec::new();
+            let bold = Style::default().add_modifier(Modifier::BOLD);
             match s.total_steps() {
                 Some(t) => {
-                    v.push(Span::styled(
-                        format!("step {}/{}", p.step, t),
-                        Style::default().bold(),
+                    items.push((
+                        9,
+                        false,
+                        Span::styled(format!("step {}/{}", p.step, t), bold),
                     ));
-                    v.push(dim(format!(
-                        " {:.1}%",
-                        (p.step as f64 / t as f64 * 100.0).min(100.0)
-                    )));
+                    let pct = (p.step as f64 / t as f64 * 100.0).min(100.0);
+                    items.push((1, true, dim(format!(" {pct:.1}%"))));
                 }
-                None => v.push(Span::styled(
-                    format!("step {}", p.step),
-                    Style::default().bold(),
-                )),
+                None => items.push((9, false, Span::styled(format!("step {}", p.step), bold))),
             }
-            v.push(sep());
-            v.push(Span::raw(match s.eta_seconds() {
+            let eta = match s.eta_seconds() {
                 Some(e) if s.finished() && e == 0.0 => "done".to_string(),
                 Some(e) => format!("ETA {}", fmt_duration(e)),
                 None => "ETA ?".to_string(),
-            }));
-            v.push(sep());
-            v.push(Span::raw(format!("lr {:.2e}", p.lr)));
-            v.push(sep());
-            v.push(Span::raw(format!("loss {:.4}", p.loss)));
+            };
+            items.push((8, false, Span::raw(eta)));
+            items.push((5, false, Span::raw(format!("lr {:.2e}", p.lr))));
+            items.push((7, false, Span::raw(format!("loss {:.4}", p.loss))));
             if let Some((what, step, val)) = s.best_loss() {
-                v.push(sep());
-                v.push(Span::styled(
-                    format!("best {what} {val:.4} @{step}"),
-                    Style::default().fg(Color::Green),
+                let green = Style::default().fg(Color::Green);
+                items.push((
+                    6,
+                    false,
+                    Span::styled(format!("best {what} {val:.4}"), green),
                 ));
+                items.push((2, true, Span::styled(format!(" @{step}"), green)));
+            }
+            let room = area.width.saturating_sub(2) as usize;
+            let width = |items: &[(u8, bool, Span)]| -> usize {
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, it)| {
+                        it.2.content.chars().count() + if i > 0 && !it.1 { 3 } else { 0 }
+                    })
+                    .sum()
+            };
+            while items.len() > 1 && width(&items) > room {
+                let lowest = (0..items.len()).min_by_key(|&i| items[i].0).unwrap_or(0);
+                items.remove(lowest);
+            }
+            let mut v = Vec::new();
+            for (i, (_, joined, span)) in items.into_iter().enumerate() {
+                if i > 0 && !joined {
+                    v.push(dim(" │ "));
+                }
+                v.push(span);
             }
             Line::from(v)
         }
@@ -324,7 +343,7 @@ fn render_speed(f: &mut Frame, area: Rect, app: &App) {
     let mut head = vec![title("Speed")];
     if let Some(p) = s.last_step() {
         head.push(Span::styled(
-            format!("{:.1} ms/step ", p.ms),
+            format!("{:.1} ms ", p.ms),
             Style::default().fg(Color::LightMagenta),
         ));
         head.push(Span::styled(
@@ -350,32 +369,66 @@ fn render_speed(f: &mut Frame, area: Rect, app: &App) {
     } else {
         Layout::vertical([Constraint::Fill(1), Constraint::Length(0)]).split(inner)
     };
-    series_chart(f, parts[0], &ms, w, Color::LightMagenta, "ms", |v| {
-        format!("{v:.0}ms")
-    });
+    let ms_range = value_range(&ms, w);
+    let tps_range = value_range(&tps, w);
+    let ms_labels = [
+        format!("{:.0}ms", ms_range.0),
+        format!("{:.0}ms", ms_range.1),
+    ];
+    let tps_labels = [
+        format!("{}/s", fmt_count(tps_range.0)),
+        format!("{}/s", fmt_count(tps_range.1)),
+    ];
+    // Same label width in both charts, so their x axes line up.
+    let lw = ms_labels
+        .iter()
+        .chain(tps_labels.iter())
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let pad = |l: &String| format!("{l:>lw$}");
+    series_chart(
+        f,
+        parts[0],
+        &ms,
+        w,
+        ms_range,
+        ms_labels.each_ref().map(pad),
+        Color::LightMagenta,
+    );
     if parts[1].height > 0 {
-        series_chart(f, parts[1], &tps, w, Color::LightGreen, "tok/s", |v| {
-            format!("{}/s", fmt_count(v))
-        });
+        series_chart(
+            f,
+            parts[1],
+            &tps,
+            w,
+            tps_range,
+            tps_labels.each_ref().map(pad),
+            Color::LightGreen,
+        );
     }
 }
 
-/// A borderless line chart of one series with its min and max as y labels.
+/// The y range of a series as drawn at `width` cells (non-negative).
+fn value_range(all: &[(f64, f64)], width: usize) -> (f64, f64) {
+    let pts = downsample(all, width * 2, true);
+    let (lo, hi) = robust_range(pts.iter().map(|p| p.1)).unwrap_or((0.0, 1.0));
+    (lo.max(0.0), hi)
+}
+
+/// A borderless line chart of one series with its range's ends as y labels.
 fn series_chart(
     f: &mut Frame,
     area: Rect,
     all: &[(f64, f64)],
     width: usize,
+    (lo, hi): (f64, f64),
+    labels: [String; 2],
     color: Color,
-    name: &str,
-    label: impl Fn(f64) -> String,
 ) {
     let pts = downsample(all, width * 2, true);
-    let (lo, hi) = robust_range(pts.iter().map(|p| p.1)).unwrap_or((0.0, 1.0));
-    let lo = lo.max(0.0);
     let xb = x_bounds(all[0].0, all[all.len() - 1].0);
     let ds = vec![Dataset::default()
-        .name(name.to_string())
         .marker(Marker::Braille)
         .graph_type(GraphType::Line)
         .style(Style::default().fg(color))
@@ -385,8 +438,8 @@ fn series_chart(
         .y_axis(
             Axis::default()
                 .style(Style::default().fg(Color::DarkGray))
-                .bounds([lo, hi])
-                .labels([label(lo), label(hi)]),
+                .bounds([lo, hi.max(lo + 1e-9)])
+                .labels(labels),
         )
         .legend_position(None);
     f.render_widget(chart, area);
@@ -397,7 +450,7 @@ fn bar(frac: f64, width: usize) -> String {
     const EIGHTHS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
     let cells = (frac.clamp(0.0, 1.0) * width as f64 * 8.0).round() as usize;
     let mut s = "█".repeat(cells / 8);
-    if cells % 8 > 0 {
+    if !cells.is_multiple_of(8) {
         s.push(EIGHTHS[cells % 8]);
     }
     let used = s.chars().count();
@@ -541,7 +594,7 @@ fn render_system(f: &mut Frame, area: Rect, app: &App) {
         }
         (None, Some(why)) => lines.push(Line::from(vec![
             Span::raw("Power unavailable "),
-            dim(format!("({why})")),
+            dim(format!("· {why}")),
         ])),
         (None, None) => lines.push(Line::from("Power …")),
     }
