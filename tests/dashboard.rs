@@ -290,6 +290,75 @@ fn corrupt_lines_are_skipped_and_counted() {
 }
 
 #[test]
+fn extreme_values_never_panic() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("run.jsonl");
+    let mut ev = vec![Event::Run(RunHeader {
+        pid: 0,
+        total_steps: 3,
+        ..Default::default()
+    })];
+    let values = [
+        1e300,
+        -1e300,
+        0.0,
+        1e-300,
+        5.0,
+        -3.0,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+    ];
+    for (i, &v) in values.iter().enumerate() {
+        let mut timing = BTreeMap::new();
+        timing.insert("x\ny".to_string(), v);
+        timing.insert(String::new(), -v);
+        ev.push(Event::Step(StepRecord {
+            step: [u64::MAX, 0, 7, 7, 1 << 60, 3, 2, 1][i],
+            loss: v,
+            lr: v,
+            ms: v,
+            tokens_per_s: v,
+            timing,
+            compiles: u64::MAX,
+            time: v,
+            ..Default::default()
+        }));
+        ev.push(Event::Eval {
+            step: i as u64,
+            val_loss: -v,
+            time: v,
+        });
+    }
+    ev.push(Event::Error {
+        step: 1,
+        message: "two\nlines\tand \u{1b}[31m escapes".into(),
+        time: 0.0,
+    });
+    ev.push(Event::Report(
+        serde_json::json!({"steps": "many", "wall_s": -1}),
+    ));
+    write_log(&log, &ev);
+    let mut app = app_for(&log, no_story());
+    app.tick();
+    for (w, h) in [(80, 24), (40, 12), (200, 50), (41, 13)] {
+        let s = screen(&app, w, h);
+        assert_has(&s, "Loss");
+    }
+    assert!(app
+        .state
+        .log_lines
+        .iter()
+        .all(|l| !l.text.chars().any(char::is_control)));
+    // The plot may refuse such a log, but must not panic.
+    let opts = PlotOptions {
+        width: 400,
+        height: 300,
+        smooth: 0.9,
+    };
+    let _ = plot_logs(&[log], &d.path().join("x.png"), &opts);
+}
+
+#[test]
 fn truncated_log_is_read_again() {
     let d = tempfile::tempdir().unwrap();
     let log = d.path().join("run.jsonl");

@@ -6,10 +6,11 @@
 //! Text needs a font, and asking the system for one (plotters' default `ttf` feature, through
 //! font-kit) fails on headless CI machines; so DejaVu Sans is compiled into the binary
 //! (`fonts/LICENSE-DejaVu.txt` is its license, which allows this). Text is drawn by
-//! [`TextBackend`](super::text_backend::TextBackend), a thin wrapper around the bitmap backend that lays glyphs out with
-//! `ab_glyph` itself: plotters' own `ab_glyph` text path drops each glyph's side bearing, which
-//! puts gaps after narrow glyphs ("1 e-3") and dots in the wrong place. The font is also
-//! registered with that path, as a fallback for any text that does not go through the backend.
+//! [`TextBackend`], a thin wrapper around the bitmap backend that lays glyphs out with
+//! `ab_glyph` itself: plotters' own `ab_glyph` text path drops each glyph's side bearing,
+//! which puts gaps after narrow glyphs ("1 e-3") and dots in the wrong place. The font is also
+//! registered with that path, as a fallback for any text that does not go through the
+//! backend.
 //!
 //! plotters does not clip lines to the plotting area, and the y range deliberately lets the
 //! highest early losses run off the top (see [`robust_range`]), so lines are clipped here
@@ -57,24 +58,47 @@ impl RunSeries {
         Ok(RunSeries::from_state(&run_name(path), &s))
     }
 
+    /// Points with a value or step beyond ±1e15 (nonsense for a loss or a step time) are left
+    /// out: they would only squash the rest into a line.
     pub fn from_state(name: &str, s: &RunState) -> RunSeries {
+        let ok = |v: f64| v.is_finite() && v.abs() <= MAX_VALUE;
         RunSeries {
             name: name.to_string(),
             loss: s
                 .steps
                 .iter()
-                .filter(|p| p.loss.is_finite())
                 .map(|p| (p.step as f64, p.loss, p.ema))
+                .filter(|p| ok(p.0) && ok(p.1) && ok(p.2))
                 .collect(),
             ms: s
                 .steps
                 .iter()
-                .filter(|p| p.ms.is_finite() && p.ms > 0.0)
                 .map(|p| (p.step as f64, p.ms))
+                .filter(|p| ok(p.0) && ok(p.1) && p.1 > 0.0)
                 .collect(),
-            val: s.evals.iter().map(|&(st, v)| (st as f64, v)).collect(),
+            val: s
+                .evals
+                .iter()
+                .map(|&(st, v)| (st as f64, v))
+                .filter(|p| ok(p.0) && ok(p.1))
+                .collect(),
         }
     }
+}
+
+/// Largest magnitude of a plotted value or step.
+const MAX_VALUE: f64 = 1e15;
+
+/// A range plotters can put ticks on. Its tick search never returns on a range that is not
+/// finite (values near `f64::MAX` make the width overflow), so such a range is refused; a
+/// range narrower than a millionth of its magnitude is widened so its ticks stay distinct.
+fn plottable((lo, hi): (f64, f64)) -> Result<(f64, f64)> {
+    if !(lo.is_finite() && hi.is_finite()) || lo.abs().max(hi.abs()) > 2.0 * MAX_VALUE {
+        bail!("values beyond ±{MAX_VALUE:e} cannot be plotted");
+    }
+    let mid = (lo + hi) / 2.0;
+    let half = ((hi - lo).abs() / 2.0).max(mid.abs() * 1e-6).max(1e-9);
+    Ok((mid - half, mid + half))
 }
 
 /// A legend name for a log: its file stem, or its folder's name for `DIR/run.jsonl`.
@@ -137,7 +161,10 @@ pub fn plot_logs(logs: &[PathBuf], out: &Path, opts: &PlotOptions) -> Result<()>
     for l in logs {
         let r = RunSeries::load(l, opts.smooth)?;
         if r.loss.is_empty() {
-            bail!("{}: no step events in this log", l.display());
+            bail!(
+                "{}: no step events with a plottable loss in this log",
+                l.display()
+            );
         }
         runs.push(r);
     }
@@ -239,7 +266,7 @@ pub fn clip_polyline(points: &[(f64, f64)], lo: f64, hi: f64) -> Vec<Vec<(f64, f
     out
 }
 
-fn x_range(runs: &[RunSeries]) -> (f64, f64) {
+fn x_range(runs: &[RunSeries]) -> Result<(f64, f64)> {
     let first = runs
         .iter()
         .filter_map(|r| r.loss.first().map(|p| p.0))
@@ -249,9 +276,9 @@ fn x_range(runs: &[RunSeries]) -> (f64, f64) {
         .filter_map(|r| r.loss.last().map(|p| p.0))
         .fold(f64::NEG_INFINITY, f64::max);
     if last > first {
-        (first, last)
+        plottable((first, last))
     } else {
-        (first - 1.0, first + 1.0)
+        plottable((first - 1.0, first + 1.0))
     }
 }
 
@@ -268,7 +295,7 @@ fn draw_loss(
     runs: &[RunSeries],
     smooth: f64,
 ) -> Result<()> {
-    let (x0, x1) = x_range(runs);
+    let (x0, x1) = x_range(runs)?;
     let width_px = area.dim_in_pixel().0 as usize;
     let raw_pts: Vec<Vec<(f64, f64)>> = runs
         .iter()
@@ -293,6 +320,7 @@ fn draw_loss(
             .chain(runs.iter().flat_map(|r| r.val.iter().map(|v| v.1))),
     )
     .unwrap_or((0.0, 1.0));
+    let (lo, hi) = plottable((lo, hi))?;
     let mut chart = ChartBuilder::on(area)
         .caption("Training loss", (FONT, 26))
         .margin(14)
@@ -365,7 +393,7 @@ fn draw_loss(
 }
 
 fn draw_ms(area: &DrawingArea<TextBackend, Shift>, runs: &[RunSeries], smooth: f64) -> Result<()> {
-    let (x0, x1) = x_range(runs);
+    let (x0, x1) = x_range(runs)?;
     let width_px = area.dim_in_pixel().0 as usize;
     let raw: Vec<Vec<(f64, f64)>> = runs
         .iter()
@@ -384,7 +412,7 @@ fn draw_ms(area: &DrawingArea<TextBackend, Shift>, runs: &[RunSeries], smooth: f
         })
         .collect();
     let (lo, hi) = robust_range(raw.iter().flatten().map(|p| p.1)).unwrap_or((0.0, 1.0));
-    let lo = lo.max(0.0);
+    let (lo, hi) = plottable((lo.max(0.0), hi))?;
     let mut chart = ChartBuilder::on(area)
         .caption("Step time", (FONT, 22))
         .margin(14)
@@ -456,6 +484,24 @@ mod tests {
         assert_eq!(p, vec![vec![(1.0, 2.0), (2.0, 0.0)]]);
         // Entirely outside: nothing.
         assert!(clip_polyline(&[(0.0, 5.0), (1.0, 6.0)], 0.0, 2.0).is_empty());
+    }
+
+    #[test]
+    fn ranges_are_made_plottable() {
+        assert!(plottable((f64::NEG_INFINITY, 1.0)).is_err());
+        assert!(plottable((0.0, 1e300)).is_err());
+        assert_eq!(plottable((1.0, 3.0)).unwrap(), (1.0, 3.0));
+        let (lo, hi) = plottable((1e12, 1e12 + 1e-3)).unwrap();
+        assert!(hi - lo >= 2e6 * 0.999, "{lo} {hi}");
+        // And plotters puts ticks and labels on it.
+        register_fonts();
+        let mut buf = vec![255u8; 200 * 100 * 3];
+        let root = BitMapBackend::with_buffer(&mut buf, (200, 100)).into_drawing_area();
+        let mut c = ChartBuilder::on(&root)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0.0..1.0, lo..hi)
+            .unwrap();
+        c.configure_mesh().draw().unwrap();
     }
 
     #[test]

@@ -170,10 +170,13 @@ impl RunState {
         if self.log_lines.len() >= MAX_LOG_LINES {
             self.log_lines.pop_front();
         }
-        self.log_lines.push_back(LogLine {
-            kind,
-            text: text.into(),
-        });
+        // One line each: control characters (newlines in messages) would break the panel.
+        let text: String = text
+            .into()
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        self.log_lines.push_back(LogLine { kind, text });
     }
 
     pub fn apply(&mut self, e: Event) {
