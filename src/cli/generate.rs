@@ -1,6 +1,105 @@
-use anyhow::{bail, Result};
+//! `anetrain generate`: run a model on the CPU and print what it writes, as llama2.c's
+//! `run` does (same defaults, same sampling, same tokens for the same seed).
+
+use crate::generate::{self, sampler, Sampler};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::path::PathBuf;
+
 #[derive(clap::Args)]
-pub struct Args {}
-pub fn run(_a: Args) -> Result<()> {
-    bail!("generate: not built yet")
+pub struct Args {
+    /// Model to run: a llama2.c model file (.bin).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// llama2.c tokenizer.bin; without one, token ids are printed instead of text.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Text to continue (needs --tokenizer); encoded with BOS as run.c does.
+    #[arg(long, conflicts_with = "prompt_ids")]
+    pub prompt: Option<String>,
+    /// Prompt as comma-separated token ids, fed verbatim (start with 1, BOS, as run.c does).
+    #[arg(long, value_delimiter = ',')]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Positions to run, prompt included; 0 = the model's seq_len.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    pub steps: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Top-p (nucleus) sampling threshold; 0 or 1 samples from the whole distribution.
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Random seed (run.c's xorshift state); default, or 0: the current time.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+        bail!(
+            "--temperature {} must be a finite number >= 0",
+            a.temperature
+        );
+    }
+    if !(0.0..=1.0).contains(&a.top_p) {
+        bail!("--top-p {} must be between 0 and 1", a.top_p);
+    }
+    let params = generate::load_model_params(&a.model)?;
+    let c = params.config();
+    let tok = match &a.tokenizer {
+        Some(p) => {
+            let t = Tokenizer::load(p)?;
+            let fitted = generate::fit_tokenizer(&t, c.vocab_size)
+                .with_context(|| format!("{}: does not fit {}", p.display(), a.model.display()))?
+                .into_owned();
+            if t.vocab_size() != c.vocab_size {
+                eprintln!(
+                    "note: {} has {} pieces; using the first {}, the model's vocabulary, as run.c does",
+                    p.display(),
+                    t.vocab_size(),
+                    c.vocab_size
+                );
+            }
+            Some(fitted)
+        }
+        None => None,
+    };
+    let prompt: Vec<u32> = match (&a.prompt, &a.prompt_ids, &tok) {
+        (Some(text), _, Some(t)) => t.encode(text, true, false),
+        (Some(_), _, None) => bail!("--prompt needs --tokenizer (or give --prompt-ids)"),
+        (None, Some(ids), _) => ids.clone(),
+        (None, None, Some(t)) => t.encode("", true, false),
+        (None, None, None) => vec![generate::BOS],
+    };
+    let seed = match a.seed {
+        Some(s) if s != 0 => s,
+        _ => sampler::default_seed(),
+    };
+    let mut sampler = Sampler::new(c.vocab_size, a.temperature, a.top_p, seed);
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut write_err = None;
+    let result = generate::generate_ids(&params, &prompt, a.steps, &mut sampler, |prev, next| {
+        let r = match &tok {
+            Some(t) => out.write_all(generate::printable_piece(t.decode(prev, next))),
+            None => write!(out, "{next} "),
+        };
+        if let Err(e) = r.and_then(|_| out.flush()) {
+            write_err.get_or_insert(e);
+        }
+    });
+    let g = result.with_context(|| format!("{}: cannot generate", a.model.display()))?;
+    if let Some(e) = write_err {
+        return Err(e).context("cannot write to standard output");
+    }
+    writeln!(out).context("cannot write to standard output")?;
+    eprintln!(
+        "achieved tok/s: {:.2} ({} positions, seed {seed}, {} threads)",
+        g.tokens_per_s,
+        g.tokens.len() - 1,
+        rayon::current_num_threads()
+    );
+    Ok(())
 }

@@ -51,6 +51,12 @@ pub enum Command {
 
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
+    // Behave like other Unix tools when the reader of our output goes away (`| head`).
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Info(a) => info::run(a),

@@ -1,1 +1,1232 @@
-//! The `cpu` backend: the six kernels in fp32.
+//! The `cpu` backend: the six kernels in fp32 over [`super::gemm`].
+//!
+//! Every projection is one GEMM on the whole `[C, N]` activation (split over the cores by
+//! [`super::gemm::sgemm`]). Attention runs per (sequence, kv head) task, the tasks spread
+//! statically over the rayon pool, each worker with its own `[S, S]` scratch; a task handles
+//! the `G = NH/NKV` query heads of its kv head one after another, so the GQA sums of dk and
+//! dv stay inside one task. Causal attention walks query rows in tiles of [`TILE`] and
+//! touches only keys up to the tile's end, so about half of the `S²` work is skipped.
+//!
+//! Scratch lives in the struct and only grows: after the first call of a shape nothing is
+//! allocated here (the GEMM library keeps its own packing buffers).
+
+use super::gemm::{sgemm, sgemm_raw, Op};
+use super::ops::{self, Rope};
+use super::{AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2};
+use anyhow::{ensure, Result};
+use rayon::prelude::*;
+
+/// Query rows per causal tile.
+pub const TILE: usize = 64;
+
+/// The fp32 CPU implementation of [`Kernels`].
+pub struct CpuKernels {
+    eps: f32,
+    /// `[N]` per-token RMS scale.
+    inv_rms: Vec<f32>,
+    /// `[QD, N]` Woᵀ·dx2 in sdpa_bwd1; `[H, N]` W2ᵀ·dy in ffn_bwd.
+    tmp: Vec<f32>,
+    /// One `[S, S]` scores / dS matrix per worker.
+    heads: Vec<f32>,
+}
+
+impl Default for CpuKernels {
+    fn default() -> Self {
+        CpuKernels::new()
+    }
+}
+
+impl CpuKernels {
+    /// RMSNorm epsilon 1e-5 until [`Kernels::prepare`] reads the model's.
+    pub fn new() -> CpuKernels {
+        CpuKernels::with_eps(1e-5)
+    }
+
+    pub fn with_eps(eps: f32) -> CpuKernels {
+        CpuKernels {
+            eps,
+            inv_rms: Vec::new(),
+            tmp: Vec::new(),
+            heads: Vec::new(),
+        }
+    }
+}
+
+/// Grows `v` to at least `len` (never shrinks, so steady state allocates nothing).
+fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+/// A raw pointer that worker tasks may share; each task writes a disjoint block through it.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: used only to hand disjoint output blocks to parallel tasks (see each use).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+impl SharedMut {
+    fn at(self, off: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer the pointer came from.
+        unsafe { self.0.add(off) }
+    }
+}
+
+/// Workers for `tasks` equal tasks: the pool's threads, at most one per task.
+fn workers(tasks: usize) -> usize {
+    rayon::current_num_threads().clamp(1, tasks.max(1))
+}
+
+/// Runs `f(task, scratch)` for `tasks` equal tasks, split into contiguous runs over the
+/// rayon pool, each run with its own `slot`-sized part of `scratch`.
+fn for_each_task(
+    scratch: &mut Vec<f32>,
+    tasks: usize,
+    slot: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let w = workers(tasks);
+    let buf = grow(scratch, w * slot);
+    buf.par_chunks_mut(slot).enumerate().for_each(|(wi, scr)| {
+        for task in wi * tasks / w..(wi + 1) * tasks / w {
+            f(task, scr);
+        }
+    });
+}
+
+/// [`for_each_task`] without scratch.
+fn for_each_task_plain(tasks: usize, f: impl Fn(usize) + Sync) {
+    let w = workers(tasks);
+    (0..w).into_par_iter().for_each(|wi| {
+        for task in wi * tasks / w..(wi + 1) * tasks / w {
+            f(task);
+        }
+    });
+}
+
+/// Geometry of one attention head's blocks inside the `[C, N]` activations.
+#[derive(Clone, Copy)]
+struct Head {
+    /// token columns N (row stride of every activation)
+    n: usize,
+    /// sequence length S
+    s: usize,
+    hd: usize,
+    /// offset of query head h's block: row h·hd, column b·S
+    q_off: usize,
+    /// offset of its kv head's block: row j·hd, column b·S
+    kv_off: usize,
+    /// offset of the head's `[S, S]` block in `[B, NH, S, S]`
+    p_off: usize,
+    /// 1/√hd
+    scale: f32,
+}
+
+impl Head {
+    fn new(d: &Dims, task: usize, g: usize) -> Head {
+        let group = d.n_heads / d.n_kv_heads;
+        let (b, j) = (task / d.n_kv_heads, task % d.n_kv_heads);
+        let h = j * group + g;
+        let (n, s) = (d.n(), d.seq);
+        Head {
+            n,
+            s,
+            hd: d.head_dim,
+            q_off: h * d.head_dim * n + b * s,
+            kv_off: j * d.head_dim * n + b * s,
+            p_off: (b * d.n_heads + h) * s * s,
+            scale: 1.0 / (d.head_dim as f32).sqrt(),
+        }
+    }
+
+    /// Fills rows `r0..r1` of `p` (`[S, S]`, row stride S) with the causal softmax of
+    /// `scale·qᵀk` over keys `0..r1`: probabilities for keys ≤ query, zero for the rest of
+    /// the tile; columns ≥ r1 are left alone.
+    ///
+    /// # Safety
+    /// `q`, `k` point at this head's blocks of live `[C, N]` activations; `p` at a live
+    /// `[S, S]` block no one else touches.
+    unsafe fn probs_rows(&self, q: *const f32, k: *const f32, p: *mut f32, r0: usize, r1: usize) {
+        let (n, s) = (self.n as isize, self.s);
+        // scores[i, j] = Σ_d q[d, i]·k[d, j]: op(A) = q block transposed.
+        sgemm_raw(
+            r1 - r0,
+            r1,
+            self.hd,
+            self.scale,
+            q.add(r0),
+            1,
+            n,
+            k,
+            n,
+            1,
+            0.0,
+            p.add(r0 * s),
+            s as isize,
+        );
+        for i in r0..r1 {
+            let row = std::slice::from_raw_parts_mut(p.add(i * s), r1);
+            let (live, masked) = row.split_at_mut(i + 1);
+            softmax_in_place(live);
+            masked.fill(0.0);
+        }
+    }
+}
+
+/// Softmax of one row in place.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = ops::max_of(row);
+    let inv = 1.0 / ops::exp_shifted(row, max);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Query-row tiles `[r0, r1)` of a sequence of `s`.
+fn tiles(s: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..s).step_by(TILE).map(move |r0| (r0, (r0 + TILE).min(s)))
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    ensure!(
+        got == want,
+        "cpu kernel: {what} has {got} elements, expected {want}"
+    );
+    Ok(())
+}
+
+fn check_dims(d: &Dims) -> Result<()> {
+    ensure!(
+        d.n_kv_heads > 0
+            && d.n_heads.is_multiple_of(d.n_kv_heads)
+            && d.head_dim.is_multiple_of(2)
+            && d.seq > 0,
+        "cpu kernel: invalid dims {d:?}"
+    );
+    Ok(())
+}
+
+impl Kernels for CpuKernels {
+    fn name(&self) -> &str {
+        "cpu"
+    }
+
+    fn prepare(&mut self, params: &crate::model::Params, _weights_version: u64) -> Result<()> {
+        self.eps = params.config().norm_eps;
+        Ok(())
+    }
+
+    fn fwd_attn(
+        &mut self,
+        _layer: usize,
+        d: &Dims,
+        rope: &Rope,
+        x: &[f32],
+        w: &AttnWeights,
+        out: AttnFwd,
+    ) -> Result<()> {
+        check_dims(d)?;
+        let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
+        for (what, got, want) in [
+            ("x", x.len(), dim * n),
+            ("g", w.g.len(), dim),
+            ("wq", w.wq.len(), qd * dim),
+            ("wk", w.wk.len(), kvd * dim),
+            ("wv", w.wv.len(), kvd * dim),
+            ("wo", w.wo.len(), dim * qd),
+            ("xn", out.xn.len(), dim * n),
+            ("q", out.q.len(), qd * n),
+            ("k", out.k.len(), kvd * n),
+            ("v", out.v.len(), kvd * n),
+            ("attn", out.attn.len(), qd * n),
+            ("o", out.o.len(), dim * n),
+        ] {
+            check_len(what, got, want)?;
+        }
+        ensure!(
+            rope.head_dim == d.head_dim && rope.len() >= d.seq,
+            "cpu kernel: RoPE table (head_dim {}, {} positions) does not cover head_dim {} × seq {}",
+            rope.head_dim,
+            rope.len(),
+            d.head_dim,
+            d.seq
+        );
+        let inv = grow(&mut self.inv_rms, n);
+        ops::rmsnorm_fwd(out.xn, inv, x, w.g, self.eps);
+        let xn = &*out.xn;
+        sgemm(
+            Op::N,
+            Op::N,
+            qd,
+            n,
+            dim,
+            1.0,
+            w.wq,
+            dim,
+            xn,
+            n,
+            0.0,
+            out.q,
+            n,
+        );
+        sgemm(
+            Op::N,
+            Op::N,
+            kvd,
+            n,
+            dim,
+            1.0,
+            w.wk,
+            dim,
+            xn,
+            n,
+            0.0,
+            out.k,
+            n,
+        );
+        sgemm(
+            Op::N,
+            Op::N,
+            kvd,
+            n,
+            dim,
+            1.0,
+            w.wv,
+            dim,
+            xn,
+            n,
+            0.0,
+            out.v,
+            n,
+        );
+        ops::rope_fwd(out.q, rope, n, d.seq);
+        ops::rope_fwd(out.k, rope, n, d.seq);
+
+        let (q, k, v) = (
+            out.q.as_ptr() as usize,
+            out.k.as_ptr() as usize,
+            out.v.as_ptr() as usize,
+        );
+        let attn = SharedMut(out.attn.as_mut_ptr());
+        let group = d.n_heads / d.n_kv_heads;
+        let s = d.seq;
+        let dd = *d;
+        for_each_task(
+            &mut self.heads,
+            d.batch * d.n_kv_heads,
+            s * s,
+            |task, sc| {
+                let (q, k, v) = (q as *const f32, k as *const f32, v as *const f32);
+                for g in 0..group {
+                    let hv = Head::new(&dd, task, g);
+                    for (r0, r1) in tiles(s) {
+                        // SAFETY: q, k, v are live [C, N] activations borrowed for this call;
+                        // sc is this worker's [S, S] scratch; the attn block of head (b, h)
+                        // columns r0..r1 is written by this task only.
+                        unsafe {
+                            hv.probs_rows(
+                                q.add(hv.q_off),
+                                k.add(hv.kv_off),
+                                sc.as_mut_ptr(),
+                                r0,
+                                r1,
+                            );
+                            // attn[:, i] = Σ_j P[i, j]·v[:, j]
+                            sgemm_raw(
+                                hv.hd,
+                                r1 - r0,
+                                r1,
+                                1.0,
+                                v.add(hv.kv_off),
+                                hv.n as isize,
+                                1,
+                                sc.as_ptr().add(r0 * s),
+                                1,
+                                s as isize,
+                                0.0,
+                                attn.at(hv.q_off + r0),
+                                hv.n as isize,
+                            );
+                        }
+                    }
+                }
+            },
+        );
+        sgemm(
+            Op::N,
+            Op::N,
+            dim,
+            n,
+            qd,
+            1.0,
+            w.wo,
+            qd,
+            out.attn,
+            n,
+            0.0,
+            out.o,
+            n,
+        );
+        Ok(())
+    }
+
+    fn fwd_ffn(
+        &mut self,
+        _layer: usize,
+        d: &Dims,
+        x2: &[f32],
+        w: &FfnWeights,
+        out: FfnFwd,
+    ) -> Result<()> {
+        let (dim, n, h) = (d.dim, d.n(), d.hidden);
+        for (what, got, want) in [
+            ("x2", x2.len(), dim * n),
+            ("g", w.g.len(), dim),
+            ("w1", w.w1.len(), h * dim),
+            ("w2", w.w2.len(), dim * h),
+            ("w3", w.w3.len(), h * dim),
+            ("x2n", out.x2n.len(), dim * n),
+            ("h1", out.h1.len(), h * n),
+            ("h3", out.h3.len(), h * n),
+            ("gate", out.gate.len(), h * n),
+            ("f", out.f.len(), dim * n),
+        ] {
+            check_len(what, got, want)?;
+        }
+        let inv = grow(&mut self.inv_rms, n);
+        ops::rmsnorm_fwd(out.x2n, inv, x2, w.g, self.eps);
+        sgemm(
+            Op::N,
+            Op::N,
+            h,
+            n,
+            dim,
+            1.0,
+            w.w1,
+            dim,
+            out.x2n,
+            n,
+            0.0,
+            out.h1,
+            n,
+        );
+        sgemm(
+            Op::N,
+            Op::N,
+            h,
+            n,
+            dim,
+            1.0,
+            w.w3,
+            dim,
+            out.x2n,
+            n,
+            0.0,
+            out.h3,
+            n,
+        );
+        out.gate
+            .par_chunks_mut(n)
+            .zip(out.h1.par_chunks(n).zip(out.h3.par_chunks(n)))
+            .with_min_len(16)
+            .for_each(|(g, (a, b))| {
+                for ((g, &a), &b) in g.iter_mut().zip(a).zip(b) {
+                    *g = ops::silu(a) * b;
+                }
+            });
+        sgemm(
+            Op::N,
+            Op::N,
+            dim,
+            n,
+            h,
+            1.0,
+            w.w2,
+            h,
+            out.gate,
+            n,
+            0.0,
+            out.f,
+            n,
+        );
+        Ok(())
+    }
+
+    fn ffn_bwd(
+        &mut self,
+        _layer: usize,
+        d: &Dims,
+        dy: &[f32],
+        h1: &[f32],
+        h3: &[f32],
+        w: &FfnWeights,
+        out: FfnBwd,
+    ) -> Result<()> {
+        let (dim, n, h) = (d.dim, d.n(), d.hidden);
+        for (what, got, want) in [
+            ("dy", dy.len(), dim * n),
+            ("h1", h1.len(), h * n),
+            ("h3", h3.len(), h * n),
+            ("w1", w.w1.len(), h * dim),
+            ("w2", w.w2.len(), dim * h),
+            ("w3", w.w3.len(), h * dim),
+            ("dx2n", out.dx2n.len(), dim * n),
+            ("dh1", out.dh1.len(), h * n),
+            ("dh3", out.dh3.len(), h * n),
+        ] {
+            check_len(what, got, want)?;
+        }
+        let dgate = grow(&mut self.tmp, h * n);
+        sgemm(Op::T, Op::N, h, n, dim, 1.0, w.w2, h, dy, n, 0.0, dgate, n);
+        out.dh1
+            .par_chunks_mut(n)
+            .zip(out.dh3.par_chunks_mut(n))
+            .zip(
+                dgate
+                    .par_chunks(n)
+                    .zip(h1.par_chunks(n).zip(h3.par_chunks(n))),
+            )
+            .with_min_len(16)
+            .for_each(|((d1, d3), (dg, (a, b)))| {
+                for ((o1, o3), (&dg, (&a, &b))) in d1
+                    .iter_mut()
+                    .zip(d3.iter_mut())
+                    .zip(dg.iter().zip(a.iter().zip(b)))
+                {
+                    let s = ops::sigmoid(a);
+                    *o1 = dg * b * s * (1.0 + a * (1.0 - s));
+                    *o3 = dg * a * s;
+                }
+            });
+        sgemm(
+            Op::T,
+            Op::N,
+            dim,
+            n,
+            h,
+            1.0,
+            w.w1,
+            dim,
+            out.dh1,
+            n,
+            0.0,
+            out.dx2n,
+            n,
+        );
+        sgemm(
+            Op::T,
+            Op::N,
+            dim,
+            n,
+            h,
+            1.0,
+            w.w3,
+            dim,
+            out.dh3,
+            n,
+            1.0,
+            out.dx2n,
+            n,
+        );
+        Ok(())
+    }
+
+    fn sdpa_bwd1(
+        &mut self,
+        _layer: usize,
+        d: &Dims,
+        dx2: &[f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        wo: &[f32],
+        out: SdpaBwd1,
+    ) -> Result<()> {
+        check_dims(d)?;
+        let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
+        for (what, got, want) in [
+            ("dx2", dx2.len(), dim * n),
+            ("q", q.len(), qd * n),
+            ("k", k.len(), kvd * n),
+            ("v", v.len(), kvd * n),
+            ("wo", wo.len(), dim * qd),
+            ("dv", out.dv.len(), kvd * n),
+            ("dp", out.dp.len(), d.probs_len()),
+            ("probs", out.probs.len(), d.probs_len()),
+        ] {
+            check_len(what, got, want)?;
+        }
+        let dattn = grow(&mut self.tmp, qd * n);
+        sgemm(Op::T, Op::N, qd, n, dim, 1.0, wo, qd, dx2, n, 0.0, dattn, n);
+        let dattn = &*dattn;
+
+        let (qp, kp, vp, dap) = (
+            q.as_ptr() as usize,
+            k.as_ptr() as usize,
+            v.as_ptr() as usize,
+            dattn.as_ptr() as usize,
+        );
+        let (dv, dp, probs) = (
+            SharedMut(out.dv.as_mut_ptr()),
+            SharedMut(out.dp.as_mut_ptr()),
+            SharedMut(out.probs.as_mut_ptr()),
+        );
+        let group = d.n_heads / d.n_kv_heads;
+        let s = d.seq;
+        let dd = *d;
+        for_each_task_plain(d.batch * d.n_kv_heads, |task| {
+            let (q, k, v, da) = (
+                qp as *const f32,
+                kp as *const f32,
+                vp as *const f32,
+                dap as *const f32,
+            );
+            for g in 0..group {
+                let hv = Head::new(&dd, task, g);
+                let ni = hv.n as isize;
+                // SAFETY: inputs are live [C, N] activations borrowed for this call; the
+                // [S, S] blocks of probs and dp at p_off, and the dv block of kv head j in
+                // sequence b, belong to this task alone.
+                unsafe {
+                    let p = probs.at(hv.p_off);
+                    let dpb = dp.at(hv.p_off);
+                    for (r0, r1) in tiles(s) {
+                        hv.probs_rows(q.add(hv.q_off), k.add(hv.kv_off), p, r0, r1);
+                        // dP[i, j] = Σ_d dattn[d, i]·v[d, j]
+                        sgemm_raw(
+                            r1 - r0,
+                            r1,
+                            hv.hd,
+                            1.0,
+                            da.add(hv.q_off + r0),
+                            1,
+                            ni,
+                            v.add(hv.kv_off),
+                            ni,
+                            1,
+                            0.0,
+                            dpb.add(r0 * s),
+                            s as isize,
+                        );
+                        for i in r0..r1 {
+                            std::slice::from_raw_parts_mut(p.add(i * s + i + 1), s - i - 1)
+                                .fill(0.0);
+                            std::slice::from_raw_parts_mut(dpb.add(i * s + i + 1), s - i - 1)
+                                .fill(0.0);
+                        }
+                    }
+                    // dv[:, j] (+)= Σ_{i ≥ j} dattn[:, i]·P[i, j], per key tile.
+                    for (c0, c1) in tiles(s) {
+                        sgemm_raw(
+                            hv.hd,
+                            c1 - c0,
+                            s - c0,
+                            1.0,
+                            da.add(hv.q_off + c0),
+                            ni,
+                            1,
+                            p.add(c0 * s + c0),
+                            s as isize,
+                            1,
+                            if g == 0 { 0.0 } else { 1.0 },
+                            dv.at(hv.kv_off + c0),
+                            ni,
+                        );
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn sdpa_bwd2(
+        &mut self,
+        _layer: usize,
+        d: &Dims,
+        probs: &[f32],
+        dp: &[f32],
+        q: &[f32],
+        k: &[f32],
+        out: SdpaBwd2,
+    ) -> Result<()> {
+        check_dims(d)?;
+        let (n, qd, kvd) = (d.n(), d.q_dim(), d.kv_dim());
+        for (what, got, want) in [
+            ("probs", probs.len(), d.probs_len()),
+            ("dp", dp.len(), d.probs_len()),
+            ("q", q.len(), qd * n),
+            ("k", k.len(), kvd * n),
+            ("dq", out.dq.len(), qd * n),
+            ("dk", out.dk.len(), kvd * n),
+        ] {
+            check_len(what, got, want)?;
+        }
+        let (qp, kp) = (q.as_ptr() as usize, k.as_ptr() as usize);
+        let (dq, dk) = (
+            SharedMut(out.dq.as_mut_ptr()),
+            SharedMut(out.dk.as_mut_ptr()),
+        );
+        let group = d.n_heads / d.n_kv_heads;
+        let s = d.seq;
+        let dd = *d;
+        for_each_task(
+            &mut self.heads,
+            d.batch * d.n_kv_heads,
+            s * s,
+            |task, ds| {
+                let (q, k) = (qp as *const f32, kp as *const f32);
+                for g in 0..group {
+                    let hv = Head::new(&dd, task, g);
+                    let ni = hv.n as isize;
+                    let p = &probs[hv.p_off..hv.p_off + s * s];
+                    let dpb = &dp[hv.p_off..hv.p_off + s * s];
+                    // dS = P ⊙ (dP − rowsum(dP ⊙ P)), zero above the diagonal.
+                    for i in 0..s {
+                        let (pr, dr) = (&p[i * s..i * s + i + 1], &dpb[i * s..i * s + i + 1]);
+                        let dot = ops::dot(pr, dr);
+                        let row = &mut ds[i * s..(i + 1) * s];
+                        for ((o, &a), &b) in row.iter_mut().zip(pr).zip(dr) {
+                            *o = a * (b - dot);
+                        }
+                        row[i + 1..].fill(0.0);
+                    }
+                    // SAFETY: q, k are live [C, N] activations; the dq block of head (b, h) and
+                    // the dk block of kv head j in sequence b belong to this task alone.
+                    unsafe {
+                        // dq[:, i] = scale·Σ_{j ≤ i} dS[i, j]·k[:, j]
+                        for (r0, r1) in tiles(s) {
+                            sgemm_raw(
+                                hv.hd,
+                                r1 - r0,
+                                r1,
+                                hv.scale,
+                                k.add(hv.kv_off),
+                                ni,
+                                1,
+                                ds.as_ptr().add(r0 * s),
+                                1,
+                                s as isize,
+                                0.0,
+                                dq.at(hv.q_off + r0),
+                                ni,
+                            );
+                        }
+                        // dk[:, j] (+)= scale·Σ_{i ≥ j} dS[i, j]·q[:, i]
+                        for (c0, c1) in tiles(s) {
+                            sgemm_raw(
+                                hv.hd,
+                                c1 - c0,
+                                s - c0,
+                                hv.scale,
+                                q.add(hv.q_off + c0),
+                                ni,
+                                1,
+                                ds.as_ptr().add(c0 * s + c0),
+                                s as isize,
+                                1,
+                                if g == 0 { 0.0 } else { 1.0 },
+                                dk.at(hv.kv_off + c0),
+                                ni,
+                            );
+                        }
+                    }
+                }
+            },
+        );
+        Ok(())
+    }
+
+    fn qkv_bwd(
+        &mut self,
+        _layer: usize,
+        d: &Dims,
+        dq: &[f32],
+        dk: &[f32],
+        dv: &[f32],
+        w: &AttnWeights,
+        dxn: &mut [f32],
+    ) -> Result<()> {
+        let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
+        for (what, got, want) in [
+            ("dq", dq.len(), qd * n),
+            ("dk", dk.len(), kvd * n),
+            ("dv", dv.len(), kvd * n),
+            ("wq", w.wq.len(), qd * dim),
+            ("wk", w.wk.len(), kvd * dim),
+            ("wv", w.wv.len(), kvd * dim),
+            ("dxn", dxn.len(), dim * n),
+        ] {
+            check_len(what, got, want)?;
+        }
+        sgemm(Op::T, Op::N, dim, n, qd, 1.0, w.wq, dim, dq, n, 0.0, dxn, n);
+        sgemm(
+            Op::T,
+            Op::N,
+            dim,
+            n,
+            kvd,
+            1.0,
+            w.wk,
+            dim,
+            dk,
+            n,
+            1.0,
+            dxn,
+            n,
+        );
+        sgemm(
+            Op::T,
+            Op::N,
+            dim,
+            n,
+            kvd,
+            1.0,
+            w.wv,
+            dim,
+            dv,
+            n,
+            1.0,
+            dxn,
+            n,
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each kernel against naive f64 loops written from the contract's formulas.
+    use super::*;
+    use crate::util::rng::Rng;
+
+    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
+        let mut r = Rng::new(seed);
+        (0..len).map(|_| r.next_f32() * 2.0 - 1.0).collect()
+    }
+
+    /// GQA, head_dim·heads ≠ dim, two sequences longer than one tile.
+    fn dims() -> Dims {
+        Dims {
+            dim: 12,
+            hidden: 20,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 4,
+            batch: 2,
+            seq: 70,
+        }
+    }
+
+    /// y [rows, N] = W [rows, cols] · x [cols, N], in f64.
+    fn mm(w: &[f32], x: &[f64], rows: usize, n: usize) -> Vec<f64> {
+        let cols = x.len() / n;
+        let mut y = vec![0.0; rows * n];
+        for r in 0..rows {
+            for c in 0..cols {
+                let wv = w[r * cols + c] as f64;
+                for t in 0..n {
+                    y[r * n + t] += wv * x[c * n + t];
+                }
+            }
+        }
+        y
+    }
+
+    /// y [cols, N] = Wᵀ · x for W [rows, cols], x [rows, N].
+    fn mm_t(w: &[f32], x: &[f64], cols: usize, n: usize) -> Vec<f64> {
+        let rows = x.len() / n;
+        let mut y = vec![0.0; cols * n];
+        for r in 0..rows {
+            for c in 0..cols {
+                let wv = w[r * cols + c] as f64;
+                for t in 0..n {
+                    y[c * n + t] += wv * x[r * n + t];
+                }
+            }
+        }
+        y
+    }
+
+    fn f64s(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| x as f64).collect()
+    }
+
+    fn close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= tol * scale,
+                "{what}[{i}]: {g} vs {w} (scale {scale})"
+            );
+        }
+    }
+
+    fn rmsnorm64(x: &[f32], g: &[f32], n: usize) -> Vec<f64> {
+        let c = g.len();
+        let mut y = vec![0.0; c * n];
+        for t in 0..n {
+            let ms = (0..c).map(|i| (x[i * n + t] as f64).powi(2)).sum::<f64>() / c as f64;
+            let r = 1.0 / (ms + 1e-5).sqrt();
+            for i in 0..c {
+                y[i * n + t] = g[i] as f64 * x[i * n + t] as f64 * r;
+            }
+        }
+        y
+    }
+
+    fn rope64(x: &mut [f64], hd: usize, n: usize, seq: usize) {
+        for r in (0..x.len() / n).step_by(2) {
+            let j = (r % hd) / 2;
+            let freq = 1.0 / 10000f64.powf((2 * j) as f64 / hd as f64);
+            for t in 0..n {
+                let (s, c) = (((t % seq) as f64) * freq).sin_cos();
+                let (a, b) = (x[r * n + t], x[(r + 1) * n + t]);
+                x[r * n + t] = a * c - b * s;
+                x[(r + 1) * n + t] = a * s + b * c;
+            }
+        }
+    }
+
+    /// Causal softmax probabilities `[B, NH, S, S]` of q, k (f64), zero above the diagonal.
+    fn probs64(d: &Dims, q: &[f64], k: &[f64]) -> Vec<f64> {
+        let (n, s, hd) = (d.n(), d.seq, d.head_dim);
+        let mut p = vec![0.0; d.probs_len()];
+        for b in 0..d.batch {
+            for h in 0..d.n_heads {
+                let j = h / (d.n_heads / d.n_kv_heads);
+                for i in 0..s {
+                    let sc: Vec<f64> = (0..=i)
+                        .map(|c| {
+                            (0..hd)
+                                .map(|e| {
+                                    q[(h * hd + e) * n + b * s + i]
+                                        * k[(j * hd + e) * n + b * s + c]
+                                })
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = sc.iter().map(|v| (v - m).exp()).sum();
+                    for (c, v) in sc.iter().enumerate() {
+                        p[((b * d.n_heads + h) * s + i) * s + c] = (v - m).exp() / z;
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn fwd_attn_matches_naive() {
+        let d = dims();
+        let (n, dim, qd, kvd) = (d.n(), d.dim, d.q_dim(), d.kv_dim());
+        let x = rand_vec(dim * n, 1);
+        let g = rand_vec(dim, 2);
+        let (wq, wk, wv, wo) = (
+            rand_vec(qd * dim, 3),
+            rand_vec(kvd * dim, 4),
+            rand_vec(kvd * dim, 5),
+            rand_vec(dim * qd, 6),
+        );
+        let rope = Rope::new(d.head_dim, 128, 10000.0);
+        let (mut xn, mut q, mut k, mut v, mut attn, mut o) = (
+            vec![0.0; dim * n],
+            vec![0.0; qd * n],
+            vec![0.0; kvd * n],
+            vec![0.0; kvd * n],
+            vec![f32::NAN; qd * n],
+            vec![0.0; dim * n],
+        );
+        let mut kern = CpuKernels::new();
+        for _ in 0..2 {
+            kern.fwd_attn(
+                0,
+                &d,
+                &rope,
+                &x,
+                &AttnWeights {
+                    g: &g,
+                    wq: &wq,
+                    wk: &wk,
+                    wv: &wv,
+                    wo: &wo,
+                },
+                AttnFwd {
+                    xn: &mut xn,
+                    q: &mut q,
+                    k: &mut k,
+                    v: &mut v,
+                    attn: &mut attn,
+                    o: &mut o,
+                },
+            )
+            .unwrap();
+        }
+        let xn64 = rmsnorm64(&x, &g, n);
+        let mut q64 = mm(&wq, &xn64, qd, n);
+        let mut k64 = mm(&wk, &xn64, kvd, n);
+        let v64 = mm(&wv, &xn64, kvd, n);
+        rope64(&mut q64, d.head_dim, n, d.seq);
+        rope64(&mut k64, d.head_dim, n, d.seq);
+        let p = probs64(&d, &q64, &k64);
+        let (s, hd) = (d.seq, d.head_dim);
+        let mut attn64 = vec![0.0; qd * n];
+        for b in 0..d.batch {
+            for h in 0..d.n_heads {
+                let j = h / (d.n_heads / d.n_kv_heads);
+                for i in 0..s {
+                    for c in 0..=i {
+                        let pr = p[((b * d.n_heads + h) * s + i) * s + c];
+                        for e in 0..hd {
+                            attn64[(h * hd + e) * n + b * s + i] +=
+                                pr * v64[(j * hd + e) * n + b * s + c];
+                        }
+                    }
+                }
+            }
+        }
+        let o64 = mm(&wo, &attn64, dim, n);
+        close("xn", &xn, &xn64, 1e-5);
+        close("q", &q, &q64, 1e-5);
+        close("k", &k, &k64, 1e-5);
+        close("v", &v, &v64, 1e-5);
+        close("attn", &attn, &attn64, 1e-5);
+        close("o", &o, &o64, 1e-5);
+    }
+
+    #[test]
+    fn sdpa_backward_kernels_match_naive() {
+        let d = dims();
+        let (n, dim, qd, kvd, s, hd) = (d.n(), d.dim, d.q_dim(), d.kv_dim(), d.seq, d.head_dim);
+        let (q, k, v) = (
+            rand_vec(qd * n, 11),
+            rand_vec(kvd * n, 12),
+            rand_vec(kvd * n, 13),
+        );
+        let (dx2, wo) = (rand_vec(dim * n, 14), rand_vec(dim * qd, 15));
+        let (mut dv, mut dp, mut probs) = (
+            vec![f32::NAN; kvd * n],
+            vec![f32::NAN; d.probs_len()],
+            vec![f32::NAN; d.probs_len()],
+        );
+        let mut kern = CpuKernels::new();
+        kern.sdpa_bwd1(
+            0,
+            &d,
+            &dx2,
+            &q,
+            &k,
+            &v,
+            &wo,
+            SdpaBwd1 {
+                dv: &mut dv,
+                dp: &mut dp,
+                probs: &mut probs,
+            },
+        )
+        .unwrap();
+        let (q64, k64, v64) = (f64s(&q), f64s(&k), f64s(&v));
+        let p64 = probs64(&d, &q64, &k64);
+        let da = mm_t(&wo, &f64s(&dx2), qd, n);
+        let mut dp64 = vec![0.0; d.probs_len()];
+        let mut dv64 = vec![0.0; kvd * n];
+        for b in 0..d.batch {
+            for h in 0..d.n_heads {
+                let j = h / (d.n_heads / d.n_kv_heads);
+                for i in 0..s {
+                    for c in 0..=i {
+                        let pi = ((b * d.n_heads + h) * s + i) * s + c;
+                        for e in 0..hd {
+                            let dai = da[(h * hd + e) * n + b * s + i];
+                            dp64[pi] += dai * v64[(j * hd + e) * n + b * s + c];
+                            dv64[(j * hd + e) * n + b * s + c] += dai * p64[pi];
+                        }
+                    }
+                }
+            }
+        }
+        close("probs", &probs, &p64, 1e-5);
+        close("dp", &dp, &dp64, 1e-5);
+        close("dv", &dv, &dv64, 1e-5);
+
+        let (mut dq, mut dk) = (vec![f32::NAN; qd * n], vec![f32::NAN; kvd * n]);
+        kern.sdpa_bwd2(
+            0,
+            &d,
+            &probs,
+            &dp,
+            &q,
+            &k,
+            SdpaBwd2 {
+                dq: &mut dq,
+                dk: &mut dk,
+            },
+        )
+        .unwrap();
+        let (mut dq64, mut dk64) = (vec![0.0; qd * n], vec![0.0; kvd * n]);
+        let scale = 1.0 / (hd as f64).sqrt();
+        for b in 0..d.batch {
+            for h in 0..d.n_heads {
+                let j = h / (d.n_heads / d.n_kv_heads);
+                for i in 0..s {
+                    let row = ((b * d.n_heads + h) * s + i) * s;
+                    let dot: f64 = (0..=i).map(|c| dp64[row + c] * p64[row + c]).sum();
+                    for c in 0..=i {
+                        let ds = p64[row + c] * (dp64[row + c] - dot) * scale;
+                        for e in 0..hd {
+                            dq64[(h * hd + e) * n + b * s + i] +=
+                                ds * k64[(j * hd + e) * n + b * s + c];
+                            dk64[(j * hd + e) * n + b * s + c] +=
+                                ds * q64[(h * hd + e) * n + b * s + i];
+                        }
+                    }
+                }
+            }
+        }
+        close("dq", &dq, &dq64, 1e-5);
+        close("dk", &dk, &dk64, 1e-5);
+    }
+
+    #[test]
+    fn ffn_and_qkv_kernels_match_naive() {
+        let d = dims();
+        let (n, dim, h, qd, kvd) = (d.n(), d.dim, d.hidden, d.q_dim(), d.kv_dim());
+        let x2 = rand_vec(dim * n, 21);
+        let g = rand_vec(dim, 22);
+        let (w1, w2, w3) = (
+            rand_vec(h * dim, 23),
+            rand_vec(dim * h, 24),
+            rand_vec(h * dim, 25),
+        );
+        let w = FfnWeights {
+            g: &g,
+            w1: &w1,
+            w2: &w2,
+            w3: &w3,
+        };
+        let mut bufs: Vec<Vec<f32>> = vec![
+            vec![0.0; dim * n],
+            vec![0.0; h * n],
+            vec![0.0; h * n],
+            vec![0.0; h * n],
+            vec![0.0; dim * n],
+        ];
+        let [x2n, h1, h3, gate, f] = bufs.get_disjoint_mut([0, 1, 2, 3, 4]).unwrap();
+        let mut kern = CpuKernels::new();
+        kern.fwd_ffn(
+            0,
+            &d,
+            &x2,
+            &w,
+            FfnFwd {
+                x2n,
+                h1,
+                h3,
+                gate,
+                f,
+            },
+        )
+        .unwrap();
+        let x2n64 = rmsnorm64(&x2, &g, n);
+        let h164 = mm(&w1, &x2n64, h, n);
+        let h364 = mm(&w3, &x2n64, h, n);
+        let sig = |a: f64| 1.0 / (1.0 + (-a).exp());
+        let gate64: Vec<f64> = h164
+            .iter()
+            .zip(&h364)
+            .map(|(a, b)| a * sig(*a) * b)
+            .collect();
+        close("x2n", &bufs[0], &x2n64, 1e-5);
+        close("h1", &bufs[1], &h164, 1e-5);
+        close("h3", &bufs[2], &h364, 1e-5);
+        close("gate", &bufs[3], &gate64, 1e-5);
+        close("f", &bufs[4], &mm(&w2, &gate64, dim, n), 1e-5);
+
+        let dy = rand_vec(dim * n, 26);
+        let (mut dx2n, mut dh1, mut dh3) = (vec![0.0; dim * n], vec![0.0; h * n], vec![0.0; h * n]);
+        kern.ffn_bwd(
+            0,
+            &d,
+            &dy,
+            &bufs[1],
+            &bufs[2],
+            &w,
+            FfnBwd {
+                dx2n: &mut dx2n,
+                dh1: &mut dh1,
+                dh3: &mut dh3,
+            },
+        )
+        .unwrap();
+        let dgate = mm_t(&w2, &f64s(&dy), h, n);
+        let dh164: Vec<f64> = (0..h * n)
+            .map(|i| {
+                let (a, s) = (h164[i], sig(h164[i]));
+                dgate[i] * h364[i] * s * (1.0 + a * (1.0 - s))
+            })
+            .collect();
+        let dh364: Vec<f64> = (0..h * n)
+            .map(|i| dgate[i] * h164[i] * sig(h164[i]))
+            .collect();
+        let dx2n64: Vec<f64> = mm_t(&w1, &dh164, dim, n)
+            .iter()
+            .zip(mm_t(&w3, &dh364, dim, n))
+            .map(|(a, b)| a + b)
+            .collect();
+        close("dh1", &dh1, &dh164, 1e-5);
+        close("dh3", &dh3, &dh364, 1e-5);
+        close("dx2n", &dx2n, &dx2n64, 1e-5);
+
+        let (dq, dk, dv) = (
+            rand_vec(qd * n, 31),
+            rand_vec(kvd * n, 32),
+            rand_vec(kvd * n, 33),
+        );
+        let (wq, wk, wv, wo) = (
+            rand_vec(qd * dim, 34),
+            rand_vec(kvd * dim, 35),
+            rand_vec(kvd * dim, 36),
+            rand_vec(dim * qd, 37),
+        );
+        let aw = AttnWeights {
+            g: &g,
+            wq: &wq,
+            wk: &wk,
+            wv: &wv,
+            wo: &wo,
+        };
+        let mut dxn = vec![f32::NAN; dim * n];
+        kern.qkv_bwd(0, &d, &dq, &dk, &dv, &aw, &mut dxn).unwrap();
+        let (a, b, c) = (
+            mm_t(&wq, &f64s(&dq), dim, n),
+            mm_t(&wk, &f64s(&dk), dim, n),
+            mm_t(&wv, &f64s(&dv), dim, n),
+        );
+        let want: Vec<f64> = (0..dim * n).map(|i| a[i] + b[i] + c[i]).collect();
+        close("dxn", &dxn, &want, 1e-5);
+    }
+
+    #[test]
+    fn scratch_is_reused_and_bad_shapes_are_errors() {
+        let d = dims();
+        let (n, qd, kvd) = (d.n(), d.q_dim(), d.kv_dim());
+        let (probs, dp) = (vec![0.0; d.probs_len()], vec![0.0; d.probs_len()]);
+        let (q, k) = (rand_vec(qd * n, 1), rand_vec(kvd * n, 2));
+        let (mut dq, mut dk) = (vec![0.0; qd * n], vec![0.0; kvd * n]);
+        let mut kern = CpuKernels::new();
+        let mut run = |kern: &mut CpuKernels, dq: &mut [f32]| {
+            kern.sdpa_bwd2(0, &d, &probs, &dp, &q, &k, SdpaBwd2 { dq, dk: &mut dk })
+        };
+        run(&mut kern, &mut dq).unwrap();
+        let ptr = kern.heads.as_ptr();
+        run(&mut kern, &mut dq).unwrap();
+        assert_eq!(
+            ptr,
+            kern.heads.as_ptr(),
+            "scratch reallocated on the second call"
+        );
+        let e = run(&mut kern, &mut dq[1..]).unwrap_err().to_string();
+        assert!(e.contains("dq") && e.contains("expected"), "{e}");
+    }
+}

@@ -12,6 +12,7 @@
 //! (llama2.c's `h / (n_heads / n_kv_heads)`).
 
 pub mod cpu;
+pub mod gemm;
 pub mod ops;
 
 use crate::model::Config;
@@ -241,6 +242,17 @@ pub trait Kernels: Send {
 
     fn stats(&self) -> BackendStats {
         BackendStats::default()
+    }
+
+    /// Compiles this process may still perform (`None`: no limit).
+    fn compiles_left(&self) -> Option<u64> {
+        None
+    }
+
+    /// Compiles one weight update costs (the static pipeline recompiles every
+    /// weight-bearing kernel; 0 for backends that never recompile).
+    fn compiles_per_update(&self) -> u64 {
+        0
     }
 }
 

@@ -132,6 +132,7 @@ pub fn now_unix() -> f64 {
 pub struct LogWriter {
     path: PathBuf,
     file: Option<File>,
+    failures: u64,
 }
 
 impl LogWriter {
@@ -151,6 +152,7 @@ impl LogWriter {
         Ok(LogWriter {
             path: path.to_path_buf(),
             file: Some(file),
+            failures: 0,
         })
     }
 
@@ -159,11 +161,23 @@ impl LogWriter {
         LogWriter {
             path: PathBuf::new(),
             file: None,
+            failures: 0,
         }
     }
 
     pub fn path(&self) -> Option<&Path> {
         self.file.as_ref().map(|_| self.path.as_path())
+    }
+
+    /// Writes an event; a failure (disk full, …) never stops training: it is reported on
+    /// stderr (the first time and then every 100th) and the next event is tried again.
+    pub fn emit(&mut self, e: &Event) {
+        if let Err(err) = self.write(e) {
+            if self.failures % 100 == 0 {
+                eprintln!("warning: {err:#} (training continues; further log errors are counted)");
+            }
+            self.failures += 1;
+        }
     }
 
     /// Writes one event as one line. The line is assembled first and written with a single

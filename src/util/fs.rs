@@ -15,8 +15,25 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
 }
 
+/// `NAME.i`: the i-th older copy kept by [`write_atomic_with_rotation`].
+pub fn rotated_path(path: &Path, i: usize) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{i}"));
+    PathBuf::from(s)
+}
+
 /// Writes `path` atomically with the bytes produced by `fill`.
 pub fn write_atomic<F>(path: &Path, fill: F) -> io::Result<()>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    write_atomic_with_rotation(path, 1, fill)
+}
+
+/// Like [`write_atomic`], keeping the `keep − 1` previous versions as `NAME.1` (newest) …
+/// `NAME.{keep−1}`. The new file is complete and synced before any rotation happens, so at
+/// every instant at least one complete version exists under one of these names.
+pub fn write_atomic_with_rotation<F>(path: &Path, keep: usize, fill: F) -> io::Result<()>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
@@ -37,6 +54,20 @@ where
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         drop(f);
+        if keep > 1 && path.exists() {
+            for i in (1..keep - 1).rev() {
+                let from = rotated_path(path, i);
+                if from.exists() {
+                    fs::rename(&from, rotated_path(path, i + 1))?;
+                }
+            }
+            // A hard link keeps `path` itself in place until the rename below replaces it.
+            let first = rotated_path(path, 1);
+            let _ = fs::remove_file(&first);
+            if fs::hard_link(path, &first).is_err() {
+                fs::copy(path, &first)?;
+            }
+        }
         fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent() {
             let dir = if dir.as_os_str().is_empty() {

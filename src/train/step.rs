@@ -1,0 +1,784 @@
+//! The model-level training step: forward and backward of the whole network over the kernel
+//! contract ([`crate::kernels::Kernels`]), with every activation, tap and scratch buffer
+//! allocated once in a [`Workspace`].
+//!
+//! Data flow (activations `[C, N]`, N = B·S token columns; see src/kernels/mod.rs):
+//! ```text
+//! tokens ─► embedding ─► x₀
+//! layer l: x_l ─► fwd_attn ─► o ; x2_l = x_l + o ─► fwd_ffn ─► f ; x_{l+1} = x2_l + f
+//! x_L ─► RMSNorm ─► xf ─► classifier + softmax-CE (token chunks) ─► loss, dxf, dW_cls
+//! backward, l = L−1 … 0, the input-gradient chain of layer l
+//!     dy ─► ffn_bwd ─► dh1, dh3, dx2n ; dx2 = dy + rmsnorm_bwd(dx2n)
+//!        ─► sdpa_bwd1 ─► dv, dP ─► sdpa_bwd2 ─► dq, dk ─► RoPE bwd ─► qkv_bwd ─► dxn
+//!        ─► dx = dx2 + rmsnorm_bwd(dxn)
+//! runs beside the weight gradients of layer l+1 (dW = dY·Xᵀ: W2 from dy·gateᵀ, W1/W3 from
+//! dh1/dh3·x2nᵀ, Wo from dx2·attnᵀ, Wq/Wk/Wv from dq/dk/dv·xnᵀ).
+//! ```
+//! Two cores, few barriers: the backward pass is one `rayon::join` per layer, the chain on
+//! one side and the previous layer's dW GEMMs on the other. The per-layer gradients the dW
+//! side reads (dy, dx2, dh1, dh3, dq, dk, dv) live in two sets used by alternate layers, so
+//! the chain of layer l never overwrites what the dW GEMMs of layer l+1 are reading. Inside
+//! each side, GEMMs split in two and rayon's work stealing lets an idle core take half of
+//! the other side's current product. The forward pass and the classifier split each
+//! product over both cores.
+//!
+//! Timings: each kernel and op is charged its wall time; the dW work that overlaps the
+//! chain is free, and only the time the dW side ran past the chain is charged to
+//! [`Component::Dw`], so the components add up to the step's wall time.
+
+use crate::kernels::gemm::{sgemm, Op};
+use crate::kernels::ops::{self, ClassifierGrads, Rope};
+use crate::kernels::{
+    AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
+};
+use crate::model::{Config, LayerTensor, Layout, Params};
+use crate::train::timing::{Component, Timings};
+use anyhow::{bail, ensure, Context, Result};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Gradients of one layer's activations that its weight gradients need. Two sets serve
+/// alternate layers (see the module docs).
+struct LayerGrads {
+    /// dL/d(layer output) `[D, N]` (the residual-stream gradient entering the layer)
+    dy: Vec<f32>,
+    /// dL/dx2 `[D, N]` (residual gradient after the FFN block)
+    dx2: Vec<f32>,
+    /// `[H, N]`
+    dh1: Vec<f32>,
+    /// `[H, N]`
+    dh3: Vec<f32>,
+    /// post-RoPE-backward dq `[QD, N]`
+    dq: Vec<f32>,
+    /// `[KVD, N]`
+    dk: Vec<f32>,
+    /// `[KVD, N]`
+    dv: Vec<f32>,
+}
+
+impl LayerGrads {
+    fn new(d: &Dims) -> LayerGrads {
+        let n = d.n();
+        LayerGrads {
+            dy: vec![0.0; d.dim * n],
+            dx2: vec![0.0; d.dim * n],
+            dh1: vec![0.0; d.hidden * n],
+            dh3: vec![0.0; d.hidden * n],
+            dq: vec![0.0; d.q_dim() * n],
+            dk: vec![0.0; d.kv_dim() * n],
+            dv: vec![0.0; d.kv_dim() * n],
+        }
+    }
+}
+
+/// Forward taps for all layers, each `[L, C, N]` (x is `[L+1, D, N]`: x_L is the input of
+/// the final norm).
+struct Taps {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    x2: Vec<f32>,
+    x2n: Vec<f32>,
+    h1: Vec<f32>,
+    h3: Vec<f32>,
+    gate: Vec<f32>,
+}
+
+/// Layer `l`'s block of a stacked `[L, len]` buffer.
+fn at(v: &[f32], l: usize, len: usize) -> &[f32] {
+    &v[l * len..(l + 1) * len]
+}
+fn at_mut(v: &mut [f32], l: usize, len: usize) -> &mut [f32] {
+    &mut v[l * len..(l + 1) * len]
+}
+
+/// Everything one training step needs besides parameters and gradients, allocated once for
+/// a (config, batch, seq) geometry.
+pub struct Workspace {
+    cfg: Config,
+    dims: Dims,
+    rope: Rope,
+    weights_version: u64,
+    pool: Arc<rayon::ThreadPool>,
+    taps: Taps,
+    /// fwd_attn output `[D, N]`
+    o: Vec<f32>,
+    /// fwd_ffn output `[D, N]`
+    f: Vec<f32>,
+    /// final RMSNorm output `[D, N]`
+    xf: Vec<f32>,
+    /// dL/dxf `[D, N]`
+    dxf: Vec<f32>,
+    /// classifier chunk `[chunk, V]`
+    logits: Vec<f32>,
+    chunk: usize,
+    sets: [LayerGrads; 2],
+    /// the chain's output dL/dx_l `[D, N]`, swapped into the next set's dy
+    dres: Vec<f32>,
+    /// `[D, N]`
+    dx2n: Vec<f32>,
+    /// `[D, N]`
+    dxn: Vec<f32>,
+    /// `[B, NH, S, S]`
+    probs: Vec<f32>,
+    /// `[B, NH, S, S]`
+    dp: Vec<f32>,
+    /// RMSNorm scratch `[2N]`
+    norm_scratch: Vec<f32>,
+}
+
+/// The gradient arena cut into its tensors (stacked over layers), so that the chain and the
+/// dW GEMMs can hold disjoint mutable parts at once. The untied classifier, last in the
+/// arena, is reached separately (its gradient is complete before the layers start).
+struct GradParts<'a> {
+    emb: &'a mut [f32],
+    att_norm: &'a mut [f32],
+    wq: &'a mut [f32],
+    wk: &'a mut [f32],
+    wv: &'a mut [f32],
+    wo: &'a mut [f32],
+    ffn_norm: &'a mut [f32],
+    w1: &'a mut [f32],
+    w2: &'a mut [f32],
+    w3: &'a mut [f32],
+    norm: &'a mut [f32],
+}
+
+fn split_grads<'a>(lay: &Layout, data: &'a mut [f32]) -> GradParts<'a> {
+    use LayerTensor::*;
+    let mut rest = data;
+    let mut pos = 0;
+    let mut take = |r: std::ops::Range<usize>| -> &'a mut [f32] {
+        assert_eq!(r.start, pos, "parameter arena out of order");
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(r.len());
+        rest = tail;
+        pos = r.end;
+        head
+    };
+    let emb = take(lay.tok_embeddings.clone());
+    let att_norm = take(lay.stacked(AttentionNorm));
+    let wq = take(lay.stacked(Wq));
+    let wk = take(lay.stacked(Wk));
+    let wv = take(lay.stacked(Wv));
+    let wo = take(lay.stacked(Wo));
+    let ffn_norm = take(lay.stacked(FfnNorm));
+    let w1 = take(lay.stacked(W1));
+    let w2 = take(lay.stacked(W2));
+    let w3 = take(lay.stacked(W3));
+    let norm = take(lay.norm.clone());
+    GradParts {
+        emb,
+        att_norm,
+        wq,
+        wk,
+        wv,
+        wo,
+        ffn_norm,
+        w1,
+        w2,
+        w3,
+        norm,
+    }
+}
+
+fn attn_weights<'a>(p: &'a Params, l: usize) -> AttnWeights<'a> {
+    AttnWeights {
+        g: p.layer(l, LayerTensor::AttentionNorm),
+        wq: p.layer(l, LayerTensor::Wq),
+        wk: p.layer(l, LayerTensor::Wk),
+        wv: p.layer(l, LayerTensor::Wv),
+        wo: p.layer(l, LayerTensor::Wo),
+    }
+}
+
+fn ffn_weights<'a>(p: &'a Params, l: usize) -> FfnWeights<'a> {
+    FfnWeights {
+        g: p.layer(l, LayerTensor::FfnNorm),
+        w1: p.layer(l, LayerTensor::W1),
+        w2: p.layer(l, LayerTensor::W2),
+        w3: p.layer(l, LayerTensor::W3),
+    }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn build_pool(threads: usize) -> Arc<rayon::ThreadPool> {
+    Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("anetrain-step-{i}"))
+            .build()
+            .expect("cannot start the training step's worker threads"),
+    )
+}
+
+impl Workspace {
+    /// Allocates every buffer for `batch` sequences of `seq` tokens (`seq` ≤ the config's
+    /// `seq_len`, checked by the step). Uses as many threads as the machine has cores.
+    pub fn new(cfg: &Config, batch: usize, seq: usize) -> Workspace {
+        let d = Dims::new(cfg, batch, seq);
+        let (n, l) = (d.n(), cfg.n_layers);
+        let (dim, h, qd, kvd) = (d.dim, d.hidden, d.q_dim(), d.kv_dim());
+        let z = |len: usize| vec![0.0f32; len];
+        let chunk = ops::ce_chunk_tokens(cfg.vocab_size, n);
+        Workspace {
+            cfg: cfg.clone(),
+            dims: d,
+            rope: Rope::new(cfg.head_dim, seq, cfg.rope_theta),
+            weights_version: 0,
+            pool: build_pool(default_threads()),
+            taps: Taps {
+                x: z((l + 1) * dim * n),
+                xn: z(l * dim * n),
+                q: z(l * qd * n),
+                k: z(l * kvd * n),
+                v: z(l * kvd * n),
+                attn: z(l * qd * n),
+                x2: z(l * dim * n),
+                x2n: z(l * dim * n),
+                h1: z(l * h * n),
+                h3: z(l * h * n),
+                gate: z(l * h * n),
+            },
+            o: z(dim * n),
+            f: z(dim * n),
+            xf: z(dim * n),
+            dxf: z(dim * n),
+            logits: z(chunk * cfg.vocab_size),
+            chunk,
+            sets: [LayerGrads::new(&d), LayerGrads::new(&d)],
+            dres: z(dim * n),
+            dx2n: z(dim * n),
+            dxn: z(dim * n),
+            probs: z(d.probs_len()),
+            dp: z(d.probs_len()),
+            norm_scratch: z(2 * n),
+        }
+    }
+
+    /// The version passed to [`Kernels::prepare`]: bump it whenever the parameters change
+    /// (after each optimizer update) so that backends that bake weights recompile.
+    pub fn set_weights_version(&mut self, v: u64) {
+        self.weights_version = v;
+    }
+
+    pub fn weights_version(&self) -> u64 {
+        self.weights_version
+    }
+
+    /// Worker threads for the step (default: one per core).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.pool = build_pool(if threads == 0 {
+            default_threads()
+        } else {
+            threads
+        });
+    }
+
+    /// Token columns per classifier chunk (default: a `[chunk, V]` logits buffer of about
+    /// 32 MiB). Reallocates the chunk buffer when it grows.
+    pub fn set_ce_chunk(&mut self, tokens: usize) {
+        self.chunk = tokens.clamp(1, self.dims.n());
+        self.logits.resize(self.chunk * self.cfg.vocab_size, 0.0);
+    }
+
+    pub fn dims(&self) -> &Dims {
+        &self.dims
+    }
+
+    /// inputs/targets: B·S ids, sequence b at b·S..(b+1)·S. Returns mean cross-entropy over
+    /// B·S. ADDS grad_scale · d(mean loss)/dθ into `grads` (same layout as params) —
+    /// accumulation-friendly.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward(
+        &mut self,
+        k: &mut dyn Kernels,
+        params: &Params,
+        grads: &mut Params,
+        inputs: &[u32],
+        targets: &[u32],
+        grad_scale: f32,
+        t: &mut Timings,
+    ) -> Result<f32> {
+        self.check(params, inputs, targets)?;
+        ensure!(
+            grads.layout.total == params.layout.total && grads.config() == params.config(),
+            "gradient arena ({} values) does not match the parameters ({} values)",
+            grads.layout.total,
+            params.layout.total
+        );
+        let pool = self.pool.clone();
+        pool.install(|| {
+            self.forward(k, params, inputs, t)?;
+            let loss = self.classifier(params, Some(grads), targets, grad_scale, t);
+            self.backward(k, params, grads, inputs, t)?;
+            Ok(loss)
+        })
+    }
+
+    /// Forward only (eval): mean loss.
+    pub fn forward_loss(
+        &mut self,
+        k: &mut dyn Kernels,
+        params: &Params,
+        inputs: &[u32],
+        targets: &[u32],
+        t: &mut Timings,
+    ) -> Result<f32> {
+        self.check(params, inputs, targets)?;
+        let pool = self.pool.clone();
+        pool.install(|| {
+            self.forward(k, params, inputs, t)?;
+            Ok(self.classifier(params, None, targets, 0.0, t))
+        })
+    }
+
+    fn check(&self, params: &Params, inputs: &[u32], targets: &[u32]) -> Result<()> {
+        let c = params.config();
+        ensure!(
+            *c == self.cfg,
+            "parameters are for a different model than this workspace ({c:?} vs {:?})",
+            self.cfg
+        );
+        ensure!(
+            self.dims.seq <= c.seq_len,
+            "sequence length {} exceeds the model's seq_len {}",
+            self.dims.seq,
+            c.seq_len
+        );
+        let n = self.dims.n();
+        for (what, ids) in [("inputs", inputs), ("targets", targets)] {
+            ensure!(
+                ids.len() == n,
+                "{what}: {} token ids, expected batch {} × seq {} = {n}",
+                ids.len(),
+                self.dims.batch,
+                self.dims.seq
+            );
+            if let Some((i, &id)) = ids
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| id as usize >= c.vocab_size)
+            {
+                bail!(
+                    "{what}: token id {id} at position {i} is outside the vocabulary of {}",
+                    c.vocab_size
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Embedding, the layers and the final norm: fills every tap and `xf`.
+    fn forward(
+        &mut self,
+        k: &mut dyn Kernels,
+        params: &Params,
+        inputs: &[u32],
+        t: &mut Timings,
+    ) -> Result<()> {
+        let d = self.dims;
+        let (n, dim, qd, kvd, h) = (d.n(), d.dim, d.q_dim(), d.kv_dim(), d.hidden);
+        let (dn, qn, kvn, hn) = (dim * n, qd * n, kvd * n, h * n);
+        let c = &self.cfg;
+        let tp = Instant::now();
+        k.prepare(params, self.weights_version)
+            .context("backend could not prepare the weights")?;
+        t.add(Component::Other, ms_since(tp));
+        let tm = &mut self.taps;
+        t.time(Component::Embedding, || {
+            ops::embedding_fwd(
+                at_mut(&mut tm.x, 0, dn),
+                params.tok_embeddings(),
+                inputs,
+                dim,
+            )
+        });
+        for l in 0..c.n_layers {
+            let ts = Instant::now();
+            k.fwd_attn(
+                l,
+                &d,
+                &self.rope,
+                at(&tm.x, l, dn),
+                &attn_weights(params, l),
+                AttnFwd {
+                    xn: at_mut(&mut tm.xn, l, dn),
+                    q: at_mut(&mut tm.q, l, qn),
+                    k: at_mut(&mut tm.k, l, kvn),
+                    v: at_mut(&mut tm.v, l, kvn),
+                    attn: at_mut(&mut tm.attn, l, qn),
+                    o: &mut self.o,
+                },
+            )
+            .with_context(|| format!("fwd_attn, layer {l}"))?;
+            t.add(Component::FwdAttn, ms_since(ts));
+            let ts = Instant::now();
+            let x2 = at_mut(&mut tm.x2, l, dn);
+            for ((y, &a), &b) in x2.iter_mut().zip(at(&tm.x, l, dn)).zip(&self.o) {
+                *y = a + b;
+            }
+            t.add(Component::Other, ms_since(ts));
+            let ts = Instant::now();
+            k.fwd_ffn(
+                l,
+                &d,
+                at(&tm.x2, l, dn),
+                &ffn_weights(params, l),
+                FfnFwd {
+                    x2n: at_mut(&mut tm.x2n, l, dn),
+                    h1: at_mut(&mut tm.h1, l, hn),
+                    h3: at_mut(&mut tm.h3, l, hn),
+                    gate: at_mut(&mut tm.gate, l, hn),
+                    f: &mut self.f,
+                },
+            )
+            .with_context(|| format!("fwd_ffn, layer {l}"))?;
+            t.add(Component::FwdFfn, ms_since(ts));
+            let ts = Instant::now();
+            let xnext = at_mut(&mut tm.x, l + 1, dn);
+            for ((y, &a), &b) in xnext.iter_mut().zip(at(&tm.x2, l, dn)).zip(&self.f) {
+                *y = a + b;
+            }
+            t.add(Component::Other, ms_since(ts));
+        }
+        let ts = Instant::now();
+        let inv = &mut self.norm_scratch[..n];
+        ops::rmsnorm_fwd(
+            &mut self.xf,
+            inv,
+            at(&tm.x, c.n_layers, dn),
+            params.norm(),
+            c.norm_eps,
+        );
+        t.add(Component::Rmsnorm, ms_since(ts));
+        Ok(())
+    }
+
+    /// Classifier and cross-entropy over `xf`; with `grads`, also dxf (into `self.dxf`) and
+    /// the classifier's weight gradient. Returns the mean loss.
+    fn classifier(
+        &mut self,
+        params: &Params,
+        grads: Option<&mut Params>,
+        targets: &[u32],
+        grad_scale: f32,
+        t: &mut Timings,
+    ) -> f32 {
+        let n = self.dims.n();
+        let mut times = [0.0; 3];
+        let cg = grads.map(|g| {
+            let range = g.layout.output.clone();
+            ClassifierGrads {
+                dxf: &mut self.dxf[..],
+                dwcls: &mut g.data[range],
+            }
+        });
+        let sum = ops::classifier_ce(
+            &self.xf,
+            params.output(),
+            targets,
+            self.dims.dim,
+            self.chunk,
+            &mut self.logits,
+            grad_scale / n as f32,
+            cg,
+            &mut times,
+        );
+        t.add(Component::Classifier, times[0]);
+        t.add(Component::CrossEntropy, times[1]);
+        t.add(Component::Dw, times[2]);
+        (sum / n as f64) as f32
+    }
+
+    /// Final-norm backward, the layers in reverse (chain beside dW), the embedding.
+    fn backward(
+        &mut self,
+        k: &mut dyn Kernels,
+        params: &Params,
+        grads: &mut Params,
+        inputs: &[u32],
+        t: &mut Timings,
+    ) -> Result<()> {
+        let d = self.dims;
+        let c = self.cfg.clone();
+        let nl = c.n_layers;
+        let (n, dim) = (d.n(), d.dim);
+        let dn = dim * n;
+        let eps = c.norm_eps;
+        let layout = grads.layout.clone();
+        let g = split_grads(&layout, &mut grads.data);
+        let GradParts {
+            emb: g_emb,
+            att_norm: g_att_norm,
+            wq: g_wq,
+            wk: g_wk,
+            wv: g_wv,
+            wo: g_wo,
+            ffn_norm: g_ffn_norm,
+            w1: g_w1,
+            w2: g_w2,
+            w3: g_w3,
+            norm: g_norm,
+        } = g;
+        let mut dw = DwGrads {
+            wq: g_wq,
+            wk: g_wk,
+            wv: g_wv,
+            wo: g_wo,
+            w1: g_w1,
+            w2: g_w2,
+            w3: g_w3,
+        };
+
+        // Final RMSNorm: dy of the top layer.
+        let ts = Instant::now();
+        {
+            let dy = &mut self.sets[(nl - 1) % 2].dy;
+            dy.fill(0.0);
+            ops::rmsnorm_bwd(
+                dy,
+                g_norm,
+                &self.dxf,
+                at(&self.taps.x, nl, dn),
+                params.norm(),
+                eps,
+                &mut self.norm_scratch,
+            );
+        }
+        t.add(Component::Rmsnorm, ms_since(ts));
+
+        for l in (0..nl).rev() {
+            let (s0, s1) = self.sets.split_at_mut(1);
+            let (cur, prev) = if l % 2 == 0 {
+                (&mut s0[0], &s1[0])
+            } else {
+                (&mut s1[0], &s0[0])
+            };
+            let mut chain = Chain {
+                d: &d,
+                eps,
+                rope: &self.rope,
+                taps: &self.taps,
+                dx2n: &mut self.dx2n,
+                dxn: &mut self.dxn,
+                probs: &mut self.probs,
+                dp: &mut self.dp,
+                dres: &mut self.dres,
+                norm_scratch: &mut self.norm_scratch,
+            };
+            let dg_att = at_mut(g_att_norm, l, dim);
+            let dg_ffn = at_mut(g_ffn_norm, l, dim);
+            let taps = &self.taps;
+            let dw_ref = &mut dw;
+            let tj = Instant::now();
+            let (chain_res, _) = rayon::join(
+                || {
+                    let tc = Instant::now();
+                    let r = chain.run(&mut *k, params, l, cur, dg_att, dg_ffn, t);
+                    (r, ms_since(tc))
+                },
+                || {
+                    if l + 1 < nl {
+                        dw_ref.layer(&d, taps, prev, l + 1);
+                    }
+                },
+            );
+            let (r, chain_ms) = chain_res;
+            r?;
+            t.add(Component::Dw, (ms_since(tj) - chain_ms).max(0.0));
+            if l > 0 {
+                std::mem::swap(&mut self.sets[(l - 1) % 2].dy, &mut self.dres);
+            }
+        }
+        let ts = Instant::now();
+        dw.layer(&d, &self.taps, &self.sets[0], 0);
+        t.add(Component::Dw, ms_since(ts));
+        t.time(Component::Embedding, || {
+            ops::embedding_bwd(g_emb, &self.dres, inputs, dim)
+        });
+        Ok(())
+    }
+}
+
+/// The buffers the input-gradient chain of one layer works in.
+struct Chain<'a> {
+    d: &'a Dims,
+    eps: f32,
+    rope: &'a Rope,
+    taps: &'a Taps,
+    dx2n: &'a mut [f32],
+    dxn: &'a mut [f32],
+    probs: &'a mut [f32],
+    dp: &'a mut [f32],
+    dres: &'a mut [f32],
+    norm_scratch: &'a mut [f32],
+}
+
+impl Chain<'_> {
+    /// dy (in `g.dy`) → ffn_bwd → dx2 → sdpa_bwd1/2 → RoPE bwd → qkv_bwd → dx (in `dres`).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        k: &mut dyn Kernels,
+        params: &Params,
+        l: usize,
+        g: &mut LayerGrads,
+        dg_att: &mut [f32],
+        dg_ffn: &mut [f32],
+        t: &mut Timings,
+    ) -> Result<()> {
+        let d = self.d;
+        let (n, dim, qd, kvd, h) = (d.n(), d.dim, d.q_dim(), d.kv_dim(), d.hidden);
+        let (dn, qn, kvn, hn) = (dim * n, qd * n, kvd * n, h * n);
+        let tp = self.taps;
+        let fw = ffn_weights(params, l);
+        let aw = attn_weights(params, l);
+
+        let ts = Instant::now();
+        k.ffn_bwd(
+            l,
+            d,
+            &g.dy,
+            at(&tp.h1, l, hn),
+            at(&tp.h3, l, hn),
+            &fw,
+            FfnBwd {
+                dx2n: self.dx2n,
+                dh1: &mut g.dh1,
+                dh3: &mut g.dh3,
+            },
+        )
+        .with_context(|| format!("ffn_bwd, layer {l}"))?;
+        t.add(Component::FfnBwd, ms_since(ts));
+
+        let ts = Instant::now();
+        g.dx2.copy_from_slice(&g.dy);
+        ops::rmsnorm_bwd(
+            &mut g.dx2,
+            dg_ffn,
+            self.dx2n,
+            at(&tp.x2, l, dn),
+            fw.g,
+            self.eps,
+            self.norm_scratch,
+        );
+        t.add(Component::Rmsnorm, ms_since(ts));
+
+        let ts = Instant::now();
+        k.sdpa_bwd1(
+            l,
+            d,
+            &g.dx2,
+            at(&tp.q, l, qn),
+            at(&tp.k, l, kvn),
+            at(&tp.v, l, kvn),
+            aw.wo,
+            SdpaBwd1 {
+                dv: &mut g.dv,
+                dp: self.dp,
+                probs: self.probs,
+            },
+        )
+        .with_context(|| format!("sdpa_bwd1, layer {l}"))?;
+        t.add(Component::SdpaBwd1, ms_since(ts));
+
+        let ts = Instant::now();
+        k.sdpa_bwd2(
+            l,
+            d,
+            self.probs,
+            self.dp,
+            at(&tp.q, l, qn),
+            at(&tp.k, l, kvn),
+            SdpaBwd2 {
+                dq: &mut g.dq,
+                dk: &mut g.dk,
+            },
+        )
+        .with_context(|| format!("sdpa_bwd2, layer {l}"))?;
+        t.add(Component::SdpaBwd2, ms_since(ts));
+
+        let ts = Instant::now();
+        ops::rope_bwd(&mut g.dq, self.rope, n, d.seq);
+        ops::rope_bwd(&mut g.dk, self.rope, n, d.seq);
+        t.add(Component::Rope, ms_since(ts));
+
+        let ts = Instant::now();
+        k.qkv_bwd(l, d, &g.dq, &g.dk, &g.dv, &aw, self.dxn)
+            .with_context(|| format!("qkv_bwd, layer {l}"))?;
+        t.add(Component::QkvBwd, ms_since(ts));
+
+        let ts = Instant::now();
+        self.dres.copy_from_slice(&g.dx2);
+        ops::rmsnorm_bwd(
+            self.dres,
+            dg_att,
+            self.dxn,
+            at(&tp.x, l, dn),
+            aw.g,
+            self.eps,
+            self.norm_scratch,
+        );
+        t.add(Component::Rmsnorm, ms_since(ts));
+        Ok(())
+    }
+}
+
+/// The layer weight gradients, stacked over layers.
+struct DwGrads<'a> {
+    wq: &'a mut [f32],
+    wk: &'a mut [f32],
+    wv: &'a mut [f32],
+    wo: &'a mut [f32],
+    w1: &'a mut [f32],
+    w2: &'a mut [f32],
+    w3: &'a mut [f32],
+}
+
+impl DwGrads<'_> {
+    /// dW += dY·Xᵀ for every weight of layer `l` (all `[out, in]`, token sums over N).
+    fn layer(&mut self, d: &Dims, tp: &Taps, g: &LayerGrads, l: usize) {
+        let (n, dim, qd, kvd, h) = (d.n(), d.dim, d.q_dim(), d.kv_dim(), d.hidden);
+        let (dn, qn, hn) = (dim * n, qd * n, h * n);
+        let gate = at(&tp.gate, l, hn);
+        let x2n = at(&tp.x2n, l, dn);
+        let attn = at(&tp.attn, l, qn);
+        let xn = at(&tp.xn, l, dn);
+        let dw = |dy: &[f32], x: &[f32], out: usize, inp: usize, w: &mut [f32]| {
+            sgemm(
+                Op::N,
+                Op::T,
+                out,
+                inp,
+                n,
+                1.0,
+                dy,
+                n,
+                x,
+                n,
+                1.0,
+                at_mut(w, l, out * inp),
+                inp,
+            );
+        };
+        dw(&g.dy, gate, dim, h, self.w2);
+        dw(&g.dh1, x2n, h, dim, self.w1);
+        dw(&g.dh3, x2n, h, dim, self.w3);
+        dw(&g.dx2, attn, dim, qd, self.wo);
+        dw(&g.dq, xn, qd, dim, self.wq);
+        dw(&g.dk, xn, kvd, dim, self.wk);
+        dw(&g.dv, xn, kvd, dim, self.wv);
+    }
+}

@@ -1,0 +1,667 @@
+//! The training loop: sample windows, forward/backward over the kernel contract (with
+//! gradient accumulation), guard against non-finite values, clip, AdamW, then log, evaluate,
+//! checkpoint and sample on their intervals. A checkpoint holds everything the loop's state
+//! depends on, so a resumed run reproduces an uninterrupted one bit for bit.
+
+use super::checkpoint::{self, Header};
+use super::log::{now_unix, Event, LogWriter, RunHeader, StepRecord};
+use super::optim::{self, AdamW, AdamWConfig};
+use super::step::Workspace;
+use super::timing::{Component, Timings};
+use crate::data::TokenData;
+use crate::kernels::{BackendKind, Kernels};
+use crate::model::{Config, Params, StepFlops};
+use crate::util::rng::Rng;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// How training windows are drawn from the token data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// A uniformly random window start per sequence (the reference trainer's scheme).
+    Random,
+    /// Consecutive windows, wrapping at the end.
+    Sequential,
+}
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Settings {
+    pub batch: usize,
+    pub seq: usize,
+    pub accum: usize,
+    pub steps: u64,
+    pub optim: AdamWConfig,
+    pub seed: u64,
+    pub sampling: Sampling,
+    pub backend: BackendKind,
+    pub ckpt: PathBuf,
+    pub ckpt_every: u64,
+    pub keep_ckpts: usize,
+    pub eval_every: u64,
+    pub eval_batches: usize,
+    pub sample_every: u64,
+    pub log: Option<PathBuf>,
+    pub tokenizer: Option<PathBuf>,
+    /// Consecutive non-finite steps tolerated before training stops.
+    pub max_bad_steps: u32,
+    /// Initial loss scale (fp16 backends use dynamic scaling from here; 1 for fp32).
+    pub loss_scale: f32,
+    pub quiet: bool,
+    /// Stop after this step (with a checkpoint) even though the schedule spans `steps`.
+    #[serde(default)]
+    pub until: Option<u64>,
+}
+
+/// Set by SIGINT/SIGTERM: the loop finishes the current step, checkpoints and reports.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Installs the SIGINT/SIGTERM handlers that request a clean stop.
+pub fn install_signal_handlers() {
+    extern "C" fn on_signal(_sig: libc::c_int) {
+        STOP.store(true, Ordering::SeqCst);
+    }
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        let h = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::signal(libc::SIGINT, h);
+        libc::signal(libc::SIGTERM, h);
+    }
+}
+
+/// Draws training windows: B sequences of S inputs and their S next-token targets.
+pub struct Sampler {
+    pub rng: Rng,
+    pub cursor: u64,
+    pub mode: Sampling,
+}
+
+impl Sampler {
+    pub fn fill(&mut self, data: &TokenData, seq: usize, inputs: &mut [u32], targets: &mut [u32]) {
+        let toks = data.tokens();
+        let span = (toks.len() - seq - 1) as u64 + 1;
+        for (inp, tgt) in inputs.chunks_mut(seq).zip(targets.chunks_mut(seq)) {
+            let pos = match self.mode {
+                Sampling::Random => self.rng.below(span) as usize,
+                Sampling::Sequential => {
+                    let p = (self.cursor % span) as usize;
+                    self.cursor += seq as u64;
+                    p
+                }
+            };
+            for i in 0..seq {
+                inp[i] = toks[pos + i] as u32;
+                tgt[i] = toks[pos + i + 1] as u32;
+            }
+        }
+    }
+}
+
+/// Mean loss over `batches` consecutive windows from the start of `data` (deterministic).
+pub fn evaluate(
+    k: &mut dyn Kernels,
+    ws: &mut Workspace,
+    params: &Params,
+    data: &TokenData,
+    batch: usize,
+    seq: usize,
+    batches: usize,
+) -> Result<f32> {
+    let mut s = Sampler {
+        rng: Rng::new(1),
+        cursor: 0,
+        mode: Sampling::Sequential,
+    };
+    let mut inputs = vec![0u32; batch * seq];
+    let mut targets = vec![0u32; batch * seq];
+    let mut t = Timings::default();
+    let n = batches.max(1);
+    let mut sum = 0f64;
+    for _ in 0..n {
+        s.fill(data, seq, &mut inputs, &mut targets);
+        sum += ws.forward_loss(k, params, &inputs, &targets, &mut t)? as f64;
+    }
+    Ok((sum / n as f64) as f32)
+}
+
+/// What the loop ended with.
+pub struct Outcome {
+    pub steps_done: u64,
+    pub last_loss: f32,
+    pub first_loss: Option<f32>,
+    pub val_loss: Option<f32>,
+    pub ckpt: PathBuf,
+    pub interrupted: bool,
+    /// The compile budget is nearly spent: the caller must re-exec the process with
+    /// `--resume` (the checkpoint has been written).
+    pub restart: bool,
+}
+
+/// The state of a run between steps.
+pub struct Trainer {
+    pub s: Settings,
+    pub params: Params,
+    pub grads: Params,
+    pub opt: AdamW,
+    pub step: u64,
+    pub sampler: Sampler,
+    pub loss_scale: f32,
+    pub cum: Timings,
+    pub wall_s: f64,
+    pub last_loss: f32,
+    pub best_val: Option<f32>,
+    pub data_desc: Option<String>,
+    pub kernels: Box<dyn Kernels>,
+    weights_version: u64,
+    good_steps_at_scale: u64,
+}
+
+impl Trainer {
+    /// A fresh run from the given parameters.
+    pub fn new(s: Settings, params: Params, kernels: Box<dyn Kernels>) -> Trainer {
+        let grads = Params::zeros(params.config());
+        let opt = AdamW::new(&params.layout);
+        let sampler = Sampler {
+            rng: Rng::new(s.seed ^ 0x5EED_DA7A),
+            cursor: 0,
+            mode: s.sampling,
+        };
+        Trainer {
+            loss_scale: s.loss_scale,
+            s,
+            params,
+            grads,
+            opt,
+            step: 0,
+            sampler,
+            cum: Timings::default(),
+            wall_s: 0.0,
+            last_loss: f32::NAN,
+            best_val: None,
+            data_desc: None,
+            kernels,
+            weights_version: 1,
+            good_steps_at_scale: 0,
+        }
+    }
+
+    /// Continues exactly from a checkpoint.
+    pub fn resume(s: Settings, ck: checkpoint::Checkpoint, kernels: Box<dyn Kernels>) -> Trainer {
+        let h = ck.header;
+        let mut t = Trainer::new(s, ck.params, kernels);
+        t.opt = AdamW::from_state(&t.params.layout, ck.m, ck.v, h.adam_t);
+        t.step = h.step;
+        t.sampler.rng.state = h.sampler_rng;
+        t.sampler.cursor = h.sampler_cursor;
+        if h.loss_scale > 0.0 {
+            t.loss_scale = h.loss_scale;
+        }
+        let mut ms = [0f64; 17];
+        for (d, v) in ms.iter_mut().zip(h.timings_ms.iter()) {
+            *d = *v;
+        }
+        t.cum = Timings::from_array(ms);
+        t.wall_s = h.wall_s;
+        t.last_loss = h.last_loss;
+        t.best_val = h.best_val_loss;
+        t
+    }
+
+    pub fn config(&self) -> &Config {
+        self.params.config()
+    }
+
+    fn header(&self) -> Header {
+        Header {
+            config: self.config().clone(),
+            step: self.step,
+            total_steps: self.s.steps,
+            adam_t: self.opt.t,
+            sampler_rng: self.sampler.rng.state,
+            sampler_cursor: self.sampler.cursor,
+            loss_scale: self.loss_scale,
+            timings_ms: self.cum.as_array().to_vec(),
+            wall_s: self.wall_s,
+            last_loss: self.last_loss,
+            best_val_loss: self.best_val,
+            settings: serde_json::to_value(&self.s).unwrap_or_default(),
+            tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
+            data: self.data_desc.clone(),
+        }
+    }
+
+    /// Writes the checkpoint (atomically, rotating older ones).
+    pub fn save_checkpoint(&self) -> Result<f64> {
+        let t = Instant::now();
+        checkpoint::save(
+            &self.s.ckpt,
+            &self.header(),
+            &self.params.data,
+            &self.opt.m,
+            &self.opt.v,
+            self.s.keep_ckpts.max(1),
+        )?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    }
+
+    /// Runs one optimizer step (all accumulation micro-steps). Returns the mean loss, or
+    /// `None` when the step was skipped because of a non-finite loss or gradient, together
+    /// with a description of where the non-finite value appeared.
+    #[allow(clippy::too_many_arguments)]
+    fn one_step(
+        &mut self,
+        ws: &mut Workspace,
+        data: &TokenData,
+        inputs: &mut [u32],
+        targets: &mut [u32],
+        t: &mut Timings,
+    ) -> Result<(Result<f32, String>, f64)> {
+        let (b, seq, accum) = (self.s.batch, self.s.seq, self.s.accum.max(1));
+        self.grads.data.iter_mut().for_each(|g| *g = 0.0);
+        ws.set_weights_version(self.weights_version);
+        let mut loss_sum = 0f64;
+        let scale = self.loss_scale;
+        for _ in 0..accum {
+            t.time(Component::Data, || {
+                self.sampler.fill(data, seq, inputs, targets)
+            });
+            let l = ws.forward_backward(
+                self.kernels.as_mut(),
+                &self.params,
+                &mut self.grads,
+                inputs,
+                targets,
+                scale / accum as f32,
+                t,
+            )?;
+            loss_sum += l as f64;
+        }
+        let _ = b;
+        let loss = (loss_sum / accum as f64) as f32;
+        if let Some(bad) = inject_non_finite(self.step) {
+            let n = self.grads.data.len();
+            self.grads.data[bad % n] = f32::NAN;
+        }
+        let t0 = Instant::now();
+        if !loss.is_finite() {
+            return Ok((Err(format!("loss is {loss}")), 0.0));
+        }
+        if let Some(i) = optim::first_non_finite(&self.grads.data) {
+            return Ok((
+                Err(format!(
+                    "gradient of {} is non-finite ({})",
+                    self.params.layout.name_of(i),
+                    self.grads.data[i]
+                )),
+                0.0,
+            ));
+        }
+        let norm = optim::grad_norm(&self.grads.data) / scale as f64;
+        let clip = self.s.optim.grad_clip as f64;
+        let mut mult = 1.0 / scale as f64;
+        if clip > 0.0 && norm > clip {
+            mult *= clip / norm;
+        }
+        optim::scale(&mut self.grads.data, mult as f32);
+        let lr = self.s.optim.lr_at(self.step);
+        self.opt
+            .step(&self.s.optim, lr, &mut self.params.data, &self.grads.data);
+        self.weights_version += 1;
+        t.add(Component::Optimizer, t0.elapsed().as_secs_f64() * 1e3);
+        Ok((Ok(loss), norm))
+    }
+
+    /// The loop. `val` is evaluated every `eval_every` steps; `sample` turns the current
+    /// parameters into a text sample every `sample_every` steps.
+    pub fn run(
+        &mut self,
+        data: &TokenData,
+        val: Option<&TokenData>,
+        log: &mut LogWriter,
+        sample: Option<&dyn Fn(&Params) -> Result<String>>,
+        peak_gflops: f64,
+    ) -> Result<Outcome> {
+        let (b, seq) = (self.s.batch, self.s.seq);
+        data.validate(seq, self.config().vocab_size)?;
+        if let Some(v) = val {
+            v.validate(seq, self.config().vocab_size)?;
+        }
+        let mut ws = Workspace::new(self.config(), b, seq);
+        let mut inputs = vec![0u32; b * seq];
+        let mut targets = vec![0u32; b * seq];
+        let flops = StepFlops::new(self.config(), b, seq).total() * self.s.accum.max(1) as f64;
+        let tokens_per_step = (b * seq * self.s.accum.max(1)) as u64;
+        log.emit(&Event::Run(RunHeader {
+            pid: std::process::id(),
+            start_unix: now_unix(),
+            backend: self.kernels.name().to_string(),
+            model: serde_json::to_value(self.config())?,
+            params: self.config().num_params() as u64,
+            batch: b,
+            seq,
+            accum: self.s.accum,
+            total_steps: self.s.steps,
+            start_step: self.step,
+            tokens_per_step,
+            flops_per_step: flops,
+            peak_gflops,
+            ckpt: Some(self.s.ckpt.display().to_string()),
+            tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
+            args: serde_json::to_value(&self.s)?,
+        }));
+
+        let progress = Progress::new(self.step, self.s.steps, self.s.quiet);
+        let start_step = self.step;
+        let mut first_loss = None;
+        let mut val_loss = None;
+        let mut bad_run = 0u32;
+        let mut first_bad: Option<String> = None;
+        let mut interrupted = false;
+        let run_start = Instant::now();
+        let wall_before = self.wall_s;
+        let mut ckpt_pending = false;
+
+        let stop_at = self.s.until.unwrap_or(u64::MAX).min(self.s.steps);
+        while self.step < stop_at {
+            if STOP.load(Ordering::SeqCst) {
+                interrupted = true;
+                break;
+            }
+            if let Some(left) = self.kernels.compiles_left() {
+                let need = self.kernels.compiles_per_update();
+                if need > 0 && left < need {
+                    progress.finish();
+                    if !self.checkpoint_logged(log, &progress)? {
+                        bail!("cannot checkpoint before the compile-budget restart");
+                    }
+                    progress.println(&format!(
+                        "compile budget: {left} compiles left, {need} needed per update; restarting the process from {}",
+                        self.s.ckpt.display()
+                    ));
+                    return Ok(Outcome {
+                        steps_done: self.step - start_step,
+                        last_loss: self.last_loss,
+                        first_loss,
+                        val_loss,
+                        ckpt: self.s.ckpt.clone(),
+                        interrupted: false,
+                        restart: true,
+                    });
+                }
+            }
+            let mut t = Timings::default();
+            let t_step = Instant::now();
+            let (res, norm) = self.one_step(&mut ws, data, &mut inputs, &mut targets, &mut t)?;
+            let ms = t_step.elapsed().as_secs_f64() * 1e3;
+            self.cum.merge(&t);
+            self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
+            match res {
+                Err(reason) => {
+                    bad_run += 1;
+                    first_bad.get_or_insert_with(|| reason.clone());
+                    let dynamic = self.s.backend != BackendKind::Cpu;
+                    if dynamic {
+                        self.loss_scale = (self.loss_scale / 2.0).max(1.0);
+                        self.good_steps_at_scale = 0;
+                    }
+                    progress.println(&format!(
+                        "step {}: skipped, {reason}{}",
+                        self.step + 1,
+                        if dynamic {
+                            format!("; loss scale now {}", self.loss_scale)
+                        } else {
+                            String::new()
+                        }
+                    ));
+                    log.emit(&Event::Skip {
+                        step: self.step + 1,
+                        reason: reason.clone(),
+                        time: now_unix(),
+                    });
+                    if bad_run >= self.s.max_bad_steps {
+                        progress.finish();
+                        bail!(
+                            "training stopped after {bad_run} consecutive non-finite steps (first: {}); the last good checkpoint {} is untouched",
+                            first_bad.unwrap_or_default(),
+                            self.s.ckpt.display()
+                        );
+                    }
+                    // A skipped step still consumes its data, so the run moves on.
+                    self.step += 1;
+                    continue;
+                }
+                Ok(loss) => {
+                    bad_run = 0;
+                    first_bad = None;
+                    self.good_steps_at_scale += 1;
+                    if self.s.backend != BackendKind::Cpu && self.good_steps_at_scale >= 200 {
+                        self.loss_scale = (self.loss_scale * 2.0).min(65536.0);
+                        self.good_steps_at_scale = 0;
+                    }
+                    self.last_loss = loss;
+                    first_loss.get_or_insert(loss);
+                }
+            }
+            self.step += 1;
+            let lr = self.s.optim.lr_at(self.step - 1);
+            let tps = tokens_per_step as f64 / (ms / 1e3);
+            let compiles = self.kernels.stats().compiles;
+            log.emit(&Event::Step(StepRecord {
+                step: self.step,
+                loss: self.last_loss as f64,
+                lr: lr as f64,
+                grad_norm: norm,
+                ms,
+                tokens_per_s: tps,
+                timing: t.to_map(),
+                compiles,
+                time: now_unix(),
+            }));
+            progress.update(self.step, self.last_loss, ms, tps);
+
+            if let Some(v) = val {
+                if self.s.eval_every > 0
+                    && (self.step % self.s.eval_every == 0 || self.step == self.s.steps)
+                {
+                    let vl = evaluate(
+                        self.kernels.as_mut(),
+                        &mut ws,
+                        &self.params,
+                        v,
+                        b,
+                        seq,
+                        self.s.eval_batches,
+                    )?;
+                    val_loss = Some(vl);
+                    if self.best_val.is_none_or(|bv| vl < bv) {
+                        self.best_val = Some(vl);
+                    }
+                    progress.println(&format!(
+                        "step {}: train loss {:.4}, val loss {vl:.4}",
+                        self.step, self.last_loss
+                    ));
+                    log.emit(&Event::Eval {
+                        step: self.step,
+                        val_loss: vl as f64,
+                        time: now_unix(),
+                    });
+                }
+            }
+            if let Some(f) = sample {
+                if self.s.sample_every > 0 && self.step % self.s.sample_every == 0 {
+                    if let Ok(text) = f(&self.params) {
+                        log.emit(&Event::Sample {
+                            step: self.step,
+                            text,
+                            time: now_unix(),
+                        });
+                    }
+                }
+            }
+            let due = self.s.ckpt_every > 0 && self.step % self.s.ckpt_every == 0;
+            if (due || ckpt_pending) && self.step < stop_at {
+                ckpt_pending = !self.checkpoint_logged(log, &progress)?;
+            }
+        }
+        self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
+        progress.finish();
+        if self.step > start_step || interrupted || !self.s.ckpt.exists() {
+            // The final checkpoint: failures here are fatal, the state must not be lost silently.
+            let ok = self.checkpoint_logged(log, &progress)?;
+            if !ok {
+                bail!(
+                    "could not write the final checkpoint {} (see the message above); the previous checkpoint is intact",
+                    self.s.ckpt.display()
+                );
+            }
+        }
+        let report = super::report::Report::new(
+            self.config(),
+            &self.s,
+            self.step - start_step,
+            run_start.elapsed().as_secs_f64(),
+            &self.cum_since(start_step),
+            self.kernels.stats(),
+            peak_gflops,
+        );
+        report.print();
+        log.emit(&Event::Report(report.to_json()));
+        Ok(Outcome {
+            steps_done: self.step - start_step,
+            last_loss: self.last_loss,
+            first_loss,
+            val_loss,
+            ckpt: self.s.ckpt.clone(),
+            interrupted,
+            restart: false,
+        })
+    }
+
+    fn cum_since(&self, _start: u64) -> Timings {
+        self.cum.clone()
+    }
+
+    /// Checkpoints and logs; on an I/O error (disk full, permissions) prints and logs a
+    /// clear message and returns false so the caller retries at the next opportunity.
+    fn checkpoint_logged(&self, log: &mut LogWriter, progress: &Progress) -> Result<bool> {
+        match self.save_checkpoint() {
+            Ok(ms) => {
+                log.emit(&Event::Checkpoint {
+                    step: self.step,
+                    path: self.s.ckpt.display().to_string(),
+                    ms,
+                    time: now_unix(),
+                });
+                Ok(true)
+            }
+            Err(e) => {
+                let msg = format!("{e:#}; training continues and will retry at the next interval");
+                progress.warn(&format!("warning: {msg}"));
+                log.emit(&Event::Error {
+                    step: self.step,
+                    message: msg,
+                    time: now_unix(),
+                });
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Test hook: `ANETRAIN_INJECT_NAN=STEP` makes every step from STEP (0-based) on produce a
+/// non-finite gradient, to exercise the non-finite guard end to end.
+fn inject_non_finite(step: u64) -> Option<usize> {
+    let v = std::env::var("ANETRAIN_INJECT_NAN").ok()?;
+    let from: u64 = v.parse().ok()?;
+    (step >= from).then_some(12345)
+}
+
+/// The progress display: an indicatif bar on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    quiet: bool,
+    last_print: std::cell::Cell<Instant>,
+}
+
+impl Progress {
+    fn new(start: u64, total: u64, quiet: bool) -> Progress {
+        use std::io::IsTerminal;
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_position(start);
+            b
+        });
+        Progress {
+            bar,
+            total,
+            quiet,
+            last_print: std::cell::Cell::new(Instant::now() - std::time::Duration::from_secs(60)),
+        }
+    }
+
+    fn update(&self, step: u64, loss: f32, ms: f64, tps: f64) {
+        let msg = format!("loss {loss:.4} | {ms:.0} ms/step | {tps:.0} tok/s");
+        if let Some(b) = &self.bar {
+            b.set_position(step);
+            b.set_message(msg);
+        } else if !self.quiet
+            && (self.last_print.get().elapsed().as_secs_f64() >= 5.0 || step == self.total)
+        {
+            let eta = (self.total - step) as f64 * ms / 1e3;
+            eprintln!("step {step}/{} {msg} | eta {eta:.0}s", self.total);
+            self.last_print.set(Instant::now());
+        }
+    }
+
+    fn println(&self, s: &str) {
+        match &self.bar {
+            Some(b) => b.println(s),
+            None if !self.quiet => eprintln!("{s}"),
+            None => {}
+        }
+    }
+
+    /// Always shown, even with --quiet.
+    fn warn(&self, s: &str) {
+        match &self.bar {
+            Some(b) => b.println(s),
+            None => eprintln!("{s}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Where a run's files go when not given explicitly.
+pub fn default_run_dir() -> PathBuf {
+    PathBuf::from("runs/default")
+}
+
+/// Loads initial parameters from `--model`: a preset or config file (random init from
+/// `seed`), a llama2.c `.bin` file, or a `.ckpt` (its parameters only).
+pub fn initial_params(spec: &str, seed: u64) -> Result<Params> {
+    let p = Path::new(spec);
+    if spec.ends_with(".ckpt") {
+        return Ok(checkpoint::load_or_explain(p)?.params);
+    }
+    if spec.ends_with(".bin") {
+        return Ok(crate::model::llama2c::Model::load(p)?.params);
+    }
+    let c = Config::resolve(spec).context("--model")?;
+    Ok(Params::init_random(&c, seed))
+}
