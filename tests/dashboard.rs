@@ -569,6 +569,22 @@ fn story_comes_from_the_newest_checkpoint_in_the_background() {
     ev.push(c);
     let s = wait_story(&mut app, "Lily found step120.ckpt");
     assert_has(&s, "Lily found step120.ckpt");
+    // A trainer rewrites the same path at each checkpoint: a rewritten file is a new story.
+    let calls = seen.lock().unwrap().len();
+    let f = std::fs::File::options()
+        .write(true)
+        .open(d.path().join("step120.ckpt"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    append(&log, &line(&ev[ev.len() - 1]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() == calls && Instant::now() < deadline {
+        app.tick();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(seen.lock().unwrap().len(), calls + 1);
     // `g` asks again for the same checkpoint.
     let before = seen.lock().unwrap().len();
     app.handle_key(key(KeyCode::Char('g')));
@@ -779,4 +795,82 @@ fn trainer_child_is_stopped_with_sigterm() {
     let st = c.stop(Duration::from_secs(5)).unwrap();
     assert_eq!(st.signal(), Some(libc::SIGTERM));
     assert!(t.elapsed() < Duration::from_secs(4));
+}
+
+/// The story panel's real generator on a checkpoint that `anetrain train` wrote, checked
+/// against `anetrain generate` on the same checkpoint exported to a llama2.c model with the
+/// same sampling settings.
+#[test]
+fn checkpoint_story_matches_anetrain_generate() {
+    let exe = env!("CARGO_BIN_EXE_anetrain");
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("r");
+    let st = std::process::Command::new(exe)
+        .args([
+            "train",
+            "--steps",
+            "2",
+            "--batch",
+            "1",
+            "--seq",
+            "32",
+            "--threads",
+            "1",
+            "-q",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let ckpt = out.join("model.ckpt");
+    let story = anetrain::cli::dashboard::checkpoint_story(out.join("run.jsonl"), None);
+    let text = story(&ckpt).unwrap();
+    let bin = d.path().join("m.bin");
+    let st = std::process::Command::new(exe)
+        .args(["export", "--ckpt"])
+        .arg(&ckpt)
+        .arg("-o")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let n = anetrain::cli::dashboard::STORY_TOKENS.to_string();
+    let g = std::process::Command::new(exe)
+        .args([
+            "generate",
+            "--temperature",
+            "0.8",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "42",
+            "-n",
+            &n,
+        ])
+        .arg("--model")
+        .arg(&bin)
+        .arg("--tokenizer")
+        .arg(out.join("tokenizer.bin"))
+        .output()
+        .unwrap();
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let want = String::from_utf8_lossy(&g.stdout);
+    assert!(!text.trim().is_empty());
+    assert_eq!(text.trim_end(), want.trim_end());
+    // Without a tokenizer anywhere, the panel gets an error that says what to do.
+    let lone = d.path().join("lone");
+    std::fs::create_dir(&lone).unwrap();
+    std::fs::copy(&ckpt, lone.join("x.ckpt")).unwrap();
+    let story = anetrain::cli::dashboard::checkpoint_story(lone.join("run.jsonl"), None);
+    let e = story(&lone.join("x.ckpt")).unwrap_err();
+    assert!(format!("{e:#}").contains("--tokenizer"), "{e:#}");
 }

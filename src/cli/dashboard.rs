@@ -1,9 +1,13 @@
 //! `anetrain dashboard` (live terminal UI of a training run) and `anetrain plot` (PNG plots of
 //! training logs).
 
+use crate::cli::train::TrainArgs;
 use crate::dashboard::child::TrainerChild;
 use crate::dashboard::{plot_logs, run_terminal, App, DashboardConfig, PlotOptions, StoryFn};
-use anyhow::{bail, Context, Result};
+use crate::train::log::{read_log, Event};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::parser::ValueSource;
+use clap::{Args as _, FromArgMatches as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,6 +39,10 @@ pub struct DashboardArgs {
     /// Do not sample CPU, memory and power.
     #[arg(long)]
     pub no_stats: bool,
+    /// Tokenizer for the story panel (default: the run's own, from its log header, else
+    /// tokenizer.bin beside the checkpoint).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// Arguments for `anetrain train` (after `--`, with --train).
     #[arg(last = true, value_name = "TRAIN_ARGS")]
     pub train_args: Vec<String>,
@@ -69,84 +77,130 @@ fn check_smooth(s: f64) -> Result<()> {
     Ok(())
 }
 
-/// The story function used until the dashboard is given a real one: it says where the
-/// checkpoint is and that stories are not generated here.
-pub fn placeholder_story() -> StoryFn {
-    Box::new(|ckpt: &Path| {
-        Ok(format!(
-            "Stories are not generated from checkpoints by this dashboard build. \
-             Newest checkpoint: {}",
-            ckpt.display()
-        ))
+/// Positions generated for a story (prompt included), as the trainer's own samples.
+pub const STORY_TOKENS: usize = 200;
+
+/// The story panel's generator: loads the checkpoint, finds a tokenizer (`tokenizer`, else
+/// the newest run header's in `log`, else `tokenizer.bin` beside the checkpoint) and samples
+/// [`STORY_TOKENS`] positions from an empty prompt with temperature 0.8 and top-p 0.9 — the
+/// trainer's sample settings — and a fixed seed, so stories of successive checkpoints differ
+/// only by what the model learned.
+pub fn checkpoint_story(log: PathBuf, tokenizer: Option<PathBuf>) -> StoryFn {
+    Box::new(move |ckpt: &Path| {
+        let tok_path = find_tokenizer(&log, tokenizer.as_deref(), ckpt)?;
+        let tok = crate::tokenizer::Tokenizer::load(&tok_path)?;
+        let c = crate::train::checkpoint::load(ckpt)?;
+        crate::generate::generate_text(&c.params, &tok, "", STORY_TOKENS, 0.8, 0.9, 42)
+            .with_context(|| format!("{} with {}", ckpt.display(), tok_path.display()))
     })
 }
 
-pub fn run_dashboard(a: DashboardArgs) -> Result<()> {
-    run_dashboard_with(a, placeholder_story())
-}
-
-/// The value of `--log` in train arguments (`--log FILE` or `--log=FILE`), if present.
-fn log_in_args(args: &[String]) -> Option<PathBuf> {
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--log" {
-            return it.next().map(PathBuf::from);
+fn find_tokenizer(log: &Path, given: Option<&Path>, ckpt: &Path) -> Result<PathBuf> {
+    if let Some(t) = given {
+        return Ok(t.to_path_buf());
+    }
+    let from_header = read_log(log).ok().and_then(|ev| {
+        ev.into_iter().rev().find_map(|e| match e {
+            Event::Run(h) => h.tokenizer,
+            _ => None,
+        })
+    });
+    if let Some(t) = from_header {
+        let p = PathBuf::from(&t);
+        if p.is_absolute() || p.exists() {
+            return Ok(p);
         }
-        if let Some(v) = a.strip_prefix("--log=") {
-            return Some(PathBuf::from(v));
+        if let Some(d) = log.parent().filter(|d| d.join(&p).exists()) {
+            return Ok(d.join(p));
         }
     }
-    None
+    let beside = ckpt.with_file_name("tokenizer.bin");
+    if beside.exists() {
+        return Ok(beside);
+    }
+    bail!(
+        "no tokenizer for the story: the run's log names none and there is no {}; \
+         pass --tokenizer",
+        beside.display()
+    )
 }
 
-/// `anetrain dashboard` with the given story function.
-pub fn run_dashboard_with(a: DashboardArgs, generate: StoryFn) -> Result<()> {
+pub fn run_dashboard(a: DashboardArgs) -> Result<()> {
+    run_dashboard_with(a, None)
+}
+
+/// What the dashboard follows when it starts the trainer: the trainer's arguments are parsed
+/// as `anetrain train` parses them (so mistakes show before the screen is taken over), and
+/// the dashboard's `--log`/`--run` are passed on as `--log`/`--out` unless the trainer's
+/// arguments already say otherwise.
+#[derive(Debug)]
+struct TrainPlan {
+    args: Vec<String>,
+    log: PathBuf,
+    out: PathBuf,
+}
+
+fn plan_training(a: &DashboardArgs) -> Result<TrainPlan> {
+    let cmd = TrainArgs::augment_args(clap::Command::new("anetrain train").no_binary_name(true));
+    let m = cmd
+        .try_get_matches_from(&a.train_args)
+        .map_err(|e| anyhow!("trainer arguments: {}", e.render()))?;
+    let ta = TrainArgs::from_arg_matches(&m).map_err(|e| anyhow!("{e}"))?;
+    let out_given = m.value_source("out") == Some(ValueSource::CommandLine);
+    let mut args = vec!["train".to_string()];
+    args.extend(a.train_args.iter().cloned());
+    let mut out = ta.out.clone();
+    if let Some(dir) = &a.run {
+        if out_given && ta.out != *dir {
+            bail!(
+                "--run {} and the trainer's --out {} differ: give one",
+                dir.display(),
+                ta.out.display()
+            );
+        }
+        if !out_given {
+            args.extend(["--out".to_string(), dir.display().to_string()]);
+        }
+        out = dir.clone();
+    }
+    let log = match (&ta.log, &a.log) {
+        (Some(t), Some(d)) if t != d => bail!(
+            "the trainer's --log {} and the dashboard's --log {} differ: give one",
+            t.display(),
+            d.display()
+        ),
+        (Some(t), _) => t.clone(),
+        (None, Some(d)) => {
+            args.extend(["--log".to_string(), d.display().to_string()]);
+            d.clone()
+        }
+        (None, None) => out.join("run.jsonl"),
+    };
+    Ok(TrainPlan { args, log, out })
+}
+
+/// `anetrain dashboard` with the given story function (`None`: [`checkpoint_story`]).
+pub fn run_dashboard_with(a: DashboardArgs, generate: Option<StoryFn>) -> Result<()> {
     check_smooth(a.smooth)?;
     if !a.train && !a.train_args.is_empty() {
         bail!("arguments after `--` are for the trainer: add --train to start one");
     }
-    let (mut log, ckpt_dir) = match (&a.log, &a.run) {
-        (Some(l), _) => (Some(l.clone()), None),
-        (None, Some(d)) => (Some(d.join("run.jsonl")), Some(d.clone())),
-        (None, None) => (None, None),
-    };
-    let mut child = None;
-    if a.train {
-        let mut args = vec!["train".to_string()];
-        args.extend(a.train_args.iter().cloned());
-        match (log_in_args(&a.train_args), &log) {
-            (Some(given), Some(ours)) if given != *ours => bail!(
-                "the trainer's --log {} and the dashboard's log {} differ: give one",
-                given.display(),
-                ours.display()
-            ),
-            (Some(given), _) => log = Some(given),
-            (None, _) => {
-                let l = log.clone().unwrap_or_else(|| {
-                    PathBuf::from(format!(
-                        "runs/{}/run.jsonl",
-                        crate::train::log::now_unix() as u64
-                    ))
-                });
-                args.push("--log".into());
-                args.push(l.display().to_string());
-                log = Some(l);
+    let (log, ckpt_dir, child) = if a.train {
+        let plan = plan_training(&a)?;
+        let output = plan.log.with_extension("out");
+        let exe = std::env::current_exe().context("cannot find the anetrain executable")?;
+        let child = TrainerChild::spawn(&exe, &plan.args, &output)?;
+        (plan.log, Some(plan.out), Some(child))
+    } else {
+        match (&a.log, &a.run) {
+            (Some(l), _) => (l.clone(), None, None),
+            (None, Some(d)) => (d.join("run.jsonl"), Some(d.clone()), None),
+            (None, None) => {
+                bail!("which run? give --log FILE, --run DIR, or --train -- TRAIN_ARGS")
             }
         }
-        let log = log.as_ref().expect("set above");
-        let out = log.with_extension("out");
-        let exe = std::env::current_exe().context("cannot find the anetrain executable")?;
-        child = Some(TrainerChild::spawn(&exe, &args, &out)?);
-    }
-    let Some(log) = log else {
-        bail!("which run? give --log FILE, --run DIR, or --train -- TRAIN_ARGS");
     };
-    if !a.train && !log.exists() {
-        eprintln!(
-            "{}: no such file yet; waiting for it to appear (q quits)",
-            log.display()
-        );
-    }
+    let generate = generate.unwrap_or_else(|| checkpoint_story(log.clone(), a.tokenizer.clone()));
     let cfg = DashboardConfig {
         log: log.clone(),
         ckpt_dir,
@@ -195,4 +249,42 @@ pub fn run_plot(a: PlotArgs) -> Result<()> {
     plot_logs(&a.logs, &a.out, &opts)?;
     eprintln!("wrote {}", a.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        d: DashboardArgs,
+    }
+
+    fn plan(args: &[&str]) -> Result<TrainPlan> {
+        let c = Cli::try_parse_from(std::iter::once("dashboard").chain(args.iter().copied()))
+            .map_err(|e| anyhow!("{e}"))?;
+        plan_training(&c.d)
+    }
+
+    #[test]
+    fn training_plans_pass_the_dashboards_paths_on() {
+        let p = plan(&["--train", "--run", "runs/a", "--", "--steps", "5"]).unwrap();
+        assert_eq!(p.args, ["train", "--steps", "5", "--out", "runs/a"]);
+        assert_eq!(p.log, PathBuf::from("runs/a/run.jsonl"));
+        assert_eq!(p.out, PathBuf::from("runs/a"));
+        let p = plan(&["--train", "--", "--out", "o", "--log", "x.jsonl"]).unwrap();
+        assert_eq!(p.args, ["train", "--out", "o", "--log", "x.jsonl"]);
+        assert_eq!(p.log, PathBuf::from("x.jsonl"));
+        let p = plan(&["--train", "--log", "y.jsonl"]).unwrap();
+        assert_eq!(p.args, ["train", "--log", "y.jsonl"]);
+        // The trainer's own default folder.
+        let p = plan(&["--train"]).unwrap();
+        assert_eq!(p.log, PathBuf::from("runs/default/run.jsonl"));
+        assert!(plan(&["--train", "--run", "a", "--", "--out", "b"]).is_err());
+        assert!(plan(&["--train", "--log", "a", "--", "--log", "b"]).is_err());
+        let e = plan(&["--train", "--", "--no-such-flag"]).unwrap_err();
+        assert!(format!("{e}").contains("--no-such-flag"), "{e}");
+    }
 }

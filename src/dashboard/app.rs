@@ -21,7 +21,7 @@ use ratatui::crossterm::event::{
 };
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What the dashboard follows and how.
 #[derive(Clone, Debug)]
@@ -72,8 +72,9 @@ pub struct App {
     scroll: usize,
     events_page: Cell<usize>,
     story: StoryWorker,
-    /// Checkpoint that the last automatic story request was for.
-    auto_story_for: Option<PathBuf>,
+    /// Checkpoint (path and modification time) that the last story request was for: a
+    /// trainer rewrites the same path at every checkpoint, so the time tells them apart.
+    auto_story_for: Option<(PathBuf, Option<SystemTime>)>,
     proc_mon: Option<ProcMonitor>,
     power: PowerMonitor,
     last_stats: Option<Instant>,
@@ -344,11 +345,13 @@ impl App {
         let Some(ck) = self.newest_checkpoint() else {
             return;
         };
-        if self.auto_story_for.as_ref() == Some(&ck) {
+        let key = (ck.clone(), modified(&ck));
+        if self.auto_story_for.as_ref() == Some(&key) {
             return;
         }
-        self.auto_story_for = Some(ck.clone());
-        if ck.exists() {
+        let exists = key.1.is_some();
+        self.auto_story_for = Some(key);
+        if exists {
             self.story.request(&ck);
         }
     }
@@ -357,7 +360,7 @@ impl App {
     pub fn generate_now(&mut self) {
         match self.newest_checkpoint() {
             Some(ck) if ck.exists() => {
-                self.auto_story_for = Some(ck.clone());
+                self.auto_story_for = Some((ck.clone(), modified(&ck)));
                 self.story.request(&ck);
             }
             Some(ck) => self.state.note(
@@ -399,6 +402,10 @@ impl App {
     pub fn render(&self, f: &mut ratatui::Frame) {
         ui::render(f, self);
     }
+}
+
+fn modified(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 /// The most recently modified `*.ckpt` in `dir`.
