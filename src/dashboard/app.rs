@@ -317,7 +317,8 @@ impl App {
     }
 
     /// The checkpoint a story should come from: the newest one the log announced, else the
-    /// newest `*.ckpt` in the checkpoint folder, else the header's `ckpt` (where the run writes its checkpoints).
+    /// newest `*.ckpt` in the checkpoint folder, else the header's `ckpt` (where the run
+    /// writes its checkpoints).
     pub fn newest_checkpoint(&mut self) -> Option<PathBuf> {
         if let Some(c) = self.state.checkpoints.last() {
             return Some(self.resolve_checkpoint(&c.path.clone()));
