@@ -210,7 +210,7 @@ pub fn describe(
             sc.tokens,
             sc.documents,
             sc.tokenizer,
-            &sc.tokenizer_sha256[..sc.tokenizer_sha256.len().min(12)],
+            sc.tokenizer_sha256.chars().take(12).collect::<String>(),
             sc.vocab_size
         )?;
         if sc.tokens != st.tokens || sc.documents != st.documents {
