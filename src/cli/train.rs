@@ -300,7 +300,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             None => bail!("no tokenizer"),
         }
     };
-    let sample: Option<&dyn Fn(&Params) -> Result<String>> = if tok.is_some() {
+    let sample: Option<trainer::SampleFn> = if tok.is_some() {
         Some(&sampler_fn)
     } else {
         None

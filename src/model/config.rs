@@ -130,7 +130,7 @@ impl Config {
             n_kv_heads: f.n_kv_heads.unwrap_or(n_heads),
             head_dim: f
                 .head_dim
-                .unwrap_or(if n_heads > 0 { f.dim / n_heads } else { 0 }),
+                .unwrap_or(f.dim.checked_div(n_heads).unwrap_or(0)),
             vocab_size: f.vocab_size,
             seq_len: f.seq_len,
             tied: f.tied.unwrap_or(true),
@@ -179,14 +179,14 @@ impl Config {
         if self.vocab_size > 1 << 22 {
             bail!("implausible vocab_size {}", self.vocab_size);
         }
-        if self.n_kv_heads > self.n_heads || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads > self.n_heads || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             bail!(
                 "n_heads ({}) must be a multiple of n_kv_heads ({})",
                 self.n_heads,
                 self.n_kv_heads
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!("head_dim ({}) must be even for RoPE", self.head_dim);
         }
         if self.num_params() > 64_000_000_000 {

@@ -173,7 +173,7 @@ impl LogWriter {
     /// stderr (the first time and then every 100th) and the next event is tried again.
     pub fn emit(&mut self, e: &Event) {
         if let Err(err) = self.write(e) {
-            if self.failures % 100 == 0 {
+            if self.failures.is_multiple_of(100) {
                 eprintln!("warning: {err:#} (training continues; further log errors are counted)");
             }
             self.failures += 1;

@@ -128,6 +128,9 @@ pub fn evaluate(
     Ok((sum / n as f64) as f32)
 }
 
+/// Turns the current parameters into a text sample (for the log's `sample` events).
+pub type SampleFn<'a> = &'a dyn Fn(&Params) -> Result<String>;
+
 /// What the loop ended with.
 pub struct Outcome {
     pub steps_done: u64,
@@ -324,7 +327,7 @@ impl Trainer {
         data: &TokenData,
         val: Option<&TokenData>,
         log: &mut LogWriter,
-        sample: Option<&dyn Fn(&Params) -> Result<String>>,
+        sample: Option<SampleFn>,
         peak_gflops: f64,
     ) -> Result<Outcome> {
         let (b, seq) = (self.s.batch, self.s.seq);
@@ -468,7 +471,7 @@ impl Trainer {
 
             if let Some(v) = val {
                 if self.s.eval_every > 0
-                    && (self.step % self.s.eval_every == 0 || self.step == self.s.steps)
+                    && (self.step.is_multiple_of(self.s.eval_every) || self.step == self.s.steps)
                 {
                     let vl = evaluate(
                         self.kernels.as_mut(),
@@ -495,7 +498,7 @@ impl Trainer {
                 }
             }
             if let Some(f) = sample {
-                if self.s.sample_every > 0 && self.step % self.s.sample_every == 0 {
+                if self.s.sample_every > 0 && self.step.is_multiple_of(self.s.sample_every) {
                     if let Ok(text) = f(&self.params) {
                         log.emit(&Event::Sample {
                             step: self.step,
@@ -505,7 +508,7 @@ impl Trainer {
                     }
                 }
             }
-            let due = self.s.ckpt_every > 0 && self.step % self.s.ckpt_every == 0;
+            let due = self.s.ckpt_every > 0 && self.step.is_multiple_of(self.s.ckpt_every);
             if (due || ckpt_pending) && self.step < stop_at {
                 ckpt_pending = !self.checkpoint_logged(log, &progress)?;
             }
