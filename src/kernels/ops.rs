@@ -43,6 +43,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(crate) use multiversion;
 
 /// RoPE tables computed exactly as llama2.c's `run.c` does in f32:
 /// `freq = 1 / 10000^(i/hd)` for even `i`, angle `pos·freq`; pairs `(2j, 2j+1)` of each head
