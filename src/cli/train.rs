@@ -573,8 +573,8 @@ pub fn write_safetensors(path: &Path, p: &Params, loss: f32) -> Result<()> {
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Each measured step is what `anetrain train` does per optimizer step: zero \
-the gradients, --accum forward+backward passes over random token ids, the non-finite check, the \
-gradient norm and clip, AdamW. The FMA peak is measured first (widest vector ISA, same thread \
+the gradients, --accum forward+backward passes over random token ids, the gradient norm, clip and \
+AdamW (`optim::clip_and_step`). The FMA peak is measured first (widest vector ISA, same thread \
 count). On a shared machine run it as `chrt -f 10 anetrain bench ...` and repeat: the spread \
 between min and max says how much the neighbours took."
 )]
@@ -627,6 +627,19 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Minor page faults of the process so far (getrusage), 0 where unavailable.
+fn minor_faults() -> u64 {
+    // SAFETY: getrusage writes one rusage struct, which lives on this stack frame.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0 {
+            u.ru_minflt as u64
+        } else {
+            0
+        }
+    }
+}
+
 pub fn run_bench(a: BenchArgs) -> Result<()> {
     if a.steps == 0 || a.batch == 0 || a.seq == 0 || a.accum == 0 {
         bail!("--steps, --batch, --seq and --accum must each be at least 1");
@@ -660,9 +673,11 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     let mut step_ms = Vec::with_capacity(a.steps);
     let mut cum = Timings::default();
     let mut version = 0u64;
+    let mut faults = 0u64;
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
     for it in 0..a.warmup + a.steps {
         let mut t = Timings::default();
+        let f0 = minor_faults();
         let t0 = std::time::Instant::now();
         // The trainer's optimizer step (src/train/trainer.rs, one_step), with random ids.
         t.time(Component::Optimizer, || {
@@ -687,17 +702,26 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
             )?;
         }
         let t2 = std::time::Instant::now();
-        if let Some(i) = crate::train::optim::first_non_finite(&grads.data) {
-            bail!("gradient of {} is non-finite", params.layout.name_of(i));
+        let lr = ocfg.lr_at(opt.t);
+        if let Err(e) = crate::train::optim::clip_and_step(
+            &mut opt,
+            &ocfg,
+            lr,
+            &mut params.data,
+            &grads.data,
+            1.0,
+        ) {
+            bail!(
+                "gradient of {} is non-finite",
+                params.layout.name_of(e.index)
+            );
         }
-        let norm = crate::train::optim::grad_norm(&grads.data);
-        crate::train::optim::scale(&mut grads.data, (1.0 / norm.max(1.0)) as f32);
-        opt.step(&ocfg, ocfg.lr_at(opt.t), &mut params.data, &grads.data);
         version += 1;
         t.add(Component::Optimizer, ms(t2));
         let step = ms(t0);
         let measured = it >= a.warmup;
         if measured {
+            faults += minor_faults() - f0;
             step_ms.push(step);
             cum.merge(&t);
         }
@@ -730,7 +754,7 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         "ms_per_seq": ms_seq, "ms_per_seq_min": min / seqs, "ms_per_seq_max": max / seqs,
         "tokens_per_s": tps, "gflops": gflops, "flops_per_step": flops,
         "peak_gflops": peak.gflops, "peak_isa": peak.isa, "mfu": mfu,
-        "timing_ms_per_step": comps,
+        "timing_ms_per_step": comps, "page_faults_per_step": faults as f64 / steps_f,
         "peak_rss_bytes": rss, "memory_model_bytes": mem_params + mem_acts,
     });
     if a.json {
@@ -750,6 +774,7 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
             max / seqs
         );
         println!("  tokens/s  {tps:.0}");
+        println!("  page faults per step  {:.0}", faults as f64 / steps_f);
         println!(
             "  GFLOP/s   {gflops:.1} ({:.2} GFLOP/step) = MFU {:.1}% of the measured FMA peak {peak}",
             flops / 1e9,

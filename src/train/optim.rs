@@ -212,6 +212,44 @@ impl AdamW {
     }
 }
 
+/// Why [`clip_and_step`] did not update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NonFinite {
+    /// Arena index of the first non-finite gradient.
+    pub index: usize,
+}
+
+/// Everything the trainer does between the last backward pass and the next step, in the
+/// fewest passes over the arena: the gradient norm (which is non-finite exactly when some
+/// gradient is, so the search for the bad one runs only then), the unscale-and-clip factor,
+/// and AdamW reading the gradients through that factor ([`AdamW::step_scaled`]).
+///
+/// `grads` hold `loss_scale × the gradients`; the reported norm is of the unscaled ones;
+/// the gradients are clipped to `cfg.grad_clip` (0: no clipping). Returns that norm, or
+/// where the first non-finite gradient is (nothing updated then). Same arithmetic as
+/// [`grad_norm`], [`scale`] by `1/loss_scale·min(1, clip/norm)`, then [`AdamW::step`].
+pub fn clip_and_step(
+    opt: &mut AdamW,
+    cfg: &AdamWConfig,
+    lr: f32,
+    params: &mut [f32],
+    grads: &[f32],
+    loss_scale: f32,
+) -> Result<f64, NonFinite> {
+    let norm = grad_norm(grads) / loss_scale as f64;
+    if !norm.is_finite() {
+        let index = first_non_finite(grads).unwrap_or(0);
+        return Err(NonFinite { index });
+    }
+    let clip = cfg.grad_clip as f64;
+    let mut mult = 1.0 / loss_scale as f64;
+    if clip > 0.0 && norm > clip {
+        mult *= clip / norm;
+    }
+    opt.step_scaled(cfg, lr, params, grads, mult as f32);
+    Ok(norm)
+}
+
 /// Global L2 norm of a gradient arena, accumulated in f64 per chunk (deterministic: the
 /// chunk sums are combined in order). Not finite exactly when some gradient is not (f32
 /// squares cannot overflow an f64 sum of any arena that fits in memory).
@@ -350,6 +388,50 @@ mod tests {
         b.step_scaled(&c, 0.01, &mut pb, &g, 0.3);
         assert_eq!(pa, pb);
         assert_eq!((a.m, a.v), (b.m, b.v));
+    }
+
+    #[test]
+    fn clip_and_step_is_the_trainers_sequence() {
+        let cfgm = Config::llama(8, 16, 2, 2, 2, 10, 4);
+        let lay = Params::zeros(&cfgm).layout;
+        let n = lay.total;
+        let p0: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let g: Vec<f32> = (0..n).map(|i| 64.0 * (i as f32 * 0.11).cos()).collect();
+        let c = AdamWConfig {
+            lr: 0.01,
+            min_lr: 0.0,
+            warmup: 0,
+            total_steps: 10,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+        };
+        // The separate passes, as the trainer wrote them: norm of the unscaled gradients,
+        // unscale and clip, AdamW.
+        let loss_scale = 64.0f32;
+        let mut ga = g.clone();
+        let want_norm = grad_norm(&ga) / loss_scale as f64;
+        assert!(want_norm > 1.0, "the test must clip");
+        scale(
+            &mut ga,
+            (1.0 / loss_scale as f64 * (1.0 / want_norm)) as f32,
+        );
+        let (mut a, mut b) = (AdamW::new(&lay), AdamW::new(&lay));
+        let (mut pa, mut pb) = (p0.clone(), p0.clone());
+        a.step(&c, 0.01, &mut pa, &ga);
+        let norm = clip_and_step(&mut b, &c, 0.01, &mut pb, &g, loss_scale).unwrap();
+        assert_eq!(norm, want_norm);
+        assert_eq!(pa, pb);
+        // A non-finite gradient: nothing moves, the first bad index is named.
+        let mut bad = g.clone();
+        bad[n - 3] = f32::NAN;
+        bad[n - 1] = f32::INFINITY;
+        let before = (pb.clone(), b.m.clone(), b.t);
+        let e = clip_and_step(&mut b, &c, 0.01, &mut pb, &bad, loss_scale).unwrap_err();
+        assert_eq!(e, NonFinite { index: n - 3 });
+        assert_eq!((pb, b.m, b.t), before);
     }
 
     #[test]
