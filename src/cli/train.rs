@@ -672,18 +672,19 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     let mut targets = vec![0u32; n];
     let mut step_ms = Vec::with_capacity(a.steps);
     let mut cum = Timings::default();
-    let mut version = 0u64;
     let mut faults = 0u64;
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
     for it in 0..a.warmup + a.steps {
         let mut t = Timings::default();
+        if it == a.warmup { crate::kernels::gemm::STATS.lock().unwrap().clear(); }
         let f0 = minor_faults();
         let t0 = std::time::Instant::now();
         // The trainer's optimizer step (src/train/trainer.rs, one_step), with random ids.
         t.time(Component::Optimizer, || {
             crate::train::optim::zero(&mut grads.data)
         });
-        ws.set_weights_version(version);
+        // The weights change once per optimizer step.
+        ws.set_weights_version(it as u64);
         for _ in 0..accum {
             t.time(Component::Data, || {
                 for (i, tg) in inputs.iter_mut().zip(targets.iter_mut()) {
@@ -716,7 +717,6 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
                 params.layout.name_of(e.index)
             );
         }
-        version += 1;
         t.add(Component::Optimizer, ms(t2));
         let step = ms(t0);
         let measured = it >= a.warmup;
@@ -732,6 +732,7 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
             );
         }
     }
+    if std::env::var_os("GEMM_STATS").is_some() { crate::kernels::gemm::print_stats(); }
     let (ms_step, min, max) = median_min_max(&step_ms);
     let seqs = (accum * a.batch) as f64;
     let ms_seq = ms_step / seqs;

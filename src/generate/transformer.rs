@@ -14,6 +14,11 @@
 //!   xn = rmsnorm(x) · g_ffn ; h1, h3 = W1·xn, W3·xn ; x += W2 · (silu(h1) ⊙ h3)
 //! logits[V] = Wcls · (rmsnorm(x) · g_final)       Wcls = tok_embeddings when tied
 //! ```
+//! Threads: every matrix–vector product and the attention heads are split statically over a
+//! [`Team`] (the caller plus spinning helpers, as many as the rayon pool has), which picks
+//! each of the ~30 short stages of a token up faster than rayon's sleeping workers; see
+//! `team.rs`.
+//!
 //! Element-wise operations follow run.c's expression order (`w · (s · x)`, `x · (1/(1+e^−x))`,
 //! `score / √HD`); only the dot products are summed in a different (SIMD) order.
 
