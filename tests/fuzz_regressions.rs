@@ -279,7 +279,8 @@ fn log_numbers_parse_correctly_rounded_and_round_trip() {
 }
 
 /// `data info` printed the first 12 bytes of the sidecar's `tokenizer_sha256` by slicing the
-/// string, which panics when byte 12 falls inside a multi-byte character of a corrupt or
+/// string, in two places (the sidecar line, and the warning when `--tokenizer` is a different
+/// file), which panics when byte 12 falls inside a multi-byte character of a corrupt or
 /// hand-edited sidecar. It must print, not panic.
 #[test]
 fn data_info_survives_a_sidecar_hash_with_multibyte_characters() {
@@ -298,4 +299,18 @@ fn data_info_survives_a_sidecar_hash_with_multibyte_characters() {
     let r = std::panic::catch_unwind(|| anetrain::data::info::describe(&p, None, 5));
     let (out, _) = r.expect("describe panicked").unwrap();
     assert!(out.contains("sha256 0123456789€"), "{out}");
+
+    let tok = harness::small_tokenizer();
+    let tp = d.path().join("tok.bin");
+    std::fs::write(&tp, tok.to_bytes()).unwrap();
+    let r = std::panic::catch_unwind(|| {
+        anetrain::data::info::describe(&p, Some((&tok, tp.as_path())), 5)
+    });
+    let (_, warnings) = r.expect("describe with a tokenizer panicked").unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("different tokenizer") && w.contains("sha256 0123456789€")),
+        "{warnings:?}"
+    );
 }

@@ -22,6 +22,7 @@
 //! | `tokenize_inputs` | `data::tokenize::tokenize_files` (JSON array, JSON lines, text) |
 //! | `archive` | `data::download::extract` (tar.gz, and tar wrapped in gzip by the harness) |
 //! | `mil` | `ane::sim::compile_text` (MIL parser and type checker), then running small plans |
+//! | `dashboard` | `dashboard::follow::LogFollower` on a log appended in fuzzer-chosen pieces, `RunState`, and (flagged inputs) the PNG plot |
 
 use anetrain::data::download::{extract, Member, NoProgress};
 use anetrain::data::tokenize::{
@@ -51,6 +52,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tokenize_inputs", tokenize_inputs),
     ("archive", archive),
     ("mil", mil),
+    ("dashboard", dashboard),
 ];
 
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
@@ -413,6 +415,83 @@ pub fn mil(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------
+// The dashboard's incremental log reader
+
+/// Input: `[flags][cut1][cut2][cut3][log bytes …]`. The log is appended to a file in up to
+/// four pieces (the cuts are fractions of its length), with a `LogFollower::poll` after each;
+/// the events gathered that way must equal those of one poll over the whole file (following
+/// a growing log loses, duplicates or reorders nothing). Flag bit 0 then rewrites the file
+/// shorter, which the next poll must report as a reset. Every event goes through the
+/// dashboard's `RunState` and its summaries; flag bit 1 also renders the PNG plot.
+pub fn dashboard(data: &[u8]) {
+    use anetrain::dashboard::follow::LogFollower;
+    use anetrain::dashboard::state::RunState;
+    if data.len() < 4 {
+        return;
+    }
+    let (head, log) = data.split_at(4);
+    let flags = head[0];
+    let mut cuts: Vec<usize> = head[1..]
+        .iter()
+        .map(|&c| c as usize * log.len() / 255)
+        .collect();
+    cuts.push(log.len());
+    cuts.sort_unstable();
+
+    let path = scratch("run.jsonl");
+    put(&path, None);
+    let mut follower = LogFollower::new(&path);
+    let mut pieces = Vec::new();
+    let mut f = std::fs::File::create(&path).expect("create log");
+    let mut at = 0;
+    for &c in &cuts {
+        f.write_all(&log[at..c]).expect("append to log");
+        at = c;
+        let p = follower.poll();
+        assert!(
+            !p.reset && p.error.is_none(),
+            "an appended log read as replaced"
+        );
+        pieces.extend(p.events);
+    }
+    drop(f);
+    let whole = LogFollower::new(&path).poll().events;
+    assert!(
+        pieces == whole,
+        "events read in pieces differ from one read"
+    );
+
+    if flags & 1 == 1 && !log.is_empty() {
+        put(&path, Some(&log[..log.len() / 2]));
+        let p = follower.poll();
+        let consumed = follower.offset();
+        assert!(p.reset || consumed <= (log.len() / 2) as u64);
+    }
+
+    let mut state = RunState::new(0.9);
+    for e in whole {
+        state.apply(e);
+    }
+    let _ = (state.last_step(), state.total_steps(), state.finished());
+    let _ = (
+        state.seconds_per_step(),
+        state.eta_seconds(),
+        state.best_loss(),
+    );
+    let _ = (state.timing_breakdown(), state.recent_mean_ms());
+    if flags & 2 == 2 {
+        use anetrain::dashboard::plot::{render_png, PlotOptions, RunSeries};
+        let series = RunSeries::from_state("fuzz", &state);
+        let opts = PlotOptions {
+            width: 320,
+            height: 240,
+            smooth: 0.9,
+        };
+        let _ = render_png(&[series], &opts);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Seeds: small valid inputs made with the crate's own writers, plus cut and edited variants.
 
 /// A 262-piece vocabulary: the three specials, the 256 byte pieces, and `" "`, `"a"`, `"ab"`.
@@ -546,7 +625,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         log.push_str(l);
         log.push('\n');
     }
-    add("jsonl", vec![("run.jsonl".into(), log.into_bytes())]);
+    add("jsonl", vec![("run.jsonl".into(), log.as_bytes().to_vec())]);
 
     let ids: Vec<u16> = (0..40u16)
         .map(|i| if i % 10 == 0 { 1 } else { 3 + i % 7 })
@@ -640,6 +719,23 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     ];
     with_cuts("archive.tar.gz", [&[0u8][..], &gz].concat(), &mut v);
     add("archive", v);
+
+    let mut dash_log = log.clone();
+    dash_log
+        .push_str(r#"{"type":"step","step":8,"loss":3.0,"ms":11.0,"timing":{"fwd_attn":1.25}}"#);
+    add(
+        "dashboard",
+        vec![
+            (
+                "pieces".into(),
+                [&[0u8, 40, 120, 200][..], dash_log.as_bytes()].concat(),
+            ),
+            (
+                "truncated-then-plot".into(),
+                [&[3u8, 10, 128, 250][..], dash_log.as_bytes()].concat(),
+            ),
+        ],
+    );
 
     add(
         "mil",

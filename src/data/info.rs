@@ -243,7 +243,7 @@ pub fn describe(
                         "{}: tokenized with a different tokenizer ({}, sha256 {}) than {}",
                         path.display(),
                         sc.tokenizer,
-                        &sc.tokenizer_sha256[..sc.tokenizer_sha256.len().min(12)],
+                        sc.tokenizer_sha256.chars().take(12).collect::<String>(),
                         tpath.display()
                     ));
                 }
