@@ -676,7 +676,6 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
     for it in 0..a.warmup + a.steps {
         let mut t = Timings::default();
-        if it == a.warmup { crate::kernels::gemm::STATS.lock().unwrap().clear(); }
         let f0 = minor_faults();
         let t0 = std::time::Instant::now();
         // The trainer's optimizer step (src/train/trainer.rs, one_step), with random ids.
@@ -732,7 +731,6 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
             );
         }
     }
-    if std::env::var_os("GEMM_STATS").is_some() { crate::kernels::gemm::print_stats(); }
     let (ms_step, min, max) = median_min_max(&step_ms);
     let seqs = (accum * a.batch) as f64;
     let ms_seq = ms_step / seqs;
