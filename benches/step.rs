@@ -10,13 +10,8 @@ use anetrain::train::timing::Timings;
 use anetrain::util::rng::Rng;
 use std::time::Instant;
 
-/// CPU seconds (user + system) this process has used: under contention from other
+/// (CPU seconds, minor page faults) of this process so far: under contention from other
 /// processes, CPU time per step shows efficiency where wall time shows the machine's load.
-fn cpu_seconds() -> f64 {
-    cpu_and_faults().0
-}
-
-/// (CPU seconds, minor page faults) of this process so far.
 fn cpu_and_faults() -> (f64, i64) {
     // SAFETY: getrusage fills the struct we pass.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };

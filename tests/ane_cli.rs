@@ -1,26 +1,13 @@
 //! `anetrain train --backend ane-sim`: the Neural Engine backends driven through the real
 //! training loop (simulated device), against the cpu backend, and across exec() restarts.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
 fn setup(dir: &Path) {
-    std::fs::write(
-        dir.join("tiny.toml"),
-        "dim = 32\nhidden_dim = 64\nn_layers = 2\nn_heads = 4\nn_kv_heads = 2\nvocab_size = 64\nseq_len = 32\n",
-    )
-    .unwrap();
-    let mut rng = anetrain::util::rng::Rng::new(5);
-    let mut toks: Vec<u16> = Vec::new();
-    while toks.len() < 20_000 {
-        toks.push(1);
-        let start = 3 + rng.below(20) as u16;
-        for i in 0..(5 + rng.below(20) as u16) {
-            toks.push(3 + (start + 3 * i) % 60);
-        }
-    }
-    let bytes: Vec<u8> = toks.iter().flat_map(|t| t.to_le_bytes()).collect();
-    std::fs::write(dir.join("tokens.bin"), bytes).unwrap();
+    common::tiny_model_and_data(dir);
 }
 
 /// Trains 50 steps; returns the step losses and how many processes the run took.

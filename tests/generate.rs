@@ -672,7 +672,10 @@ fn model_loading_errors_name_the_file() {
         "{:#}",
         generate::load_model_params(&dir.path().join("x.ckpt")).unwrap_err()
     );
-    assert!(e.contains("x.ckpt") && e.contains("cannot read checkpoint"), "{e}");
+    assert!(
+        e.contains("x.ckpt") && e.contains("cannot read checkpoint"),
+        "{e}"
+    );
     let e = format!(
         "{:#}",
         generate::load_model_params(&dir.path().join("missing.bin")).unwrap_err()

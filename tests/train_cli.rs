@@ -1,6 +1,8 @@
 //! End-to-end checks of `anetrain train`, `export`, `eval` and `grad` through the binary.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn bin() -> Command {
@@ -20,34 +22,7 @@ fn run(args: &[&str]) -> Output {
     out
 }
 
-/// A tiny GQA model config and a token file drawn from a small repetitive language, so that
-/// a few dozen steps are enough to see learning.
-fn setup(dir: &Path) -> (PathBuf, PathBuf) {
-    let cfg = dir.join("tiny.toml");
-    std::fs::write(
-        &cfg,
-        "dim = 32\nhidden_dim = 64\nn_layers = 2\nn_heads = 4\nn_kv_heads = 2\nvocab_size = 64\nseq_len = 32\n",
-    )
-    .unwrap();
-    let mut rng = anetrain::util::rng::Rng::new(5);
-    let mut toks: Vec<u16> = Vec::new();
-    while toks.len() < 20_000 {
-        toks.push(1);
-        let start = 3 + rng.below(20) as u16;
-        for i in 0..(5 + rng.below(20) as u16) {
-            toks.push(3 + (start + 3 * i) % 60);
-        }
-    }
-    let data = dir.join("tokens.bin");
-    std::fs::write(
-        &data,
-        toks.iter()
-            .flat_map(|t| t.to_le_bytes())
-            .collect::<Vec<u8>>(),
-    )
-    .unwrap();
-    (cfg, data)
-}
+use common::tiny_model_and_data as setup;
 
 fn step_losses(log: &Path) -> Vec<(u64, f64)> {
     anetrain::train::log::read_log(log)

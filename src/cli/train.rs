@@ -571,6 +571,13 @@ pub fn write_safetensors(path: &Path, p: &Params, loss: f32) -> Result<()> {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Each measured step is what `anetrain train` does per optimizer step: zero \
+the gradients, --accum forward+backward passes over random token ids, the gradient norm, clip and \
+AdamW (`optim::clip_and_step`). The FMA peak is measured first (widest vector ISA, same thread \
+count). On a shared machine run it as `chrt -f 10 anetrain bench ...` and repeat: the spread \
+between min and max says how much the neighbours took."
+)]
 pub struct BenchArgs {
     /// Model preset or config file (random weights).
     #[arg(long, short, default_value = "stories110m")]
@@ -582,9 +589,12 @@ pub struct BenchArgs {
     /// Sequences accumulated per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub accum: usize,
-    /// Measured optimizer steps (after one warm-up step).
+    /// Measured optimizer steps (after the warm-up).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Unmeasured optimizer steps first (first touch of every buffer, caches, clocks).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     #[arg(long, value_enum, default_value_t = Pipeline::Dynamic)]
@@ -596,17 +606,53 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// Median, min and max of a non-empty sample.
+fn median_min_max(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|x, y| x.total_cmp(y));
+    let n = s.len();
+    let med = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    };
+    (med, s[0], s[n - 1])
+}
+
+/// The process's peak resident set (VmHWM) in bytes, where /proc says it (Linux).
+fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Minor page faults of the process so far (getrusage), 0 where unavailable.
+fn minor_faults() -> u64 {
+    // SAFETY: getrusage writes one rusage struct, which lives on this stack frame.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0 {
+            u.ru_minflt as u64
+        } else {
+            0
+        }
+    }
+}
+
 pub fn run_bench(a: BenchArgs) -> Result<()> {
+    if a.steps == 0 || a.batch == 0 || a.seq == 0 || a.accum == 0 {
+        bail!("--steps, --batch, --seq and --accum must each be at least 1");
+    }
     let threads = set_threads(a.threads);
     let c = Config::resolve(&a.model)?;
     if a.seq > c.seq_len {
         bail!("--seq {} exceeds the model's seq_len {}", a.seq, c.seq_len);
     }
-    let peak = crate::util::peak::measure_fma_gflops(threads);
-    let params = Params::init_random(&c, 1);
+    let peak = crate::util::peak::measure_fma(threads);
+    let mut params = Params::init_random(&c, 1);
     let mut grads = Params::zeros(&c);
     let mut opt = crate::train::optim::AdamW::new(&params.layout);
-    let mut params = params;
     let ocfg = AdamWConfig {
         lr: 1e-4,
         min_lr: 1e-5,
@@ -621,68 +667,80 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     let mut k = make_kernels(a.backend, &c, a.batch, a.seq, a.pipeline, 119)?;
     let mut ws = Workspace::new(&c, a.batch, a.seq);
     let mut rng = crate::util::rng::Rng::new(7);
-    let n = a.batch * a.seq;
+    let (n, accum) = (a.batch * a.seq, a.accum);
     let mut inputs = vec![0u32; n];
     let mut targets = vec![0u32; n];
-    let mut step_ms = Vec::new();
-    let mut seq_ms = Vec::new();
+    let mut step_ms = Vec::with_capacity(a.steps);
     let mut cum = Timings::default();
-    let mut version = 0;
-    for it in 0..=a.steps {
+    let mut faults = 0u64;
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
+    for it in 0..a.warmup + a.steps {
         let mut t = Timings::default();
+        let f0 = minor_faults();
         let t0 = std::time::Instant::now();
-        grads.data.iter_mut().for_each(|g| *g = 0.0);
-        let mut fb_ms = 0.0;
-        for _ in 0..a.accum.max(1) {
-            for (i, tg) in inputs.iter_mut().zip(targets.iter_mut()) {
-                *i = rng.below(c.vocab_size as u64) as u32;
-                *tg = rng.below(c.vocab_size as u64) as u32;
-            }
-            version += 1;
-            ws.set_weights_version(version);
-            let t1 = std::time::Instant::now();
+        // The trainer's optimizer step (src/train/trainer.rs, one_step), with random ids.
+        t.time(Component::Optimizer, || {
+            crate::train::optim::zero(&mut grads.data)
+        });
+        // The weights change once per optimizer step.
+        ws.set_weights_version(it as u64);
+        for _ in 0..accum {
+            t.time(Component::Data, || {
+                for (i, tg) in inputs.iter_mut().zip(targets.iter_mut()) {
+                    *i = rng.below(c.vocab_size as u64) as u32;
+                    *tg = rng.below(c.vocab_size as u64) as u32;
+                }
+            });
             ws.forward_backward(
                 k.as_mut(),
                 &params,
                 &mut grads,
                 &inputs,
                 &targets,
-                1.0,
+                1.0 / accum as f32,
                 &mut t,
             )?;
-            fb_ms += t1.elapsed().as_secs_f64() * 1e3;
         }
         let t2 = std::time::Instant::now();
-        let norm = crate::train::optim::grad_norm(&grads.data);
-        crate::train::optim::scale(&mut grads.data, (1.0 / norm.max(1.0)) as f32);
-        opt.step(&ocfg, 1e-4, &mut params.data, &grads.data);
-        t.add(Component::Optimizer, t2.elapsed().as_secs_f64() * 1e3);
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        if it > 0 {
-            step_ms.push(ms);
-            seq_ms.push(ms / (a.accum.max(1) * a.batch) as f64);
+        let lr = ocfg.lr_at(opt.t);
+        if let Err(e) = crate::train::optim::clip_and_step(
+            &mut opt,
+            &ocfg,
+            lr,
+            &mut params.data,
+            &grads.data,
+            1.0,
+        ) {
+            bail!(
+                "gradient of {} is non-finite",
+                params.layout.name_of(e.index)
+            );
+        }
+        t.add(Component::Optimizer, ms(t2));
+        let step = ms(t0);
+        let measured = it >= a.warmup;
+        if measured {
+            faults += minor_faults() - f0;
+            step_ms.push(step);
             cum.merge(&t);
         }
-        let _ = fb_ms;
         if !a.json {
             eprintln!(
-                "{} step: {ms:.1} ms",
-                if it == 0 { "warm-up" } else { "measured" }
+                "{} step: {step:.1} ms",
+                if measured { "measured" } else { "warm-up" }
             );
         }
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(|x, y| x.total_cmp(y));
-        v[v.len() / 2]
-    };
-    let mut sorted = step_ms.clone();
-    let ms_step = med(&mut sorted);
-    let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
-    let ms_seq = med(&mut seq_ms.clone());
-    let flops = StepFlops::new(&c, a.batch, a.seq).total() * a.accum.max(1) as f64;
+    let (ms_step, min, max) = median_min_max(&step_ms);
+    let seqs = (accum * a.batch) as f64;
+    let ms_seq = ms_step / seqs;
+    let flops = StepFlops::new(&c, a.batch, a.seq).total() * accum as f64;
     let gflops = flops / (ms_step * 1e6);
-    let tps = (n * a.accum.max(1)) as f64 / (ms_step / 1e3);
+    let tps = (n * accum) as f64 / (ms_step / 1e3);
+    let mfu = gflops / peak.gflops;
     let steps_f = a.steps as f64;
+    let rss = peak_rss_bytes();
+    let (mem_params, mem_acts) = crate::model::config::training_memory_bytes(&c, a.batch, a.seq);
     let comps: serde_json::Map<String, serde_json::Value> = cum
         .entries()
         .into_iter()
@@ -690,30 +748,46 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         .collect();
     let j = serde_json::json!({
         "model": a.model, "backend": a.backend.to_string(), "batch": a.batch, "seq": a.seq,
-        "accum": a.accum, "threads": threads, "steps": a.steps,
+        "accum": accum, "threads": threads, "steps": a.steps, "warmup": a.warmup,
         "ms_per_step": ms_step, "ms_per_step_min": min, "ms_per_step_max": max,
-        "ms_per_seq": ms_seq, "tokens_per_s": tps, "gflops": gflops,
-        "flops_per_step": flops, "peak_gflops": peak, "mfu": gflops / peak,
-        "timing_ms_per_step": comps,
+        "ms_per_seq": ms_seq, "ms_per_seq_min": min / seqs, "ms_per_seq_max": max / seqs,
+        "tokens_per_s": tps, "gflops": gflops, "flops_per_step": flops,
+        "peak_gflops": peak.gflops, "peak_isa": peak.isa, "mfu": mfu,
+        "timing_ms_per_step": comps, "page_faults_per_step": faults as f64 / steps_f,
+        "peak_rss_bytes": rss, "memory_model_bytes": mem_params + mem_acts,
     });
     if a.json {
         println!("{j}");
     } else {
         println!(
             "{} batch {} x seq {} x accum {} on {} ({threads} threads)",
-            a.model, a.batch, a.seq, a.accum, a.backend
+            a.model, a.batch, a.seq, accum, a.backend
         );
         println!(
-            "  ms/step   median {ms_step:.1}  min {min:.1}  max {max:.1}  ({} steps)",
-            a.steps
+            "  ms/step   median {ms_step:.1}  min {min:.1}  max {max:.1}  ({} steps after {} warm-up)",
+            a.steps, a.warmup
         );
-        println!("  ms/seq    {ms_seq:.1}");
+        println!(
+            "  ms/seq    median {ms_seq:.1}  min {:.1}  max {:.1}",
+            min / seqs,
+            max / seqs
+        );
         println!("  tokens/s  {tps:.0}");
+        println!("  page faults per step  {:.0}", faults as f64 / steps_f);
         println!(
-            "  GFLOP/s   {gflops:.1} ({:.2} GFLOP/step) = MFU {:.1}% of the measured FMA peak {peak:.0} GFLOP/s",
+            "  GFLOP/s   {gflops:.1} ({:.2} GFLOP/step) = MFU {:.1}% of the measured FMA peak {peak}",
             flops / 1e9,
-            100.0 * gflops / peak
+            100.0 * mfu
         );
+        if let Some(r) = rss {
+            println!(
+                "  peak RSS  {:.0} MiB (model: {:.0} MiB = 16 B/param {:.0} + activations {:.0})",
+                r as f64 / 1048576.0,
+                (mem_params + mem_acts) as f64 / 1048576.0,
+                mem_params as f64 / 1048576.0,
+                mem_acts as f64 / 1048576.0
+            );
+        }
         println!("  time per component (ms/step):");
         for (k, v) in cum.entries() {
             println!("    {k:14} {:8.1}", v / steps_f);

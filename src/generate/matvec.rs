@@ -181,8 +181,8 @@ pub fn matvec_stacked(out: &mut [f32], x: &[f32], mats: &[&[f32]]) {
         .for_each(|(c, o)| stacked_range(o, c * chunk_rows, x, mats));
 }
 
-/// Rows `first..first + out.len()` of the stacked matrices.
-fn stacked_range(out: &mut [f32], first: usize, x: &[f32], mats: &[&[f32]]) {
+/// Rows `first..first + out.len()` of the stacked matrices (on the calling thread).
+pub(crate) fn stacked_range(out: &mut [f32], first: usize, x: &[f32], mats: &[&[f32]]) {
     let n = x.len();
     let mut row0 = 0; // first stacked row of the current matrix
     let mut done = 0; // rows of `out` written

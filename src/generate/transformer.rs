@@ -14,15 +14,46 @@
 //!   xn = rmsnorm(x) · g_ffn ; h1, h3 = W1·xn, W3·xn ; x += W2 · (silu(h1) ⊙ h3)
 //! logits[V] = Wcls · (rmsnorm(x) · g_final)       Wcls = tok_embeddings when tied
 //! ```
+//! Threads: every matrix–vector product and the attention heads are split statically over a
+//! [`Team`] (the caller plus spinning helpers, as many as the rayon pool has), which picks
+//! each of the ~30 short stages of a token up faster than rayon's sleeping workers; see
+//! `team.rs`.
+//!
 //! Element-wise operations follow run.c's expression order (`w · (s · x)`, `x · (1/(1+e^−x))`,
 //! `score / √HD`); only the dot products are summed in a different (SIMD) order.
 
-use super::matvec::{dot, matvec, matvec_stacked};
+use super::matvec::{dot, stacked_range};
+use super::team::{share, SharedOut, Team};
 use crate::model::{Config, LayerTensor, Params};
-use rayon::prelude::*;
 
 /// Attention with fewer multiply-adds than this (over all heads) runs on the calling thread.
 const PARALLEL_ATTENTION_MIN_WORK: usize = 1 << 14;
+
+/// Matrix–vector products with fewer multiply-adds than this run on the calling thread.
+const PARALLEL_MATVEC_MIN_WORK: usize = 1 << 15;
+
+/// `out = [W₀; W₁; …] · x` (outputs concatenated), the rows split statically over the team.
+fn team_matvec(team: &Team, out: &mut [f32], x: &[f32], mats: &[&[f32]]) {
+    let (rows, n) = (out.len(), x.len());
+    let total: usize = mats.iter().map(|m| m.len()).sum();
+    assert!(
+        n > 0 && total == rows * n && mats.iter().all(|m| m.len() % n == 0),
+        "matvec shapes: out {rows} rows, x {n}, matrices {:?}",
+        mats.iter().map(|m| m.len()).collect::<Vec<_>>()
+    );
+    let t = team.size();
+    if t == 1 || rows * n < PARALLEL_MATVEC_MIN_WORK {
+        stacked_range(out, 0, x, mats);
+        return;
+    }
+    let o = SharedOut(out.as_mut_ptr());
+    team.run(&|i| {
+        let (lo, hi) = share(i, t, rows);
+        // SAFETY: members write disjoint row ranges of `out`, which outlives the stage.
+        let part = unsafe { std::slice::from_raw_parts_mut(o.ptr().add(lo), hi - lo) };
+        stacked_range(part, lo, x, mats);
+    });
+}
 
 /// Inference state over borrowed parameters: activations, KV cache and logits, all allocated
 /// once in [`Transformer::new`] (the KV cache is `2·L·seq_len·KVD` f32).
@@ -48,6 +79,8 @@ pub struct Transformer<'a> {
     /// `[L, seq_len, KVD]`
     value_cache: Vec<f32>,
     logits: Vec<f32>,
+    /// The threads that run each stage (as many as the rayon pool has).
+    team: Team,
     /// RoPE inverse frequencies per pair `[HD/2]`: `1/θ_base^(2j/HD)` in f32, as run.c.
     inv_freq: Vec<f32>,
     /// `(cos, sin)` of the current position per pair `[HD/2]`.
@@ -147,6 +180,7 @@ impl<'a> Transformer<'a> {
             logits: vec![0.0; c.vocab_size],
             inv_freq,
             rope_cos_sin: vec![(0.0, 0.0); c.head_dim / 2],
+            team: Team::new(rayon::current_num_threads()),
             cfg: c,
         }
     }
@@ -175,13 +209,11 @@ impl<'a> Transformer<'a> {
             c.vocab_size,
             c.seq_len
         );
-        // Running the whole pass inside the pool makes this thread a worker, so the parallel
-        // regions below are pushed to the local deque instead of each crossing threads.
-        rayon::scope(|_| self.forward_in_pool(token as usize, pos));
+        self.forward_team(token as usize, pos);
         &self.logits
     }
 
-    fn forward_in_pool(&mut self, token: usize, pos: usize) {
+    fn forward_team(&mut self, token: usize, pos: usize) {
         let p = self.params;
         let c = &self.cfg;
         let (d, hd, qd, kvd, h) = (c.dim, c.head_dim, c.q_dim(), c.kv_dim(), c.hidden_dim);
@@ -199,7 +231,8 @@ impl<'a> Transformer<'a> {
         for l in 0..c.n_layers {
             use LayerTensor::*;
             rmsnorm(&mut self.xn, &self.x, p.layer(l, AttentionNorm), eps);
-            matvec_stacked(
+            team_matvec(
+                &self.team,
                 &mut self.qkv,
                 &self.xn,
                 &[p.layer(l, Wq), p.layer(l, Wk), p.layer(l, Wv)],
@@ -215,31 +248,55 @@ impl<'a> Transformer<'a> {
             values[pos * kvd..(pos + 1) * kvd].copy_from_slice(v);
             let (keys, values, q) = (&*keys, &*values, &*q);
 
-            let head = |(hi, (out, scores)): (usize, (&mut [f32], &mut [f32]))| {
+            let nh = c.n_heads;
+            let attend = |hi: usize, out: &mut [f32], scores: &mut [f32]| {
                 let qh = &q[hi * hd..(hi + 1) * hd];
                 attend_head(qh, out, scores, keys, values, kvd, (hi / group) * hd, pos);
             };
-            if (pos + 1) * qd * 2 < PARALLEL_ATTENTION_MIN_WORK {
-                self.attn
+            if (pos + 1) * qd * 2 < PARALLEL_ATTENTION_MIN_WORK || self.team.size() == 1 {
+                for (hi, (out, scores)) in self
+                    .attn
                     .chunks_mut(hd)
                     .zip(self.scores.chunks_mut(seq))
                     .enumerate()
-                    .for_each(head);
+                {
+                    attend(hi, out, scores);
+                }
             } else {
-                self.attn
-                    .par_chunks_mut(hd)
-                    .zip(self.scores.par_chunks_mut(seq))
-                    .enumerate()
-                    .for_each(head);
+                let (attn, scores) = (
+                    SharedOut(self.attn.as_mut_ptr()),
+                    SharedOut(self.scores.as_mut_ptr()),
+                );
+                let t = self.team.size();
+                self.team.run(&|i| {
+                    let (h0, h1) = share(i, t, nh);
+                    for hi in h0..h1 {
+                        // SAFETY: head hi's `[HD]` output and `[seq_len]` scores rows are
+                        // written by the member that owns hi only; both buffers outlive
+                        // the stage.
+                        let (out, sc) = unsafe {
+                            (
+                                std::slice::from_raw_parts_mut(attn.ptr().add(hi * hd), hd),
+                                std::slice::from_raw_parts_mut(scores.ptr().add(hi * seq), seq),
+                            )
+                        };
+                        attend(hi, out, sc);
+                    }
+                });
             }
 
-            matvec(&mut self.proj, &self.attn, p.layer(l, Wo));
+            team_matvec(&self.team, &mut self.proj, &self.attn, &[p.layer(l, Wo)]);
             for (x, o) in self.x.iter_mut().zip(&self.proj) {
                 *x += o;
             }
 
             rmsnorm(&mut self.xn, &self.x, p.layer(l, FfnNorm), eps);
-            matvec_stacked(&mut self.h13, &self.xn, &[p.layer(l, W1), p.layer(l, W3)]);
+            team_matvec(
+                &self.team,
+                &mut self.h13,
+                &self.xn,
+                &[p.layer(l, W1), p.layer(l, W3)],
+            );
             let (h1, h3) = self.h13.split_at_mut(h);
             for (a, b) in h1.iter_mut().zip(h3.iter()) {
                 let mut val = *a;
@@ -247,13 +304,13 @@ impl<'a> Transformer<'a> {
                 val *= b;
                 *a = val;
             }
-            matvec(&mut self.proj, h1, p.layer(l, W2));
+            team_matvec(&self.team, &mut self.proj, h1, &[p.layer(l, W2)]);
             for (x, o) in self.x.iter_mut().zip(&self.proj) {
                 *x += o;
             }
         }
 
         rmsnorm_inplace(&mut self.x, p.norm(), eps);
-        matvec(&mut self.logits, &self.x, p.output());
+        team_matvec(&self.team, &mut self.logits, &self.x, &[p.output()]);
     }
 }

@@ -1,6 +1,7 @@
 //! AdamW over the parameter arena, global-norm gradient clipping, and the learning-rate
 //! schedule (linear warm-up, cosine decay to a floor) — each a single pass over flat slices.
 
+use crate::kernels::ops::multiversion;
 use crate::model::Layout;
 use serde::{Deserialize, Serialize};
 
@@ -45,8 +46,70 @@ pub struct AdamW {
 }
 
 /// Elements per parallel chunk of the optimizer and the norm: large enough that the two
-/// cores each take a few big pieces (few synchronisations per step).
+/// cores each take a few big pieces (few synchronisations per step), small enough (1 MiB of
+/// each array) that a late core does not hold the other up for long.
 const CHUNK: usize = 1 << 18;
+
+/// Per-update constants of the AdamW formula.
+#[derive(Clone, Copy)]
+struct AdamWConsts {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step_size: f32,
+    inv_sqrt_bc2: f32,
+    /// lr·weight_decay for decayed tensors, 0 for the gains.
+    wd: f32,
+    /// multiplies every gradient as it is read (unscaling, clipping)
+    grad_mult: f32,
+}
+
+multiversion! {
+    /// The AdamW update of one contiguous piece, all slices the same length: reads p, g, m,
+    /// v once and writes p, m, v once (28 bytes per parameter, the memory-bound minimum).
+    fn adamw_piece(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamWConsts) {
+        let n = p.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let gi = g[i] * k.grad_mult;
+            let mi = k.b1 * m[i] + (1.0 - k.b1) * gi;
+            let vi = k.b2 * v[i] + (1.0 - k.b2) * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            let denom = vi.sqrt() * k.inv_sqrt_bc2 + k.eps;
+            p[i] -= k.step_size * mi / denom + k.wd * p[i];
+        }
+    }
+}
+
+multiversion! {
+    /// Σ x² in f64 over 16 lanes (f32 squares are exact in f64; the lanes vectorise).
+    fn sum_squares(x: &[f32]) -> f64 {
+        let mut acc = [0f64; 16];
+        let mut it = x.chunks_exact(16);
+        for c in it.by_ref() {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += (v as f64) * (v as f64);
+            }
+        }
+        let tail: f64 = it.remainder().iter().map(|&v| (v as f64) * (v as f64)).sum();
+        acc.iter().sum::<f64>() + tail
+    }
+}
+
+multiversion! {
+    /// Whether every value is finite (no early exit, so it vectorises).
+    fn all_finite(x: &[f32]) -> bool {
+        // A value is finite iff its exponent bits are not all ones.
+        x.iter().fold(true, |ok, v| ok & (v.to_bits() & 0x7f80_0000 != 0x7f80_0000))
+    }
+}
+
+multiversion! {
+    fn scale_piece(x: &mut [f32], s: f32) {
+        x.iter_mut().for_each(|v| *v *= s);
+    }
+}
 
 impl AdamW {
     pub fn new(layout: &Layout) -> AdamW {
@@ -72,15 +135,41 @@ impl AdamW {
     /// `m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; p ← p − lr·(m̂/(√v̂+ε) + wd·p)`, with decoupled
     /// weight decay on every tensor except the RMSNorm gains.
     pub fn step(&mut self, cfg: &AdamWConfig, lr: f32, params: &mut [f32], grads: &[f32]) {
+        self.step_scaled(cfg, lr, params, grads, 1.0);
+    }
+
+    /// [`AdamW::step`] with every gradient multiplied by `grad_mult` as it is read: the
+    /// same result as [`scale`] then [`AdamW::step`], one pass over the arena fewer.
+    pub fn step_scaled(
+        &mut self,
+        cfg: &AdamWConfig,
+        lr: f32,
+        params: &mut [f32],
+        grads: &[f32],
+        grad_mult: f32,
+    ) {
         use rayon::prelude::*;
+        assert!(
+            params.len() == grads.len() && params.len() == self.m.len(),
+            "AdamW: {} parameters, {} gradients, {} moments",
+            params.len(),
+            grads.len(),
+            self.m.len()
+        );
         self.t += 1;
         let t = self.t as i32;
         let bc1 = 1.0 - cfg.beta1.powi(t);
         let bc2 = 1.0 - cfg.beta2.powi(t);
-        let (b1, b2, eps) = (cfg.beta1, cfg.beta2, cfg.eps);
-        let step_size = lr / bc1;
-        let inv_sqrt_bc2 = 1.0 / bc2.sqrt();
-        let no_decay = &self.no_decay;
+        let base = AdamWConsts {
+            b1: cfg.beta1,
+            b2: cfg.beta2,
+            eps: cfg.eps,
+            step_size: lr / bc1,
+            inv_sqrt_bc2: 1.0 / bc2.sqrt(),
+            wd: lr * cfg.weight_decay,
+            grad_mult,
+        };
+        let no_decay = &self.no_decay[..];
         params
             .par_chunks_mut(CHUNK)
             .zip(grads.par_chunks(CHUNK))
@@ -88,61 +177,93 @@ impl AdamW {
             .zip(self.v.par_chunks_mut(CHUNK))
             .enumerate()
             .for_each(|(ci, (((p, g), m), v))| {
-                let base = ci * CHUNK;
-                // Decay applies per element; gains are short ranges, so split the chunk at
-                // their borders and run a branch-free loop on each piece.
-                let mut cuts = vec![0, p.len()];
-                for r in no_decay {
-                    for x in [r.start, r.end] {
-                        if x > base && x < base + p.len() {
-                            cuts.push(x - base);
+                // Walk the chunk in pieces cut at the borders of the gains (few, short
+                // ranges), each piece one branch-free loop with its own decay.
+                let (start, end) = (ci * CHUNK, ci * CHUNK + p.len());
+                let mut a = start;
+                while a < end {
+                    let (b, decayed) = match no_decay.iter().find(|r| r.contains(&a)) {
+                        Some(r) => (r.end.min(end), false),
+                        None => {
+                            let next = no_decay
+                                .iter()
+                                .filter(|r| r.start > a)
+                                .map(|r| r.start)
+                                .min()
+                                .unwrap_or(end);
+                            (next.min(end), true)
                         }
-                    }
-                }
-                cuts.sort_unstable();
-                for w in cuts.windows(2) {
-                    let (a, b) = (w[0], w[1]);
-                    if a == b {
-                        continue;
-                    }
-                    let decayed = !no_decay.iter().any(|r| r.contains(&(base + a)));
-                    let wd = if decayed { lr * cfg.weight_decay } else { 0.0 };
-                    for i in a..b {
-                        let gi = g[i];
-                        let mi = b1 * m[i] + (1.0 - b1) * gi;
-                        let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-                        m[i] = mi;
-                        v[i] = vi;
-                        let denom = vi.sqrt() * inv_sqrt_bc2 + eps;
-                        p[i] -= step_size * mi / denom + wd * p[i];
-                    }
+                    };
+                    let k = AdamWConsts {
+                        wd: if decayed { base.wd } else { 0.0 },
+                        ..base
+                    };
+                    let r = a - start..b - start;
+                    adamw_piece(
+                        &mut p[r.clone()],
+                        &g[r.clone()],
+                        &mut m[r.clone()],
+                        &mut v[r],
+                        k,
+                    );
+                    a = b;
                 }
             });
     }
 }
 
+/// Why [`clip_and_step`] did not update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NonFinite {
+    /// Arena index of the first non-finite gradient.
+    pub index: usize,
+}
+
+/// Everything the trainer does between the last backward pass and the next step, in the
+/// fewest passes over the arena: the gradient norm (which is non-finite exactly when some
+/// gradient is, so the search for the bad one runs only then), the unscale-and-clip factor,
+/// and AdamW reading the gradients through that factor ([`AdamW::step_scaled`]).
+///
+/// `grads` hold `loss_scale × the gradients`; the reported norm is of the unscaled ones;
+/// the gradients are clipped to `cfg.grad_clip` (0: no clipping). Returns that norm, or
+/// where the first non-finite gradient is (nothing updated then). Same arithmetic as
+/// [`grad_norm`], [`scale`] by `1/loss_scale·min(1, clip/norm)`, then [`AdamW::step`].
+pub fn clip_and_step(
+    opt: &mut AdamW,
+    cfg: &AdamWConfig,
+    lr: f32,
+    params: &mut [f32],
+    grads: &[f32],
+    loss_scale: f32,
+) -> Result<f64, NonFinite> {
+    let norm = grad_norm(grads) / loss_scale as f64;
+    if !norm.is_finite() {
+        let index = first_non_finite(grads).unwrap_or(0);
+        return Err(NonFinite { index });
+    }
+    let clip = cfg.grad_clip as f64;
+    let mut mult = 1.0 / loss_scale as f64;
+    if clip > 0.0 && norm > clip {
+        mult *= clip / norm;
+    }
+    opt.step_scaled(cfg, lr, params, grads, mult as f32);
+    Ok(norm)
+}
+
 /// Global L2 norm of a gradient arena, accumulated in f64 per chunk (deterministic: the
-/// chunk sums are combined in order).
+/// chunk sums are combined in order). Not finite exactly when some gradient is not (f32
+/// squares cannot overflow an f64 sum of any arena that fits in memory).
 pub fn grad_norm(grads: &[f32]) -> f64 {
     use rayon::prelude::*;
-    let parts: Vec<f64> = grads
-        .par_chunks(CHUNK)
-        .map(|c| {
-            let mut acc = [0f64; 4];
-            let mut it = c.chunks_exact(4);
-            for q in it.by_ref() {
-                for j in 0..4 {
-                    acc[j] += (q[j] as f64) * (q[j] as f64);
-                }
-            }
-            let tail: f64 = it
-                .remainder()
-                .iter()
-                .map(|&x| (x as f64) * (x as f64))
-                .sum();
-            acc.iter().sum::<f64>() + tail
-        })
-        .collect();
+    // Chunk sums into a fixed-size stack array in order, then summed in order: no
+    // allocation, and the same result whatever thread ran which chunk.
+    const MAX_PARTS: usize = 1024;
+    let chunk = CHUNK.max(grads.len().div_ceil(MAX_PARTS));
+    let mut parts = [0f64; MAX_PARTS];
+    parts
+        .par_iter_mut()
+        .zip(grads.par_chunks(chunk))
+        .for_each(|(s, c)| *s = sum_squares(c));
     parts.iter().sum::<f64>().sqrt()
 }
 
@@ -150,17 +271,31 @@ pub fn grad_norm(grads: &[f32]) -> f64 {
 pub fn scale(grads: &mut [f32], s: f32) {
     use rayon::prelude::*;
     if s != 1.0 {
-        grads.par_chunks_mut(CHUNK).for_each(|c| {
-            for x in c {
-                *x *= s;
-            }
-        });
+        grads.par_chunks_mut(CHUNK).for_each(|c| scale_piece(c, s));
     }
+}
+
+/// Sets every gradient to zero (in parallel: the first touch of each page is the costly
+/// part, and both cores share it).
+pub fn zero(grads: &mut [f32]) {
+    use rayon::prelude::*;
+    grads.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0));
 }
 
 /// Index of the first non-finite value, if any.
 pub fn first_non_finite(xs: &[f32]) -> Option<usize> {
-    xs.iter().position(|x| !x.is_finite())
+    use rayon::prelude::*;
+    // Scan chunks in parallel without early exit (vectorised), then locate the first bad
+    // value inside the first bad chunk.
+    xs.par_chunks(CHUNK)
+        .position_first(|c| !all_finite(c))
+        .and_then(|ci| {
+            let base = ci * CHUNK;
+            xs[base..]
+                .iter()
+                .position(|x| !x.is_finite())
+                .map(|i| base + i)
+        })
 }
 
 #[cfg(test)]
@@ -225,6 +360,103 @@ mod tests {
             }
             assert!((pi - p[i] as f64).abs() < 1e-5, "{i}: {pi} vs {}", p[i]);
         }
+    }
+
+    #[test]
+    fn step_scaled_is_scale_then_step() {
+        let cfgm = Config::llama(8, 16, 2, 2, 2, 10, 4);
+        let lay = Params::zeros(&cfgm).layout;
+        let n = lay.total;
+        let p0: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let g: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let c = AdamWConfig {
+            lr: 0.01,
+            min_lr: 0.0,
+            warmup: 0,
+            total_steps: 10,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 0.0,
+        };
+        let (mut a, mut b) = (AdamW::new(&lay), AdamW::new(&lay));
+        let (mut pa, mut pb) = (p0.clone(), p0.clone());
+        let mut gs = g.clone();
+        scale(&mut gs, 0.3);
+        a.step(&c, 0.01, &mut pa, &gs);
+        b.step_scaled(&c, 0.01, &mut pb, &g, 0.3);
+        assert_eq!(pa, pb);
+        assert_eq!((a.m, a.v), (b.m, b.v));
+    }
+
+    #[test]
+    fn clip_and_step_is_the_trainers_sequence() {
+        let cfgm = Config::llama(8, 16, 2, 2, 2, 10, 4);
+        let lay = Params::zeros(&cfgm).layout;
+        let n = lay.total;
+        let p0: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let g: Vec<f32> = (0..n).map(|i| 64.0 * (i as f32 * 0.11).cos()).collect();
+        let c = AdamWConfig {
+            lr: 0.01,
+            min_lr: 0.0,
+            warmup: 0,
+            total_steps: 10,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+        };
+        // The separate passes, as the trainer wrote them: norm of the unscaled gradients,
+        // unscale and clip, AdamW.
+        let loss_scale = 64.0f32;
+        let mut ga = g.clone();
+        let want_norm = grad_norm(&ga) / loss_scale as f64;
+        assert!(want_norm > 1.0, "the test must clip");
+        scale(
+            &mut ga,
+            (1.0 / loss_scale as f64 * (1.0 / want_norm)) as f32,
+        );
+        let (mut a, mut b) = (AdamW::new(&lay), AdamW::new(&lay));
+        let (mut pa, mut pb) = (p0.clone(), p0.clone());
+        a.step(&c, 0.01, &mut pa, &ga);
+        let norm = clip_and_step(&mut b, &c, 0.01, &mut pb, &g, loss_scale).unwrap();
+        assert_eq!(norm, want_norm);
+        assert_eq!(pa, pb);
+        // A non-finite gradient: nothing moves, the first bad index is named.
+        let mut bad = g.clone();
+        bad[n - 3] = f32::NAN;
+        bad[n - 1] = f32::INFINITY;
+        let before = (pb.clone(), b.m.clone(), b.t);
+        let e = clip_and_step(&mut b, &c, 0.01, &mut pb, &bad, loss_scale).unwrap_err();
+        assert_eq!(e, NonFinite { index: n - 3 });
+        assert_eq!((pb, b.m, b.t), before);
+    }
+
+    #[test]
+    fn arena_wide_passes_over_several_chunks() {
+        // Long enough for several parallel chunks and a ragged last one.
+        let n = 3 * CHUNK + 1234;
+        let g: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 - 500.0) * 1e-3).collect();
+        let want: f64 = g
+            .iter()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt();
+        let got = grad_norm(&g);
+        assert!((got - want).abs() <= 1e-12 * want, "{got} {want}");
+        assert_eq!(first_non_finite(&g), None);
+        let mut bad = g.clone();
+        bad[2 * CHUNK + 7] = f32::INFINITY;
+        bad[3 * CHUNK + 5] = f32::NAN;
+        assert_eq!(first_non_finite(&bad), Some(2 * CHUNK + 7));
+        assert!(!grad_norm(&bad).is_finite());
+        let mut z = g.clone();
+        scale(&mut z, -2.0);
+        assert!(z.iter().zip(&g).all(|(a, b)| *a == -2.0 * b));
+        zero(&mut z);
+        assert!(z.iter().all(|&x| x == 0.0));
     }
 
     #[test]
