@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod blob;
+pub mod chip;
 pub mod device;
 pub mod loss_scale;
 pub mod mil;
@@ -24,6 +25,7 @@ pub mod private;
 pub mod sim;
 
 pub use backend::AneKernels;
+pub use chip::Profile;
 pub use device::Device;
 pub use loss_scale::LossScaler;
 pub use mil::kernels::Pipeline;
