@@ -1,10 +1,11 @@
 //! The `ane` / `ane-sim` backends: the kernel contract of [`crate::kernels`] over any
-//! [`Device`], for both pipelines.
+//! [`Device`], for both pipelines, on the geometry [`crate::ane::fit`] planned for the chip.
 //!
 //! Per kernel call: pack the f32 activations into the kernel's input surface (f32 → fp16
-//! with `half`'s vectorised slice conversion, row by row into the regions of
-//! [`KernelSpec`]), evaluate, unpack the output regions (fp16 → f32). Attention kernels run
-//! once per sequence (`W = S`); the attention-free ones once over all `B·S` columns.
+//! with `half`'s vectorised slice conversion, through the regions' [`AxisMap`]s: padding
+//! slots stay zero, GQA kv heads are tiled), evaluate, unpack the output regions (fp16 →
+//! f32; tiled gradients summed over their group). Attention kernels run once per sequence
+//! (`W = S`); the attention-free ones once per `chunk` of sequences.
 //!
 //! - **Static**: `new()` compiles the weight-free `sdpaBwd2` once; `prepare()` compiles the
 //!   five weight-bearing kernels of every layer whenever `weights_version` changes, after
@@ -14,23 +15,26 @@
 //!   the layers.
 //! - **Dynamic**: `new()` compiles every program once; each weight-carrying kernel has one
 //!   input surface per layer whose weight columns `prepare()` re-stages (fp16) when
-//!   `weights_version` changes; each call rewrites only the activation columns. Intermediate
-//!   results that feed a second program of the same call (ffnBwd's `dgate`, sdpaBwd1's
-//!   `da`) go surface → surface in fp16 without a round trip through f32.
+//!   `weights_version` changes; each call rewrites only the activation columns. RMSNorm runs
+//!   on the CPU in fp32 (the programs take `xn`, `x2n`), as in the reference. ffnBwd's
+//!   `dgate` goes surface → surface in fp16.
 //!
 //! Weight arguments of the kernel calls are ignored by these backends: the weights come
 //! from the arena given to `prepare()`, the version number says when they changed.
 
+use crate::ane::chip::Profile;
 use crate::ane::device::{Device, ProgramId, SurfaceId};
+use crate::ane::fit::{self, Plan};
 use crate::ane::mil::kernels::{
-    generate, kernel_set, spec, Geometry, Kernel, KernelSpec, LayerWeights, Pipeline, SurfaceLayout,
+    dense, generate, kernel_set, tensor_shape, Kernel, KernelSpec, LayerWeights, Pipeline,
+    SurfaceLayout,
 };
-use crate::kernels::ops::Rope;
+use crate::kernels::ops::{self, Rope};
 use crate::kernels::{
     AttnFwd, AttnWeights, BackendStats, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1,
     SdpaBwd2,
 };
-use crate::model::{Config, Params};
+use crate::model::{Config, LayerTensor, Params};
 use anyhow::{anyhow, bail, Context, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -63,8 +67,8 @@ pub struct KernelStat {
     pub est_ane_ms: Option<f64>,
 }
 
-/// An input or output region of a kernel call, with its f32 matrix: row `c` of the region
-/// is `data[c·stride + col0 ..][.. region.cols]`.
+/// An input or output region of a kernel call, with its f32 matrix: model row `r`, model
+/// column `j` of the region is `data[r·stride + col0 + j]`.
 struct Src<'a> {
     region: &'static str,
     data: &'a [f32],
@@ -90,8 +94,7 @@ pub struct AneKernels {
     dev: Box<dyn Device>,
     cfg: Config,
     dims: Dims,
-    geo: Geometry,
-    pipeline: Pipeline,
+    plan: Plan,
     name: String,
     rope: Rope,
     specs: BTreeMap<Kernel, KernelSpec>,
@@ -101,12 +104,13 @@ pub struct AneKernels {
     /// Static pipeline: per (kernel, layer).
     per_layer: BTreeMap<(Kernel, usize), ProgramId>,
     weights_version: Option<u64>,
+    /// Dynamic pipeline: per layer, the attention and FFN RMSNorm gains (CPU norms).
+    gains: Vec<(Vec<f32>, Vec<f32>)>,
     stats: BackendStats,
     kstats: BTreeMap<Kernel, KernelStat>,
-    /// fp16 scratch for surface → surface copies.
-    scratch16: Vec<f16>,
-    /// f32 scratch (transposed weights, GQA partial sums).
+    /// f32 scratch (da, inverse RMS).
     scratch32: Vec<f32>,
+    inv_rms: Vec<f32>,
 }
 
 fn pack(dev: &mut dyn Device, s: SurfaceId, lay: &SurfaceLayout, srcs: &[Src]) -> Result<()> {
@@ -114,14 +118,15 @@ fn pack(dev: &mut dyn Device, s: SurfaceId, lay: &SurfaceLayout, srcs: &[Src]) -
     dev.write_surface(s, &mut |buf| {
         for src in srcs {
             let r = lay.region(src.region);
-            if r.col0 == 0 && r.cols == w && src.col0 == 0 && src.stride == w {
-                buf[r.ch0 * w..(r.ch0 + r.ch) * w].convert_from_f32_slice(&src.data[..r.ch * w]);
-                continue;
-            }
-            for c in 0..r.ch {
-                let from = &src.data[c * src.stride + src.col0..][..r.cols];
-                let o = (r.ch0 + c) * w + r.col0;
-                buf[o..o + r.cols].convert_from_f32_slice(from);
+            let (cm, rm) = (r.cols, r.rows);
+            for i in 0..r.ch() {
+                let Some(si) = rm.src(i) else { continue };
+                let row = &src.data[si * src.stride + src.col0..];
+                let o = (r.ch0 + i) * w + r.col0;
+                for b in 0..cm.n {
+                    let d = o + b * cm.blk_p;
+                    buf[d..d + cm.blk].convert_from_f32_slice(&row[b * cm.blk..][..cm.blk]);
+                }
             }
         }
     })
@@ -130,19 +135,52 @@ fn pack(dev: &mut dyn Device, s: SurfaceId, lay: &SurfaceLayout, srcs: &[Src]) -
 fn unpack(dev: &mut dyn Device, s: SurfaceId, lay: &SurfaceLayout, dsts: &mut [Dst]) -> Result<()> {
     let w = lay.width;
     dev.read_surface(s, &mut |buf| {
+        let mut tmp = Vec::new();
         for d in dsts.iter_mut() {
             let r = lay.region(d.region);
-            if r.col0 == 0 && r.cols == w && d.col0 == 0 && d.stride == w {
-                buf[r.ch0 * w..(r.ch0 + r.ch) * w].convert_to_f32_slice(&mut d.data[..r.ch * w]);
-                continue;
-            }
-            for c in 0..r.ch {
-                let o = (r.ch0 + c) * w + r.col0;
-                let to = &mut d.data[c * d.stride + d.col0..][..r.cols];
-                buf[o..o + r.cols].convert_to_f32_slice(to);
+            let (cm, rm) = (r.cols, r.rows);
+            for i in 0..r.ch() {
+                let Some(si) = rm.src(i) else { continue };
+                let first = rm.first_copy(i);
+                if !first && !r.sum_copies {
+                    continue;
+                }
+                let o = (r.ch0 + i) * w + r.col0;
+                let row = &mut d.data[si * d.stride + d.col0..];
+                for b in 0..cm.n {
+                    let from = &buf[o + b * cm.blk_p..][..cm.blk];
+                    let to = &mut row[b * cm.blk..][..cm.blk];
+                    if first {
+                        from.convert_to_f32_slice(to);
+                    } else {
+                        tmp.resize(cm.blk, 0.0);
+                        from.convert_to_f32_slice(&mut tmp);
+                        for (a, v) in to.iter_mut().zip(&tmp) {
+                            *a += v;
+                        }
+                    }
+                }
             }
         }
     })
+}
+
+fn src<'a>(region: &'static str, data: &'a [f32], stride: usize, col0: usize) -> Src<'a> {
+    Src {
+        region,
+        data,
+        stride,
+        col0,
+    }
+}
+
+fn dst<'a>(region: &'static str, data: &'a mut [f32], stride: usize, col0: usize) -> Dst<'a> {
+    Dst {
+        region,
+        data,
+        stride,
+        col0,
+    }
 }
 
 fn check_len(what: &str, s: &[f32], n: usize) -> Result<()> {
@@ -153,7 +191,8 @@ fn check_len(what: &str, s: &[f32], n: usize) -> Result<()> {
 }
 
 impl AneKernels {
-    /// A backend for `cfg` at `batch` sequences of `seq` tokens per call, on `device`.
+    /// A backend for `cfg` at `batch` sequences of `seq` tokens per call, on `device`,
+    /// planned for the device's chip profile (`conservative` when the device names none).
     /// Compiles what never changes (static: `sdpaBwd2`; dynamic: everything) and creates
     /// the surfaces.
     pub fn new(
@@ -163,55 +202,43 @@ impl AneKernels {
         seq: usize,
         pipeline: Pipeline,
     ) -> Result<AneKernels> {
-        cfg.validate().context("Neural Engine backend")?;
-        if batch == 0 || seq == 0 {
-            bail!("Neural Engine backend: batch and seq must be positive");
-        }
-        if seq > cfg.seq_len {
-            bail!(
-                "Neural Engine backend: seq {seq} exceeds the model's seq_len {} (RoPE table)",
-                cfg.seq_len
-            );
-        }
-        let geo = Geometry::new(cfg, batch, seq);
+        let profile = device.profile().unwrap_or_else(Profile::conservative);
+        AneKernels::with_profile(device, cfg, batch, seq, pipeline, &profile)
+    }
+
+    /// As [`AneKernels::new`], planned for `profile`.
+    pub fn with_profile(
+        device: Box<dyn Device>,
+        cfg: &Config,
+        batch: usize,
+        seq: usize,
+        pipeline: Pipeline,
+        profile: &Profile,
+    ) -> Result<AneKernels> {
+        let plan = fit::plan(cfg, batch, seq, pipeline, profile, device.compile_budget())
+            .context("Neural Engine backend")?;
         let dims = Dims::new(cfg, batch, seq);
-        let kernels = kernel_set(pipeline, &geo);
-        let mut specs = BTreeMap::new();
-        for &k in &kernels {
-            specs.insert(k, spec(pipeline, k, &geo)?);
-        }
+        let specs: BTreeMap<Kernel, KernelSpec> =
+            plan.specs.iter().map(|s| (s.kernel, s.clone())).collect();
         let mut me = AneKernels {
             name: device.name().to_string(),
             dev: device,
             cfg: cfg.clone(),
             dims,
-            geo,
-            pipeline,
             rope: Rope::new(cfg.head_dim, seq, cfg.rope_theta),
             specs,
+            plan,
             io: BTreeMap::new(),
             shared: BTreeMap::new(),
             per_layer: BTreeMap::new(),
             weights_version: None,
+            gains: Vec::new(),
             stats: BackendStats::default(),
             kstats: BTreeMap::new(),
-            scratch16: Vec::new(),
             scratch32: Vec::new(),
+            inv_rms: Vec::new(),
         };
-        if pipeline == Pipeline::Static {
-            let per_process = me.compiles_per_update() + 1;
-            if per_process > me.dev.compile_budget() {
-                bail!(
-                    "the static pipeline compiles {} programs per weight update (+1 once) for {} \
-                     layers, more than the device's budget of {} compiles per process; use the \
-                     dynamic pipeline",
-                    me.compiles_per_update(),
-                    cfg.n_layers,
-                    me.dev.compile_budget()
-                );
-            }
-        }
-        for &k in &kernels {
+        for k in kernel_set(pipeline) {
             let sp = &me.specs[&k];
             let (ie, oe) = (sp.input.elems(), sp.output.elems());
             let per_layer_inputs = pipeline == Pipeline::Dynamic
@@ -239,7 +266,12 @@ impl AneKernels {
     }
 
     pub fn pipeline(&self) -> Pipeline {
-        self.pipeline
+        self.plan.pipeline
+    }
+
+    /// The plan the programs follow (padding, tiles, compiles).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// Compiles the device may still make in this process.
@@ -251,21 +283,12 @@ impl AneKernels {
 
     /// Compiles one `prepare()` with a new weights version makes (0 for dynamic).
     pub fn compiles_per_update(&self) -> u64 {
-        match self.pipeline {
-            Pipeline::Dynamic => 0,
-            Pipeline::Static => {
-                let per_layer = kernel_set(Pipeline::Static, &self.geo)
-                    .iter()
-                    .filter(|k| k.has_weights())
-                    .count();
-                (per_layer * self.cfg.n_layers) as u64
-            }
-        }
+        self.plan.compiles_per_update()
     }
 
     /// Evaluations and times per kernel type, in pipeline order.
     pub fn kernel_report(&self) -> Vec<KernelStat> {
-        kernel_set(self.pipeline, &self.geo)
+        kernel_set(self.plan.pipeline)
             .iter()
             .map(|k| self.kstats[k].clone())
             .collect()
@@ -282,7 +305,7 @@ impl AneKernels {
 
     fn compile(&mut self, k: Kernel, w: Option<&LayerWeights>) -> Result<ProgramId> {
         let t = Instant::now();
-        let p = generate(self.pipeline, k, &self.geo, w, &self.rope)?;
+        let p = generate(self.plan.pipeline, k, &self.plan.geo, w, &self.rope)?;
         let id = self.dev.compile(&p)?;
         self.stats.compile_ms += t.elapsed().as_secs_f64() * 1e3;
         self.stats.compiles = self.dev.compiles();
@@ -359,6 +382,26 @@ impl AneKernels {
         Ok(())
     }
 
+    /// One evaluation of `k`: pack `srcs`, evaluate, unpack into `dsts`. The columns of
+    /// every source and destination start at `col0` (token columns) unless the region is a
+    /// score block (its own per-sequence slice).
+    fn run(&mut self, k: Kernel, layer: usize, srcs: &[Src], dsts: &mut [Dst]) -> Result<()> {
+        self.pack(k, layer, srcs)?;
+        self.eval(k, layer)?;
+        self.unpack(k, dsts)
+    }
+
+    /// Token-column offsets of the evaluations of `k`: one per sequence or per chunk.
+    fn col0s(&self, k: Kernel) -> Vec<usize> {
+        let (b, s) = (self.dims.batch, self.dims.seq);
+        let per = if k.per_sequence() {
+            1
+        } else {
+            self.plan.geo.chunk
+        };
+        (0..b / per).map(|t| t * per * s).collect()
+    }
+
     /// Copies fp16 output region `from` of kernel `a` into input region `to` of kernel `b`
     /// (same shape), without converting.
     fn forward_f16(
@@ -378,24 +421,23 @@ impl AneKernels {
             let l = &self.specs[&b].input;
             (l.region(to).clone(), l.width)
         };
-        debug_assert_eq!((ra.ch, ra.cols), (rb.ch, rb.cols));
-        let mut tmp = std::mem::take(&mut self.scratch16);
-        tmp.resize(ra.ch * ra.cols, f16::ZERO);
+        debug_assert_eq!((ra.ch(), ra.width()), (rb.ch(), rb.width()));
+        let (ch, cols) = (ra.ch(), ra.width());
+        let mut tmp = vec![f16::ZERO; ch * cols];
         let out = self.io[&a].output;
         self.dev.read_surface(out, &mut |buf| {
-            for c in 0..ra.ch {
+            for c in 0..ch {
                 let o = (ra.ch0 + c) * la + ra.col0;
-                tmp[c * ra.cols..(c + 1) * ra.cols].copy_from_slice(&buf[o..o + ra.cols]);
+                tmp[c * cols..(c + 1) * cols].copy_from_slice(&buf[o..o + cols]);
             }
         })?;
         let inp = self.input(b, layer);
         self.dev.write_surface(inp, &mut |buf| {
-            for c in 0..rb.ch {
+            for c in 0..ch {
                 let o = (rb.ch0 + c) * lb + rb.col0;
-                buf[o..o + rb.cols].copy_from_slice(&tmp[c * rb.cols..(c + 1) * rb.cols]);
+                buf[o..o + cols].copy_from_slice(&tmp[c * cols..(c + 1) * cols]);
             }
         })?;
-        self.scratch16 = tmp;
         self.stats.io_ms += t.elapsed().as_secs_f64() * 1e3;
         Ok(())
     }
@@ -403,8 +445,8 @@ impl AneKernels {
     /// Writes the weight columns of every dynamic kernel's per-layer input surface.
     fn stage_weights(&mut self, params: &Params) -> Result<()> {
         let t = Instant::now();
+        let geo = self.plan.geo.clone();
         let kernels: Vec<Kernel> = self.specs.keys().copied().collect();
-        let mut tmp = std::mem::take(&mut self.scratch32);
         for k in kernels {
             let lay = self.specs[&k].input.clone();
             if !lay.regions.iter().any(|r| r.weight.is_some()) {
@@ -413,45 +455,42 @@ impl AneKernels {
             for layer in 0..self.cfg.n_layers {
                 let s = self.io[&k].inputs[layer];
                 let w = lay.width;
-                let mut res = Ok(());
+                let mut blocks = Vec::new();
+                for r in lay.regions.iter() {
+                    let Some(src) = r.weight else { continue };
+                    let m = params.layer(layer, src.tensor);
+                    let shape = tensor_shape(&geo, src.tensor);
+                    if m.len() != shape.0 * shape.1 {
+                        bail!(
+                            "{} layer {layer}: {} has {} values, expected {}×{}",
+                            k.name(),
+                            src.tensor.name(layer),
+                            m.len(),
+                            shape.0,
+                            shape.1
+                        );
+                    }
+                    blocks.push((r, dense(m, shape, src.transposed, r.rows, r.cols)));
+                }
                 self.dev.write_surface(s, &mut |buf| {
-                    for r in lay.regions.iter() {
-                        let Some(src) = r.weight else { continue };
-                        let m = params.layer(layer, src.tensor);
-                        if m.len() != r.ch * r.cols {
-                            res = Err(anyhow!(
-                                "{} layer {layer}: {} has {} values, region {} needs {}",
-                                k.name(),
-                                src.tensor.name(layer),
-                                m.len(),
-                                r.name,
-                                r.ch * r.cols
-                            ));
-                            return;
-                        }
-                        let rows: &[f32] = if src.transposed {
-                            // m is [cols, ch]; row c of the block is column c of m.
-                            tmp.resize(m.len(), 0.0);
-                            for j in 0..r.cols {
-                                for c in 0..r.ch {
-                                    tmp[c * r.cols + j] = m[j * r.ch + c];
-                                }
-                            }
-                            &tmp
-                        } else {
-                            m
-                        };
-                        for c in 0..r.ch {
-                            let o = c * w + r.col0;
-                            buf[o..o + r.cols]
-                                .convert_from_f32_slice(&rows[c * r.cols..][..r.cols]);
+                    for (r, d) in &blocks {
+                        let cols = r.width();
+                        for i in 0..r.ch() {
+                            let o = (r.ch0 + i) * w + r.col0;
+                            buf[o..o + cols].convert_from_f32_slice(&d[i * cols..][..cols]);
                         }
                     }
                 })?;
-                res?;
             }
         }
-        self.scratch32 = tmp;
+        self.gains = (0..self.cfg.n_layers)
+            .map(|l| {
+                (
+                    params.layer(l, LayerTensor::AttentionNorm).to_vec(),
+                    params.layer(l, LayerTensor::FfnNorm).to_vec(),
+                )
+            })
+            .collect();
         self.stats.io_ms += t.elapsed().as_secs_f64() * 1e3;
         Ok(())
     }
@@ -471,7 +510,7 @@ impl AneKernels {
         for p in old {
             self.dev.free(p)?;
         }
-        let kernels: Vec<Kernel> = kernel_set(Pipeline::Static, &self.geo)
+        let kernels: Vec<Kernel> = kernel_set(Pipeline::Static)
             .into_iter()
             .filter(|k| k.has_weights())
             .collect();
@@ -488,8 +527,8 @@ impl AneKernels {
     }
 
     fn check_rope(&self, rope: &Rope) -> Result<()> {
-        let n = self.geo.seq * self.geo.head_dim / 2;
-        if rope.head_dim != self.geo.head_dim
+        let n = self.dims.seq * self.cfg.head_dim / 2;
+        if rope.head_dim != self.cfg.head_dim
             || rope.cos.len() < n
             || rope.cos[..n] != self.rope.cos[..]
             || rope.sin[..n] != self.rope.sin[..]
@@ -502,6 +541,14 @@ impl AneKernels {
             );
         }
         Ok(())
+    }
+
+    /// Dynamic pipeline: `out = rmsnorm(x)·g` on the CPU (fp32).
+    fn cpu_norm(&mut self, out: &mut [f32], x: &[f32], layer: usize, ffn: bool) {
+        let (ga, gf) = &self.gains[layer];
+        let g = if ffn { gf } else { ga };
+        self.inv_rms.resize(self.dims.n(), 0.0);
+        ops::rmsnorm_fwd(out, &mut self.inv_rms, x, g, self.cfg.norm_eps);
     }
 }
 
@@ -533,7 +580,7 @@ impl Kernels for AneKernels {
             return Ok(());
         }
         self.weights_version = None;
-        match self.pipeline {
+        match self.plan.pipeline {
             Pipeline::Static => self.compile_static(params)?,
             Pipeline::Dynamic => self.stage_weights(params)?,
         }
@@ -552,9 +599,8 @@ impl Kernels for AneKernels {
     ) -> Result<()> {
         self.check("fwd_attn", layer, d)?;
         self.check_rope(rope)?;
-        let (dm, qd, kvd, n, s) = (d.dim, d.q_dim(), d.kv_dim(), d.n(), d.seq);
+        let (dm, qd, kvd, n) = (d.dim, d.q_dim(), d.kv_dim(), d.n());
         check_len("fwd_attn x", x, dm * n)?;
-        let k = Kernel::FwdAttn;
         let AttnFwd {
             xn,
             q,
@@ -569,36 +615,50 @@ impl Kernels for AneKernels {
         check_len("fwd_attn v", v, kvd * n)?;
         check_len("fwd_attn attn", attn, qd * n)?;
         check_len("fwd_attn o", o, dm * n)?;
-        for b in 0..d.batch {
-            let c0 = b * s;
-            self.pack(
-                k,
-                layer,
-                &[Src {
-                    region: "x",
-                    data: x,
-                    stride: n,
-                    col0: c0,
-                }],
-            )?;
-            self.eval(k, layer)?;
-            let mk = |region, data| Dst {
-                region,
-                data,
-                stride: n,
-                col0: c0,
-            };
-            self.unpack(
-                k,
-                &mut [
-                    mk("o", &mut *o),
-                    mk("q", &mut *q),
-                    mk("k", &mut *kk),
-                    mk("v", &mut *v),
-                    mk("attn", &mut *attn),
-                    mk("xn", &mut *xn),
-                ],
-            )?;
+        let k = Kernel::FwdAttn;
+        match self.plan.pipeline {
+            Pipeline::Static => {
+                for c0 in self.col0s(k) {
+                    self.run(
+                        k,
+                        layer,
+                        &[src("x", x, n, c0)],
+                        &mut [
+                            dst("o", &mut *o, n, c0),
+                            dst("q", &mut *q, n, c0),
+                            dst("k", &mut *kk, n, c0),
+                            dst("v", &mut *v, n, c0),
+                            dst("attn", &mut *attn, n, c0),
+                            dst("xn", &mut *xn, n, c0),
+                        ],
+                    )?;
+                }
+            }
+            Pipeline::Dynamic => {
+                self.cpu_norm(xn, x, layer, false);
+                for c0 in self.col0s(k) {
+                    self.run(
+                        k,
+                        layer,
+                        &[src("xn", &*xn, n, c0)],
+                        &mut [
+                            dst("q", &mut *q, n, c0),
+                            dst("k", &mut *kk, n, c0),
+                            dst("v", &mut *v, n, c0),
+                            dst("attn", &mut *attn, n, c0),
+                        ],
+                    )?;
+                }
+                let kw = Kernel::WoFwd;
+                for c0 in self.col0s(kw) {
+                    self.run(
+                        kw,
+                        layer,
+                        &[src("attn", &*attn, n, c0)],
+                        &mut [dst("o", &mut *o, n, c0)],
+                    )?;
+                }
+            }
         }
         Ok(())
     }
@@ -631,33 +691,25 @@ impl Kernels for AneKernels {
             check_len(&format!("fwd_ffn {nm}"), s, len * n)?;
         }
         let k = Kernel::FwdFfn;
-        self.pack(
-            k,
-            layer,
-            &[Src {
-                region: "x2",
-                data: x2,
-                stride: n,
-                col0: 0,
-            }],
-        )?;
-        self.eval(k, layer)?;
-        let mk = |region, data| Dst {
-            region,
-            data,
-            stride: n,
-            col0: 0,
-        };
-        self.unpack(
-            k,
-            &mut [
-                mk("f", f),
-                mk("h1", h1),
-                mk("h3", h3),
-                mk("gate", gate),
-                mk("x2n", x2n),
-            ],
-        )
+        let dynamic = self.plan.pipeline == Pipeline::Dynamic;
+        if dynamic {
+            self.cpu_norm(x2n, x2, layer, true);
+        }
+        for c0 in self.col0s(k) {
+            let mut outs = vec![
+                dst("f", &mut *f, n, c0),
+                dst("h1", &mut *h1, n, c0),
+                dst("h3", &mut *h3, n, c0),
+                dst("gate", &mut *gate, n, c0),
+            ];
+            if dynamic {
+                self.run(k, layer, &[src("x2n", &*x2n, n, c0)], &mut outs)?;
+            } else {
+                outs.push(dst("x2n", &mut *x2n, n, c0));
+                self.run(k, layer, &[src("x2", x2, n, c0)], &mut outs)?;
+            }
+        }
+        Ok(())
     }
 
     fn ffn_bwd(
@@ -678,40 +730,39 @@ impl Kernels for AneKernels {
         check_len("ffn_bwd dx2n", out.dx2n, dm * n)?;
         check_len("ffn_bwd dh1", out.dh1, h * n)?;
         check_len("ffn_bwd dh3", out.dh3, h * n)?;
-        let src = |region, data| Src {
-            region,
-            data,
-            stride: n,
-            col0: 0,
-        };
-        let last = match self.pipeline {
-            Pipeline::Static => {
-                let k = Kernel::FfnBwd;
-                self.pack(k, layer, &[src("dy", dy), src("h1", h1), src("h3", h3)])?;
-                self.eval(k, layer)?;
-                k
-            }
-            Pipeline::Dynamic => {
-                let (k1, k2) = (Kernel::FfnBwdW2t, Kernel::FfnBwdW13t);
-                self.pack(k1, layer, &[src("dy", dy)])?;
-                self.eval(k1, layer)?;
-                self.forward_f16(k1, "dgate", k2, layer, "dgate")?;
-                self.pack(k2, layer, &[src("h1", h1), src("h3", h3)])?;
-                self.eval(k2, layer)?;
-                k2
-            }
-        };
         let FfnBwd { dx2n, dh1, dh3 } = out;
-        let mk = |region, data| Dst {
-            region,
-            data,
-            stride: n,
-            col0: 0,
+        let last = match self.plan.pipeline {
+            Pipeline::Static => Kernel::FfnBwd,
+            Pipeline::Dynamic => Kernel::FfnBwdW13t,
         };
-        self.unpack(
-            last,
-            &mut [mk("dx2n", dx2n), mk("dh1", dh1), mk("dh3", dh3)],
-        )
+        for c0 in self.col0s(last) {
+            match self.plan.pipeline {
+                Pipeline::Static => {
+                    self.pack(
+                        last,
+                        layer,
+                        &[src("dy", dy, n, c0), src("h1", h1, n, c0), src("h3", h3, n, c0)],
+                    )?;
+                }
+                Pipeline::Dynamic => {
+                    let k1 = Kernel::FfnBwdW2t;
+                    self.pack(k1, layer, &[src("dy", dy, n, c0)])?;
+                    self.eval(k1, layer)?;
+                    self.forward_f16(k1, "dgate", last, layer, "dgate")?;
+                    self.pack(last, layer, &[src("h1", h1, n, c0), src("h3", h3, n, c0)])?;
+                }
+            }
+            self.eval(last, layer)?;
+            self.unpack(
+                last,
+                &mut [
+                    dst("dx2n", &mut *dx2n, n, c0),
+                    dst("dh1", &mut *dh1, n, c0),
+                    dst("dh3", &mut *dh3, n, c0),
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     fn sdpa_bwd1(
@@ -736,69 +787,37 @@ impl Kernels for AneKernels {
         check_len("sdpa_bwd1 dp", out.dp, d.probs_len())?;
         check_len("sdpa_bwd1 probs", out.probs, d.probs_len())?;
         let kern = Kernel::SdpaBwd1;
-        let mut da16 = Vec::new();
-        if self.pipeline == Pipeline::Dynamic {
-            // da = Woᵀ·dx2 over all columns, kept in fp16 for the per-sequence packing.
+        let mut da = std::mem::take(&mut self.scratch32);
+        let dynamic = self.plan.pipeline == Pipeline::Dynamic;
+        if dynamic {
+            // da = Woᵀ·dx2 over all columns (fp16 values, exact in f32).
+            da.resize(qd * n, 0.0);
             let kw = Kernel::WoBwd;
-            self.pack(
-                kw,
-                layer,
-                &[Src {
-                    region: "dx2",
-                    data: dx2,
-                    stride: n,
-                    col0: 0,
-                }],
-            )?;
-            self.eval(kw, layer)?;
-            let t = Instant::now();
-            let lay = self.specs[&kw].output.clone();
-            da16 = std::mem::take(&mut self.scratch16);
-            da16.resize(qd * n, f16::ZERO);
-            let out_s = self.io[&kw].output;
-            let buf_ref = &mut da16;
-            self.dev.read_surface(out_s, &mut |buf| {
-                let r = lay.region("da");
-                buf_ref.copy_from_slice(&buf[r.ch0 * lay.width..(r.ch0 + r.ch) * lay.width]);
-            })?;
-            self.stats.io_ms += t.elapsed().as_secs_f64() * 1e3;
+            for c0 in self.col0s(kw) {
+                self.run(
+                    kw,
+                    layer,
+                    &[src("dx2", dx2, n, c0)],
+                    &mut [Dst {
+                        region: "da",
+                        data: &mut da,
+                        stride: n,
+                        col0: c0,
+                    }],
+                )?;
+            }
         }
         let SdpaBwd1 { dv, dp, probs } = out;
-        for b in 0..d.batch {
-            let c0 = b * s;
-            let src = |region, data| Src {
-                region,
-                data,
-                stride: n,
-                col0: c0,
+        for (b, c0) in self.col0s(kern).into_iter().enumerate() {
+            let last = if dynamic {
+                src("da", &da, n, c0)
+            } else {
+                src("dx2", dx2, n, c0)
             };
-            match self.pipeline {
-                Pipeline::Static => {
-                    self.pack(
-                        kern,
-                        layer,
-                        &[src("q", q), src("k", k), src("v", v), src("dx2", dx2)],
-                    )?;
-                }
-                Pipeline::Dynamic => {
-                    self.pack(kern, layer, &[src("q", q), src("k", k), src("v", v)])?;
-                    let t = Instant::now();
-                    let lay = self.specs[&kern].input.clone();
-                    let inp = self.input(kern, layer);
-                    let da = &da16;
-                    self.dev.write_surface(inp, &mut |buf| {
-                        let r = lay.region("da");
-                        for c in 0..r.ch {
-                            let o = (r.ch0 + c) * lay.width;
-                            buf[o..o + s].copy_from_slice(&da[c * n + c0..c * n + c0 + s]);
-                        }
-                    })?;
-                    self.stats.io_ms += t.elapsed().as_secs_f64() * 1e3;
-                }
-            }
-            self.eval(kern, layer)?;
-            self.unpack(
+            self.run(
                 kern,
+                layer,
+                &[src("q", q, n, c0), src("k", k, n, c0), src("v", v, n, c0), last],
                 &mut [
                     Dst {
                         region: "dv",
@@ -821,9 +840,7 @@ impl Kernels for AneKernels {
                 ],
             )?;
         }
-        if !da16.is_empty() {
-            self.scratch16 = da16;
-        }
+        self.scratch32 = da;
         Ok(())
     }
 
@@ -848,24 +865,13 @@ impl Kernels for AneKernels {
         check_len("sdpa_bwd2 dk", out.dk, kvd * n)?;
         let kern = Kernel::SdpaBwd2;
         let SdpaBwd2 { dq, dk } = out;
-        for b in 0..d.batch {
-            let c0 = b * s;
-            self.pack(
+        for (b, c0) in self.col0s(kern).into_iter().enumerate() {
+            self.run(
                 kern,
                 layer,
                 &[
-                    Src {
-                        region: "probs",
-                        data: &probs[b * per..(b + 1) * per],
-                        stride: s,
-                        col0: 0,
-                    },
-                    Src {
-                        region: "dp",
-                        data: &dp[b * per..(b + 1) * per],
-                        stride: s,
-                        col0: 0,
-                    },
+                    src("probs", &probs[b * per..(b + 1) * per], s, 0),
+                    src("dp", &dp[b * per..(b + 1) * per], s, 0),
                     Src {
                         region: "q",
                         data: q,
@@ -879,10 +885,6 @@ impl Kernels for AneKernels {
                         col0: c0,
                     },
                 ],
-            )?;
-            self.eval(kern, layer)?;
-            self.unpack(
-                kern,
                 &mut [
                     Dst {
                         region: "dq",
@@ -918,56 +920,20 @@ impl Kernels for AneKernels {
         check_len("qkv_bwd dk", dk, kvd * n)?;
         check_len("qkv_bwd dv", dv, kvd * n)?;
         check_len("qkv_bwd dxn", dxn, dm * n)?;
-        let src = |region, data| Src {
-            region,
-            data,
-            stride: n,
-            col0: 0,
-        };
-        if self.specs.contains_key(&Kernel::QkvBwd) {
-            let k = Kernel::QkvBwd;
-            self.pack(k, layer, &[src("dq", dq), src("dk", dk), src("dv", dv)])?;
-            self.eval(k, layer)?;
-            return self.unpack(
+        let k = Kernel::QkvBwd;
+        for c0 in self.col0s(k) {
+            self.run(
                 k,
+                layer,
+                &[src("dq", dq, n, c0), src("dk", dk, n, c0), src("dv", dv, n, c0)],
                 &mut [Dst {
                     region: "dxn",
-                    data: dxn,
+                    data: &mut *dxn,
                     stride: n,
-                    col0: 0,
+                    col0: c0,
                 }],
-            );
+            )?;
         }
-        // Dynamic GQA: dxn = Wqᵀ·dq (qBwd) + Wkᵀ·dk + Wvᵀ·dv (kvBwd).
-        let (kq, kkv) = (Kernel::QBwd, Kernel::KvBwd);
-        self.pack(kq, layer, &[src("dq", dq)])?;
-        self.eval(kq, layer)?;
-        self.unpack(
-            kq,
-            &mut [Dst {
-                region: "dxq",
-                data: &mut *dxn,
-                stride: n,
-                col0: 0,
-            }],
-        )?;
-        self.pack(kkv, layer, &[src("dk", dk), src("dv", dv)])?;
-        self.eval(kkv, layer)?;
-        let mut part = std::mem::take(&mut self.scratch32);
-        part.resize(dm * n, 0.0);
-        self.unpack(
-            kkv,
-            &mut [Dst {
-                region: "dxkv",
-                data: &mut part,
-                stride: n,
-                col0: 0,
-            }],
-        )?;
-        for (a, b) in dxn.iter_mut().zip(&part) {
-            *a += b;
-        }
-        self.scratch32 = part;
         Ok(())
     }
 

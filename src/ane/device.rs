@@ -60,4 +60,10 @@ pub trait Device: Send {
     fn estimated_eval_ms(&self, _p: ProgramId) -> Option<f64> {
         None
     }
+
+    /// The chip profile the device enforces (the strict simulator), if any; the backend
+    /// plans against it.
+    fn profile(&self) -> Option<crate::ane::chip::Profile> {
+        None
+    }
 }

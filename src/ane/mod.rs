@@ -19,6 +19,7 @@ pub mod backend;
 pub mod blob;
 pub mod chip;
 pub mod device;
+pub mod fit;
 pub mod loss_scale;
 pub mod mil;
 pub mod private;

@@ -68,8 +68,8 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--layer {} of a {}-layer model", a.layer, cfg.n_layers);
     }
     let geo = Geometry::new(&cfg, a.batch, seq);
-    if !kernel_set(a.pipeline, &geo).contains(&kernel) {
-        let names: Vec<&str> = kernel_set(a.pipeline, &geo)
+    if !kernel_set(a.pipeline).contains(&kernel) {
+        let names: Vec<&str> = kernel_set(a.pipeline)
             .iter()
             .map(|k| k.name())
             .collect();

@@ -11,7 +11,7 @@ use super::Config;
 use std::ops::Range;
 
 /// The kinds of tensor in a layer, in llama2.c order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum LayerTensor {
     AttentionNorm,
     Wq,

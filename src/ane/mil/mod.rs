@@ -121,6 +121,12 @@ fn fp16_text(v: f32) -> String {
 }
 
 impl Builder {
+    /// A builder for the given dialect (only `ios18` text until the typed-literal printer
+    /// lands).
+    pub fn with_dialect(label: &str, _dialect: crate::ane::chip::Dialect) -> Builder {
+        Builder::new(label)
+    }
+
     pub fn new(label: &str) -> Builder {
         Builder {
             label: label.into(),
