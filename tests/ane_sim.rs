@@ -404,7 +404,7 @@ fn static_backend_budgets_its_compiles() {
         16,
         Pipeline::Static,
     ));
-    assert!(e.contains("use the dynamic pipeline"), "{e}");
+    assert!(e.contains("--pipeline dynamic"), "{e}");
     // The dynamic pipeline compiles once and never again.
     let mut k = AneKernels::new(
         Box::new(SimDevice::with_budget(20)),

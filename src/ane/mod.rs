@@ -31,6 +31,23 @@ pub use device::Device;
 pub use loss_scale::LossScaler;
 pub use mil::kernels::Pipeline;
 
+/// Opens the Neural Engine device for a backend: the simulator (`sim`) or the real one
+/// through the private runtime, planning `budget` compiles per process (the profile's when
+/// `None`).
+pub fn open_device(sim: bool, profile: &Profile, budget: Option<u64>) -> anyhow::Result<Box<dyn Device>> {
+    let budget = budget.unwrap_or(profile.compile_budget);
+    Ok(if sim {
+        Box::new(sim::SimDevice::with_budget(budget))
+    } else {
+        availability().map_err(|why| {
+            anyhow::anyhow!(
+                "backend ane is unavailable: {why} (use --backend ane-sim for the simulated device)"
+            )
+        })?;
+        Box::new(private::PrivateDevice::new()?.with_budget(budget))
+    })
+}
+
 /// Whether the real Neural Engine can be used here, and if not, why.
 pub fn availability() -> Result<(), String> {
     private::availability()

@@ -17,6 +17,19 @@ pub struct Args {
     /// Tokens per sequence (default: 256, or the model's seq_len if smaller).
     #[arg(long)]
     pub seq: Option<usize>,
+    /// With ane or ane-sim: also print the Neural Engine plan (padding, tiles, programs,
+    /// compiles per update, exec() restarts).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// Neural Engine pipeline for the plan.
+    #[arg(long, value_enum, default_value_t = crate::ane::Pipeline::Dynamic)]
+    pub pipeline: crate::ane::Pipeline,
+    /// Chip profile for the plan (default: the chip this runs on, else conservative).
+    #[arg(long)]
+    pub ane_profile: Option<String>,
+    /// Compile budget per process for the plan (default: the profile's).
+    #[arg(long)]
+    pub compile_budget: Option<u64>,
 }
 
 fn m(x: usize) -> String {
@@ -27,6 +40,12 @@ pub fn run(a: Args) -> Result<()> {
     let c = crate::train::resolve_config(&a.model)?;
     let seq = a.seq.unwrap_or(c.seq_len.min(256));
     print_info(&a.model, &c, a.batch, seq);
+    if matches!(a.backend, Some(BackendKind::Ane | BackendKind::AneSim)) {
+        let profile = crate::ane::Profile::select(a.ane_profile.as_deref())?;
+        let budget = a.compile_budget.unwrap_or(profile.compile_budget);
+        let plan = crate::ane::fit::plan(&c, a.batch, seq, a.pipeline, &profile, budget)?;
+        print!("{}", plan.describe());
+    }
     Ok(())
 }
 

@@ -116,9 +116,14 @@ pub struct TrainArgs {
     /// Neural Engine pipeline (ane, ane-sim backends).
     #[arg(long, value_enum, default_value_t = Pipeline::Dynamic)]
     pub pipeline: Pipeline,
-    /// Neural Engine compile budget per process (the hardware allows about 119).
-    #[arg(long, default_value_t = 119)]
-    pub compile_budget: u32,
+    /// Neural Engine compile budget per process (default: the chip profile's, 100; compiles
+    /// start failing near 119).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub compile_budget: Option<u32>,
+    /// Neural Engine chip profile (conservative, m1, m2, m3, m4, m5, m1-ultra, m2-ultra,
+    /// m3-ultra; default: the chip this runs on, else conservative).
+    #[arg(long)]
+    pub ane_profile: Option<String>,
     /// Consecutive non-finite steps tolerated before stopping.
     #[arg(long, default_value_t = 5)]
     pub max_bad_steps: u32,
@@ -152,19 +157,22 @@ pub fn make_kernels(
     batch: usize,
     seq: usize,
     pipeline: Pipeline,
-    budget: u32,
+    profile: Option<&str>,
+    budget: Option<u32>,
 ) -> Result<Box<dyn Kernels>> {
-    use crate::ane::{sim::SimDevice, AneKernels, Device};
-    let device: Box<dyn Device> = match kind {
-        BackendKind::Cpu => return Ok(Box::new(crate::kernels::cpu::CpuKernels::new())),
-        BackendKind::AneSim => Box::new(SimDevice::with_budget(budget as u64)),
-        BackendKind::Ane => {
-            crate::ane::availability()
-                .map_err(|why| anyhow::anyhow!("backend ane is unavailable: {why} (use --backend ane-sim for the simulated device)"))?;
-            Box::new(crate::ane::private::PrivateDevice::new()?.with_budget(budget as u64))
-        }
-    };
-    Ok(Box::new(AneKernels::new(device, c, batch, seq, pipeline)?))
+    use crate::ane::{AneKernels, Profile};
+    if kind == BackendKind::Cpu {
+        return Ok(Box::new(crate::kernels::cpu::CpuKernels::new()));
+    }
+    let profile = Profile::select(profile)?;
+    let device = crate::ane::open_device(
+        kind == BackendKind::AneSim,
+        &profile,
+        budget.map(u64::from),
+    )?;
+    Ok(Box::new(AneKernels::with_profile(
+        device, c, batch, seq, pipeline, &profile,
+    )?))
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
@@ -257,7 +265,15 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         quiet: a.quiet,
         until: a.until,
     };
-    let kernels = make_kernels(a.backend, &c, a.batch, seq, a.pipeline, a.compile_budget)?;
+    let kernels = make_kernels(
+        a.backend,
+        &c,
+        a.batch,
+        seq,
+        a.pipeline,
+        a.ane_profile.as_deref(),
+        a.compile_budget,
+    )?;
     let mut tr = match resume_ck {
         Some(ck) => {
             if !a.quiet {
@@ -599,6 +615,9 @@ pub struct BenchArgs {
     pub backend: BackendKind,
     #[arg(long, value_enum, default_value_t = Pipeline::Dynamic)]
     pub pipeline: Pipeline,
+    /// Neural Engine chip profile (default: the chip this runs on, else conservative).
+    #[arg(long)]
+    pub ane_profile: Option<String>,
     #[arg(long)]
     pub threads: Option<usize>,
     /// Print one JSON object instead of the table.
@@ -664,7 +683,15 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         weight_decay: 0.1,
         grad_clip: 1.0,
     };
-    let mut k = make_kernels(a.backend, &c, a.batch, a.seq, a.pipeline, 119)?;
+    let mut k = make_kernels(
+        a.backend,
+        &c,
+        a.batch,
+        a.seq,
+        a.pipeline,
+        a.ane_profile.as_deref(),
+        None,
+    )?;
     let mut ws = Workspace::new(&c, a.batch, a.seq);
     let mut rng = crate::util::rng::Rng::new(7);
     let (n, accum) = (a.batch * a.seq, a.accum);
