@@ -1,7 +1,9 @@
-//! `anetrain mil`: print one Neural Engine kernel program and write its weight blobs, for
-//! inspection or for compiling by hand on a Mac.
+//! `anetrain mil`: print one Neural Engine kernel program and write its weight blobs, or
+//! write every program of a training geometry, for inspection or for compiling by hand on a
+//! Mac. Programs are generated for the planned geometry of the chip profile.
 
-use crate::ane::mil::kernels::{generate, kernel_set, Geometry, Kernel, LayerWeights, Pipeline};
+use crate::ane::mil::kernels::{generate, kernel_set, Kernel, LayerWeights, Pipeline};
+use crate::ane::mil::Program;
 use crate::kernels::ops::Rope;
 use crate::model::llama2c;
 use crate::model::Params;
@@ -10,10 +12,17 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Kernel name: fwdAttn, fwdFFN, ffnBwd, sdpaBwd1, sdpaBwd2, qkvBwd (both pipelines) or
-    /// ffnBwdW2t, ffnBwdW13t, woBwd, qBwd, kvBwd (dynamic).
+    /// Kernel name: fwdAttn, sdpaBwd1, sdpaBwd2, qkvBwd (both pipelines), fwdFFN, ffnBwd
+    /// (static) or woFwd, fwdFFN, ffnBwdW2t, ffnBwdW13t, woBwd (dynamic).
+    #[arg(long, required_unless_present = "all")]
+    pub kernel: Option<String>,
+    /// Every program of the geometry, one folder per program under --out.
+    #[arg(long, requires = "out", conflicts_with = "kernel")]
+    pub all: bool,
+    /// Chip profile the programs are planned for (default: the chip this runs on, else
+    /// conservative).
     #[arg(long)]
-    pub kernel: String,
+    pub ane_profile: Option<String>,
     /// A preset, a config file (.toml/.json) or a llama2.c model file (.bin, whose weights
     /// are baked into static-pipeline programs).
     #[arg(long, short, default_value = "stories110m")]
@@ -43,15 +52,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let Some(kernel) = Kernel::from_name(&a.kernel) else {
-        let names: Vec<&str> = Kernel::ALL.iter().map(|k| k.name()).collect();
-        bail!(
-            "unknown kernel '{}': expected one of {}",
-            a.kernel,
-            names.join(", ")
-        );
+    let kernel = match &a.kernel {
+        None => None,
+        Some(name) => Some(Kernel::from_name(name).ok_or_else(|| {
+            let names: Vec<&str> = Kernel::ALL.iter().map(|k| k.name()).collect();
+            anyhow::anyhow!(
+                "unknown kernel '{name}': expected one of {}",
+                names.join(", ")
+            )
+        })?),
     };
-    let bakes = a.pipeline == Pipeline::Static && kernel.has_weights();
+    let bakes = a.pipeline == Pipeline::Static;
     let (cfg, params) = if llama2c::is_model_file(&a.model) {
         let m = llama2c::Model::load(std::path::Path::new(&a.model))?;
         (m.config().clone(), Some(m.params))
@@ -67,73 +78,115 @@ pub fn run(a: Args) -> Result<()> {
     if a.layer >= cfg.n_layers {
         bail!("--layer {} of a {}-layer model", a.layer, cfg.n_layers);
     }
-    let geo = Geometry::new(&cfg, a.batch, seq);
-    if !kernel_set(a.pipeline).contains(&kernel) {
-        let names: Vec<&str> = kernel_set(a.pipeline)
-            .iter()
-            .map(|k| k.name())
-            .collect();
-        bail!(
-            "{} is not a kernel of the {} pipeline for this model (its kernels: {})",
-            kernel.name(),
-            a.pipeline,
-            names.join(", ")
-        );
-    }
-    let rope = Rope::new(cfg.head_dim, seq, cfg.rope_theta);
-    let w = params
-        .as_ref()
-        .filter(|_| bakes)
-        .map(|p| LayerWeights::from_params(p, a.layer));
-    let prog = generate(a.pipeline, kernel, &geo, w.as_ref(), &rope)?;
-    print!("{}", prog.text);
-    eprintln!(
-        "{} ({} pipeline): input [1, {}, 1, {}], output [1, {}, 1, {}], {} weight blob(s)",
-        kernel.name(),
+    let profile = crate::ane::Profile::select(a.ane_profile.as_deref())?;
+    let plan = crate::ane::fit::plan(
+        &cfg,
+        a.batch,
+        seq,
         a.pipeline,
-        prog.input[1],
-        prog.input[3],
-        prog.output[1],
-        prog.output[3],
+        &profile,
+        profile.compile_budget,
+    )?;
+    let kernels = match kernel {
+        Some(k) => {
+            if !kernel_set(a.pipeline).contains(&k) {
+                let names: Vec<&str> = kernel_set(a.pipeline).iter().map(|k| k.name()).collect();
+                bail!(
+                    "{} is not a kernel of the {} pipeline (its kernels: {})",
+                    k.name(),
+                    a.pipeline,
+                    names.join(", ")
+                );
+            }
+            vec![k]
+        }
+        None => kernel_set(a.pipeline),
+    };
+    let rope = Rope::new(cfg.head_dim, seq, cfg.rope_theta);
+    eprintln!(
+        "profile {}: {} pipeline, dim {} → {}, hidden {} → {}, head_dim {} → {}, seq {} → {}, {} sequences per attention-free evaluation",
+        profile.name,
+        a.pipeline,
+        plan.geo.dim_real,
+        plan.geo.dim,
+        plan.geo.hidden_real,
+        plan.geo.hidden,
+        plan.geo.head_dim_real,
+        plan.geo.head_dim,
+        plan.geo.seq_real,
+        plan.geo.seq,
+        plan.geo.chunk
+    );
+    for k in kernels {
+        let w = params
+            .as_ref()
+            .filter(|_| bakes && k.has_weights())
+            .map(|p| LayerWeights::from_params(p, a.layer));
+        let prog = generate(a.pipeline, k, &plan.geo, w.as_ref(), &rope)?;
+        if !a.all {
+            print!("{}", prog.text);
+        }
+        eprintln!(
+            "{} ({} pipeline): input [1, {}, 1, {}], output [1, {}, 1, {}], {} weight blob(s)",
+            k.name(),
+            a.pipeline,
+            prog.input[1],
+            prog.input[3],
+            prog.output[1],
+            prog.output[3],
+            prog.weights.len()
+        );
+        if a.estimate {
+            estimate(&prog)?;
+        }
+        match &a.out {
+            Some(dir) => {
+                let dir = if a.all { dir.join(k.name()) } else { dir.clone() };
+                write_program(&dir, &prog)?;
+            }
+            None => {
+                for (path, blob) in &prog.weights {
+                    eprintln!("  {path} ({} bytes; pass --out DIR to write)", blob.len());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn estimate(prog: &Program) -> Result<()> {
+    let plan = crate::ane::sim::compile_text(&prog.text, &prog.weights)?;
+    let io = 2 * (prog.input.iter().product::<usize>() + prog.output.iter().product::<usize>());
+    let cm = crate::ane::sim::CostModel::default();
+    eprintln!(
+        "  estimate (cost model: {} ms dispatch + max(FLOPs at {} TFLOPS, bytes at {} GB/s)): \
+         {:.3} ms per evaluation; {:.3} GFLOP, {:.2} MB of constants, {:.2} MB of surfaces",
+        cm.dispatch_ms,
+        cm.compute_tflops,
+        cm.bandwidth_gbs,
+        cm.eval_ms(&plan, io),
+        plan.flops / 1e9,
+        plan.const_bytes as f64 / 1e6,
+        io as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// Writes `model.mil` and `weights/*.bin` into `dir` (the layout the runtime reads).
+fn write_program(dir: &std::path::Path, prog: &Program) -> Result<()> {
+    std::fs::create_dir_all(dir.join("weights"))
+        .with_context(|| format!("{}: cannot create the output folder", dir.display()))?;
+    let mil = dir.join("model.mil");
+    std::fs::write(&mil, &prog.text).with_context(|| format!("{}: cannot write", mil.display()))?;
+    for (path, blob) in &prog.weights {
+        let rel = path.strip_prefix("@model_path/").unwrap_or(path);
+        let f = dir.join(rel);
+        std::fs::write(&f, blob).with_context(|| format!("{}: cannot write", f.display()))?;
+    }
+    eprintln!(
+        "  wrote {} and {} weight blob(s)",
+        mil.display(),
         prog.weights.len()
     );
-    if a.estimate {
-        let plan = crate::ane::sim::compile_text(&prog.text, &prog.weights)?;
-        let io = 2 * (prog.input.iter().product::<usize>() + prog.output.iter().product::<usize>());
-        let cm = crate::ane::sim::CostModel::default();
-        eprintln!(
-            "  estimate (cost model: {} ms dispatch + max(FLOPs at {} TFLOPS, bytes at {} GB/s)): \
-             {:.3} ms per evaluation; {:.3} GFLOP, {:.2} MB of constants, {:.2} MB of surfaces",
-            cm.dispatch_ms,
-            cm.compute_tflops,
-            cm.bandwidth_gbs,
-            cm.eval_ms(&plan, io),
-            plan.flops / 1e9,
-            plan.const_bytes as f64 / 1e6,
-            io as f64 / 1e6
-        );
-    }
-    match &a.out {
-        Some(dir) => {
-            std::fs::create_dir_all(dir.join("weights"))
-                .with_context(|| format!("{}: cannot create the output folder", dir.display()))?;
-            let mil = dir.join("model.mil");
-            std::fs::write(&mil, &prog.text)
-                .with_context(|| format!("{}: cannot write", mil.display()))?;
-            for (path, blob) in &prog.weights {
-                let rel = path.strip_prefix("@model_path/").unwrap_or(path);
-                let f = dir.join(rel);
-                std::fs::write(&f, blob)
-                    .with_context(|| format!("{}: cannot write", f.display()))?;
-                eprintln!("  wrote {} ({} bytes)", f.display(), blob.len());
-            }
-            eprintln!("  wrote {}", mil.display());
-        }
-        None => {
-            for (path, blob) in &prog.weights {
-                eprintln!("  {path} ({} bytes; pass --out DIR to write)", blob.len());
-            }
-        }
-    }
     Ok(())
 }
