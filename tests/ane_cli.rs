@@ -12,21 +12,32 @@ fn setup(dir: &Path) {
 
 /// Trains 50 steps; returns the step losses and how many processes the run took.
 fn train(dir: &Path, name: &str, backend: &str, pipeline: &str, budget: &str) -> (Vec<f64>, usize) {
+    train_with(dir, name, backend, pipeline, budget, &["--model", "tiny.toml"], ["50", "2", "16"])
+}
+
+fn train_with(
+    dir: &Path,
+    name: &str,
+    backend: &str,
+    pipeline: &str,
+    budget: &str,
+    extra: &[&str],
+    [steps, batch, seq]: [&str; 3],
+) -> (Vec<f64>, usize) {
     let out = dir.join(name);
     let o = Command::new(env!("CARGO_BIN_EXE_anetrain"))
         .current_dir(dir)
+        .arg("train")
+        .args(extra)
         .args([
-            "train",
-            "--model",
-            "tiny.toml",
             "--data",
             "tokens.bin",
             "--steps",
-            "50",
+            steps,
             "--batch",
-            "2",
+            batch,
             "--seq",
-            "16",
+            seq,
             "--eval-every",
             "0",
             "--lr",
@@ -69,16 +80,29 @@ fn ane_sim_follows_the_cpu_loss_curve_for_both_pipelines() {
     assert_eq!(cpu.len(), 50);
     assert!(cpu[49] < cpu[0] - 1.0, "cpu run did not learn: {cpu:?}");
     for pipeline in ["static", "dynamic"] {
-        let (sim, _) = train(d.path(), pipeline, "ane-sim", pipeline, "119");
-        assert_eq!(sim.len(), 50);
-        // fp16 storage at every op: per-step losses within 0.01 nats of fp32 over 50 steps.
-        let worst = cpu
-            .iter()
-            .zip(&sim)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
-        eprintln!("{pipeline}: worst |loss_cpu - loss_sim| over 50 steps = {worst:.2e}");
-        assert!(worst < 1e-2, "{pipeline}: {worst}");
+        // Every chip profile plans its own padding, tiling, RoPE form and dialect; each
+        // must follow the fp32 curve.
+        for profile in ["conservative", "m1", "m3", "m4"] {
+            let name = format!("{pipeline}-{profile}");
+            let (sim, _) = train_with(
+                d.path(),
+                &name,
+                "ane-sim",
+                pipeline,
+                "119",
+                &["--model", "tiny.toml", "--ane-profile", profile],
+                ["50", "2", "16"],
+            );
+            assert_eq!(sim.len(), 50);
+            // fp16 storage at every op: per-step losses within 0.01 nats of fp32 over 50 steps.
+            let worst = cpu
+                .iter()
+                .zip(&sim)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            eprintln!("{name}: worst |loss_cpu - loss_sim| over 50 steps = {worst:.2e}");
+            assert!(worst < 1e-2, "{name}: {worst}");
+        }
     }
 }
 
@@ -94,5 +118,34 @@ fn static_pipeline_crosses_exec_restarts_and_ends_at_the_same_losses() {
     assert_eq!(restarted.len(), 50);
     for (i, (a, b)) in restarted.iter().zip(&whole).enumerate() {
         assert_eq!(a.to_bits(), b.to_bits(), "step {}: {a} vs {b}", i + 1);
+    }
+}
+
+#[test]
+fn stories15m_at_seq_256_follows_the_cpu_for_a_few_steps() {
+    // The stories15m shape (dim 288, head_dim 48: padded to 320 and 64 under the
+    // conservative profile) at its full sequence length.
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let m = ["--model", "stories15m"];
+    let (cpu, _) = train_with(d.path(), "cpu15", "cpu", "dynamic", "119", &m, ["3", "1", "256"]);
+    for pipeline in ["dynamic", "static"] {
+        let (sim, _) = train_with(
+            d.path(),
+            &format!("sim15-{pipeline}"),
+            "ane-sim",
+            pipeline,
+            "119",
+            &["--model", "stories15m", "--ane-profile", "conservative"],
+            ["3", "1", "256"],
+        );
+        assert_eq!(sim.len(), 3);
+        let worst = cpu
+            .iter()
+            .zip(&sim)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        eprintln!("stories15m {pipeline}: worst |loss_cpu - loss_sim| over 3 steps = {worst:.2e}");
+        assert!(worst < 1e-2, "{pipeline}: {worst} ({cpu:?} vs {sim:?})");
     }
 }
