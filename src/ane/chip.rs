@@ -145,6 +145,8 @@ impl Profile {
             }
             "m4" => {
                 p.max_axis = 65536;
+                // C18: the reference's dynamic Qwen3-0.6B `ffnFused` input (19.9 MB) ran on M4.
+                p.max_surface_bytes = 20 * MB;
                 p.w_slice_saturates = false;
                 p.rope = RopeForm::PairsConcat;
                 p.dialect = Dialect::Ios18;
@@ -152,6 +154,7 @@ impl Profile {
             }
             "m5" => {
                 p.max_axis = 65536;
+                p.max_surface_bytes = 20 * MB;
                 p.w_slice_saturates = false;
                 p.rope = RopeForm::PairsConcat;
                 p.dialect = Dialect::Ios18;

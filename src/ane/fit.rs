@@ -218,7 +218,8 @@ pub fn plan(
         return Err(refuse(
             rule,
             format!(
-                "even one sequence per evaluation is too large: {detail}; use a smaller model \
+                "even one sequence per evaluation is too large: {detail}; use a smaller model, \
+                 a chip profile with larger surfaces (--ane-profile m4 if this is an M4 or M5) \
                  or --backend cpu"
             ),
         ));
