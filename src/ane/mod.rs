@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod blob;
+pub mod check;
 pub mod chip;
 pub mod device;
 pub mod loss_scale;
