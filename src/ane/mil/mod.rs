@@ -546,4 +546,42 @@ mod tests {
         assert_eq!(p.output, [1, 2, 1, 8]);
         assert!(p.weights.contains_key("@model_path/weights/w.bin"));
     }
+
+    #[test]
+    fn prints_the_typed_dialect() {
+        let mut b = Builder::with_dialect("t", Dialect::Ios16);
+        let x = b.input("x", [1, 4, 1, 8]);
+        let w = b.weight("w", &[2, 4, 1, 1], crate::ane::blob::fp16(&[0.0; 8]));
+        let y = b.conv("y", &x, &w);
+        let z = b.scale("z", &y, 0.5);
+        let r = b.reshape("r", &z, &[1, 2, 2, 4]);
+        let t = b.transpose("t", &r, &[0, 1, 3, 2]);
+        let m = b.matmul("m", &t, &r, false, false);
+        let o = b.reshape("o", &m, &[1, 2, 1, 16]);
+        let p = b.finish(&o);
+        let expect = [
+            "program(1.0)\n",
+            "[buildInfo = dict<tensor<string, []>, tensor<string, []>>({{\"coremlc-component-MIL\", \"3510.2.1\"}, {\"coremlc-version\", \"3505.4.1\"}, {\"coremltools-component-milinternal\", \"\"}, {\"coremltools-version\", \"9.0\"}})]\n{\n",
+            "    func main<ios16>(tensor<fp16, [1, 4, 1, 8]> x) {\n",
+            "tensor<fp16, [2, 4, 1, 1]> w = const()[name = tensor<string, []>(\"w\"), val = tensor<fp16, [2, 4, 1, 1]>(BLOBFILE(path = tensor<string, []>(\"@model_path/weights/w.bin\"), offset = tensor<uint64, []>(64)))];",
+            "tensor<string, []> cs = const()[name = tensor<string, []>(\"cs\"), val = tensor<string, []>(\"valid\")];",
+            "tensor<int32, [4]> cv_1 = const()[name = tensor<string, []>(\"cv_1\"), val = tensor<int32, [4]>([0, 0, 0, 0])];",
+            "tensor<int32, []> ci = const()[name = tensor<string, []>(\"ci\"), val = tensor<int32, []>(1)];",
+            "tensor<fp16, [1, 2, 1, 8]> y = conv(x = x, weight = w, strides = cv, pad_type = cs, pad = cv_1, dilations = cv_2, groups = ci)[name = tensor<string, []>(\"y\")];",
+            "tensor<fp16, []> c = const()[name = tensor<string, []>(\"c\"), val = tensor<fp16, []>(0.5)];",
+            "tensor<int32, [4]> cv_4 = const()[name = tensor<string, []>(\"cv_4\"), val = tensor<int32, [4]>([0, 1, 3, 2])];",
+            "tensor<bool, []> cb = const()[name = tensor<string, []>(\"cb\"), val = tensor<bool, []>(false)];",
+            "tensor<fp16, [1, 2, 4, 4]> m = matmul(x = t, y = r, transpose_x = cb, transpose_y = cb)[name = tensor<string, []>(\"m\")];",
+            "    } -> (o);\n}\n",
+        ];
+        for e in expect {
+            assert!(p.text.contains(e), "missing {e}\n{}", p.text);
+        }
+        assert!(p.text.starts_with(expect[0]));
+        assert!(!p.text.contains("string(\""), "{}", p.text);
+        // It parses and type-checks; the checker sees one dialect.
+        let ast = crate::ane::sim::parse::parse(&p.text).unwrap();
+        assert!(ast.shorthand_lines.is_empty());
+        crate::ane::sim::exec::compile(&ast, &p.weights).unwrap();
+    }
 }
