@@ -250,7 +250,10 @@ mod tests {
         assert_eq!(Profile::for_brand("Apple M4 Max").name, "m4");
         assert_eq!(Profile::for_brand("Apple M5").name, "m5");
         assert_eq!(Profile::for_brand("Apple M9").name, "conservative");
-        assert_eq!(Profile::for_brand("Intel(R) Core(TM) i7").name, "conservative");
+        assert_eq!(
+            Profile::for_brand("Intel(R) Core(TM) i7").name,
+            "conservative"
+        );
         // An Ultra of a generation without an Ultra rule set falls back to the plain chip.
         assert_eq!(Profile::for_brand("Apple M4 Ultra").name, "m4");
     }

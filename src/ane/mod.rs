@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod blob;
+pub mod check;
 pub mod chip;
 pub mod device;
 pub mod fit;
@@ -37,7 +38,7 @@ pub use mil::kernels::Pipeline;
 pub fn open_device(sim: bool, profile: &Profile, budget: Option<u64>) -> anyhow::Result<Box<dyn Device>> {
     let budget = budget.unwrap_or(profile.compile_budget);
     Ok(if sim {
-        Box::new(sim::SimDevice::with_budget(budget))
+        Box::new(sim::SimDevice::with_profile(profile.clone()).budget(budget))
     } else {
         availability().map_err(|why| {
             anyhow::anyhow!(

@@ -17,7 +17,9 @@
 //! 6. `unloadWithQoS:21 error:`, surfaces released, temp directories removed when the last
 //!    program using them is freed (identical programs share a directory).
 //!
-//! Every failure carries the framework's `NSError` `localizedDescription`.
+//! Every failure carries the framework's `NSError` text: its `description` (domain, code and
+//! user info, where the compiler puts its detail) followed by that of each error in its
+//! `NSUnderlyingError` chain — not only the `localizedDescription`.
 //!
 //! On arm64 `objc_msgSend` must be called through the exact non-variadic signature of each
 //! method; every call below transmutes it to one. `BOOL` returns are read as one byte.
@@ -280,11 +282,41 @@ impl Api {
             std::mem::transmute(self.msg_send);
         f(recv, self.sel(sel), QOS, self.dictionary(&[]), err) != 0
     }
+    /// `[obj isKindOfClass:cls]`.
+    unsafe fn is_kind_of(&self, obj: Id, cls: Id) -> bool {
+        if obj.is_null() || cls.is_null() {
+            return false;
+        }
+        let f: unsafe extern "C" fn(Id, Sel, Id) -> i8 = std::mem::transmute(self.msg_send);
+        f(obj, self.sel("isKindOfClass:"), cls) != 0
+    }
+    /// The text of an `NSError`: its `description`, then the `description` of each error down
+    /// its `userInfo[NSUnderlyingError]` chain (at most 8 deep, so a cycle cannot hang us).
     unsafe fn error_text(&self, err: Id) -> String {
         if err.is_null() {
             return "the framework returned no error object".into();
         }
-        self.to_string(self.send0(err, "localizedDescription"))
+        let ns_error = self.class("NSError");
+        let key = self.nsstring("NSUnderlyingError");
+        let mut parts: Vec<String> = Vec::new();
+        let mut e = err;
+        for _ in 0..8 {
+            let mut d = self.to_string(self.send0(e, "description"));
+            if d.is_empty() {
+                d = self.to_string(self.send0(e, "localizedDescription"));
+            }
+            parts.push(d);
+            let info = self.send0(e, "userInfo");
+            if info.is_null() {
+                break;
+            }
+            let next = self.send1(info, "objectForKey:", key);
+            if !self.is_kind_of(next, ns_error) {
+                break;
+            }
+            e = next;
+        }
+        parts.join("; underlying error: ")
     }
 }
 

@@ -43,6 +43,28 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "scaled_dot_product_attention",
 ];
 
+/// C2 (docs/ANE_HARDWARE.md): on chips whose profile has `w_slice_saturates`, a W-axis slice
+/// that begins at a nonzero offset turns values with |x| above this into ±inf (ANEForge
+/// `predict_fp16_divergence`, bit-exact on M1 and M2).
+pub const W_SLICE_SATURATION: f32 = 4094.0;
+
+/// Behaviour of the simulated chip that changes results, not acceptance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecOptions {
+    /// C2: simulate the saturation of nonzero-offset W-axis slices (axis 3 of a rank-4
+    /// tensor): |x| > [`W_SLICE_SATURATION`] → ±inf, sign kept.
+    pub w_slice_saturates: bool,
+}
+
+impl ExecOptions {
+    /// The options a chip profile implies.
+    pub fn for_profile(p: &crate::ane::chip::Profile) -> ExecOptions {
+        ExecOptions {
+            w_slice_saturates: p.w_slice_saturates,
+        }
+    }
+}
+
 /// The largest tensor an op may produce in the simulator (1 GiB of f32).
 pub const MAX_ELEMS: usize = 1 << 28;
 
@@ -87,16 +109,33 @@ enum Bin {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Conv { groups: usize },
-    Matmul { tx: bool, ty: bool },
+    Conv {
+        groups: usize,
+    },
+    Matmul {
+        tx: bool,
+        ty: bool,
+    },
     Bin(Bin),
     Sigmoid,
-    Softmax { axis: usize },
-    ReduceSum { axes: Vec<usize> },
+    Softmax {
+        axis: usize,
+    },
+    ReduceSum {
+        axes: Vec<usize>,
+    },
     Reshape,
-    Transpose { perm: Vec<usize> },
-    Slice { begin: Vec<usize> },
-    Concat { axis: usize },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    /// `saturate`: C2, values with |x| > [`W_SLICE_SATURATION`] become ±inf.
+    Slice {
+        begin: Vec<usize>,
+        saturate: bool,
+    },
+    Concat {
+        axis: usize,
+    },
     Cast,
     Sdpa,
 }
@@ -146,6 +185,7 @@ struct VarInfo {
 
 struct Compiler<'a> {
     weights: &'a BTreeMap<String, Vec<u8>>,
+    opts: ExecOptions,
     vars: HashMap<String, VarInfo>,
     labels: HashMap<String, usize>,
     slots: usize,
@@ -582,8 +622,9 @@ impl Compiler<'_> {
                 let size = ints(c, "size")?;
                 let out = shape::slice(&tx.shape.clone().unwrap_or_default(), &begin, &size)
                     .map_err(|e| anyhow!("slice_by_size: {e}"))?;
-                let begin = begin.iter().map(|&b| b as usize).collect();
-                (Op::Slice { begin }, vec![x], out, tx.dt, 0.0)
+                let begin: Vec<usize> = begin.iter().map(|&b| b as usize).collect();
+                let saturate = self.opts.w_slice_saturates && begin.len() == 4 && begin[3] != 0;
+                (Op::Slice { begin, saturate }, vec![x], out, tx.dt, 0.0)
             }
             "concat" => {
                 let Arg::Tuple(names) = need("values")? else {
@@ -688,16 +729,28 @@ impl Compiler<'_> {
 }
 
 /// Type-checks a parsed program against its weight dictionary and builds the plan.
-/// Enforces what the Neural Engine's compiler is known to accept: `program(1.3)`, one
-/// function `main` with opset `ios18`, fp16 parameters and outputs of the surface form
-/// `[1, C, 1, W]`.
+/// Enforces what the Neural Engine's compiler is known to accept: one of the two dialects
+/// (`program(1.3)` with `main<ios18>`, or `program(1.0)` with `main<ios16>`; which one a chip
+/// takes is the strict checker's rule C9), one function `main`, fp16 parameters and outputs
+/// of the surface form `[1, C, 1, W]`. Both dialects execute identically.
 pub fn compile(ast: &Ast, weights: &BTreeMap<String, Vec<u8>>) -> Result<Plan> {
-    if ast.version != "1.3" {
-        bail!(
-            "program({}) is not known to compile on the Neural Engine; use program(1.3)",
-            ast.version
-        );
-    }
+    compile_with(ast, weights, ExecOptions::default())
+}
+
+/// [`compile`] with the result-changing behaviour of a chip ([`ExecOptions`]).
+pub fn compile_with(
+    ast: &Ast,
+    weights: &BTreeMap<String, Vec<u8>>,
+    opts: ExecOptions,
+) -> Result<Plan> {
+    let opset_for = match ast.version.as_str() {
+        "1.3" => "ios18",
+        "1.0" => "ios16",
+        v => bail!(
+            "program({v}) is not known to compile on the Neural Engine; use program(1.3) \
+             (with main<ios18>) or program(1.0) (with main<ios16>)"
+        ),
+    };
     let f: &Function = match ast.functions.as_slice() {
         [f] => f,
         [] => bail!("the program has no function"),
@@ -709,10 +762,12 @@ pub fn compile(ast: &Ast, weights: &BTreeMap<String, Vec<u8>>) -> Result<Plan> {
     if f.name != "main" {
         bail!("the function is called {}; it must be main", f.name);
     }
-    if f.opset != "ios18" {
+    if f.opset != opset_for {
         bail!(
-            "opset {} is not known to compile on the Neural Engine; use main<ios18>",
-            f.opset
+            "opset {} is not known to compile on the Neural Engine under program({}); use \
+             main<{opset_for}>",
+            f.opset,
+            ast.version
         );
     }
     let surface_ok = |t: &Ty| {
@@ -723,6 +778,7 @@ pub fn compile(ast: &Ast, weights: &BTreeMap<String, Vec<u8>>) -> Result<Plan> {
     };
     let mut c = Compiler {
         weights,
+        opts,
         vars: HashMap::new(),
         labels: HashMap::new(),
         slots: 0,
@@ -1221,11 +1277,19 @@ impl Plan {
                         let ps: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
                         Ok(gather(&t.data, &ins.shape, &ps, 0))
                     }
-                    Op::Slice { begin } => {
+                    Op::Slice { begin, saturate } => {
                         let t = get(0);
                         let st = strides(&t.shape);
                         let base = begin.iter().zip(&st).map(|(b, s)| b * s).sum();
-                        Ok(gather(&t.data, &ins.shape, &st, base))
+                        let mut v = gather(&t.data, &ins.shape, &st, base);
+                        if *saturate {
+                            for x in v.iter_mut() {
+                                if x.abs() > W_SLICE_SATURATION {
+                                    *x = f32::INFINITY.copysign(*x);
+                                }
+                            }
+                        }
+                        Ok(v)
                     }
                     Op::Concat { axis } => {
                         let parts: Vec<&Tensor> = (0..ins.inputs.len()).map(get).collect();

@@ -13,12 +13,27 @@
 //!   disagree with the inferred ones, missing blobs and bad blob offsets are compile errors
 //!   that name the line.
 //!
+//! **Strict mode.** [`SimDevice::with_profile`] simulates one chip ([`Profile`]): every compile
+//! runs the program checker ([`crate::ane::check`]) and refuses a program that breaks any of
+//! the profile's rules, with an error that lists each violation (rule code and name, program
+//! line, shape, public source) and names the kernel; the compile budget is the profile's
+//! (C14); and on chips whose W-axis slices saturate (C2, M1/M2) a `slice_by_size` that begins
+//! at a nonzero W offset turns values with |x| > 4094 into ±inf, so a layout that would
+//! overflow there shows up as inf. The backends always run on a device with a profile;
+//! [`SimDevice::new`] (no profile, lenient: well-typed programs in either dialect compile)
+//! exists for interpreter unit tests.
+//!
+//! **Injected failures.** [`SimDevice::reject_kernel`] and [`SimDevice::reject_op`] make
+//! compiles fail on purpose, to test how callers handle a compiler that refuses a program.
+//!
 //! It also estimates how long an evaluation would take on the hardware, from the cost model
 //! in [`CostModel`] — an estimate, not a measurement.
 
 pub mod exec;
 pub mod parse;
 
+use crate::ane::check;
+use crate::ane::chip::Profile;
 use crate::ane::device::{Device, ProgramId, SurfaceId, DEFAULT_COMPILE_BUDGET};
 use crate::ane::mil::Program;
 use anyhow::{anyhow, bail, Context, Result};
@@ -28,10 +43,55 @@ use std::collections::BTreeMap;
 
 pub use exec::Plan;
 
-/// Parses and compiles MIL text against a weight dictionary (BLOBFILE path → blob bytes).
+/// Parses and compiles MIL text against a weight dictionary (BLOBFILE path → blob bytes),
+/// leniently (no chip profile).
 pub fn compile_text(text: &str, weights: &BTreeMap<String, Vec<u8>>) -> Result<Plan> {
+    compile_text_for(text, weights, None)
+}
+
+/// [`compile_text`] for a chip: with a profile, a program that breaks any of its rules is
+/// refused with every violation listed, and the chip's result-changing behaviour (C2
+/// saturation) is simulated.
+pub fn compile_text_for(
+    text: &str,
+    weights: &BTreeMap<String, Vec<u8>>,
+    profile: Option<&Profile>,
+) -> Result<Plan> {
     let ast = parse::parse(text).context("MIL parse error")?;
-    exec::compile(&ast, weights).context("MIL compile error")
+    compile_ast(&ast, weights, profile)
+}
+
+fn compile_ast(
+    ast: &parse::Program,
+    weights: &BTreeMap<String, Vec<u8>>,
+    profile: Option<&Profile>,
+) -> Result<Plan> {
+    let opts = match profile {
+        Some(p) => {
+            let v = check::check(ast, p);
+            if !v.is_empty() {
+                bail!("{}", strict_refusal(p, &v));
+            }
+            exec::ExecOptions::for_profile(p)
+        }
+        None => exec::ExecOptions::default(),
+    };
+    exec::compile_with(ast, weights, opts).context("MIL compile error")
+}
+
+/// The error text of a program refused in strict mode.
+fn strict_refusal(p: &Profile, v: &[check::Violation]) -> String {
+    let mut s = format!(
+        "refused by the strict simulator under Neural Engine profile {}: {} rule violation(s) \
+         (docs/ANE_HARDWARE.md)",
+        p.name,
+        v.len()
+    );
+    for x in v {
+        s.push_str("\n  ");
+        s.push_str(&x.to_string());
+    }
+    s
 }
 
 /// The estimate of one evaluation's Neural Engine time:
@@ -85,6 +145,11 @@ pub struct SimDevice {
     surfaces: Vec<Option<Vec<f16>>>,
     cost: CostModel,
     scratch: Vec<f32>,
+    profile: Option<Profile>,
+    /// Injected failures: (label substring, reason).
+    reject_kernels: Vec<(String, String)>,
+    /// Injected failures: op names.
+    reject_ops: Vec<String>,
 }
 
 impl Default for SimDevice {
@@ -94,12 +159,14 @@ impl Default for SimDevice {
 }
 
 impl SimDevice {
-    /// A simulated device with the hardware's compile budget (119).
+    /// A lenient simulated device (no chip profile) with the hardware's compile budget (119):
+    /// any well-typed program compiles. For interpreter tests; the backends use
+    /// [`SimDevice::with_profile`].
     pub fn new() -> SimDevice {
         SimDevice::with_budget(DEFAULT_COMPILE_BUDGET)
     }
 
-    /// A simulated device that refuses compiles after `budget` successful ones.
+    /// A lenient simulated device that refuses compiles after `budget` successful ones.
     pub fn with_budget(budget: u64) -> SimDevice {
         SimDevice {
             budget,
@@ -108,7 +175,49 @@ impl SimDevice {
             surfaces: Vec::new(),
             cost: CostModel::default(),
             scratch: Vec::new(),
+            profile: None,
+            reject_kernels: Vec::new(),
+            reject_ops: Vec::new(),
         }
+    }
+
+    /// A strict simulated device for one chip: compiles refuse programs that break the
+    /// profile's rules ([`crate::ane::check`]), C2 saturation is simulated, and the compile
+    /// budget is the profile's (`compile_budget`; override with [`SimDevice::budget`]).
+    pub fn with_profile(profile: Profile) -> SimDevice {
+        let mut d = SimDevice::with_budget(profile.compile_budget);
+        d.profile = Some(profile);
+        d
+    }
+
+    /// The same device with a compile budget of `n` (e.g. `--compile-budget`).
+    pub fn budget(mut self, n: u64) -> SimDevice {
+        self.budget = n;
+        self
+    }
+
+    /// The chip profile this device enforces; `None` for a lenient device.
+    pub fn profile(&self) -> Option<&Profile> {
+        self.profile.as_ref()
+    }
+
+    /// Injected failure: every later compile of a program whose label contains
+    /// `label_substring` fails with an "injected" error naming it and `reason`.
+    pub fn reject_kernel(&mut self, label_substring: &str, reason: &str) {
+        self.reject_kernels
+            .push((label_substring.to_string(), reason.to_string()));
+    }
+
+    /// Injected failure: every later compile of a program that uses the op `op_name` fails
+    /// with an "injected" error naming the op and its line.
+    pub fn reject_op(&mut self, op_name: &str) {
+        self.reject_ops.push(op_name.to_string());
+    }
+
+    /// Removes every injected failure.
+    pub fn clear_injections(&mut self) {
+        self.reject_kernels.clear();
+        self.reject_ops.clear();
     }
 
     pub fn cost_model(&self) -> CostModel {
@@ -136,6 +245,10 @@ impl Device for SimDevice {
         "ane-sim"
     }
 
+    fn profile(&self) -> Option<Profile> {
+        self.profile.clone()
+    }
+
     fn compile(&mut self, p: &Program) -> Result<ProgramId> {
         if self.compiles >= self.budget {
             bail!(
@@ -145,8 +258,38 @@ impl Device for SimDevice {
                 self.compiles
             );
         }
-        let plan =
-            compile_text(&p.text, &p.weights).with_context(|| format!("kernel {}", p.label))?;
+        if let Some((sub, why)) = self
+            .reject_kernels
+            .iter()
+            .find(|(sub, _)| p.label.contains(sub.as_str()))
+        {
+            bail!(
+                "kernel {}: compile refused by an injected failure \
+                 (SimDevice::reject_kernel({sub:?})): {why}",
+                p.label
+            );
+        }
+        let plan = (|| {
+            let ast = parse::parse(&p.text).context("MIL parse error")?;
+            for f in &ast.functions {
+                if let Some(s) = f
+                    .body
+                    .iter()
+                    .find(|s| self.reject_ops.iter().any(|o| *o == s.op))
+                {
+                    bail!(
+                        "compile refused by an injected failure (SimDevice::reject_op({:?})): \
+                         line {}: {} = {}(…)",
+                        s.op,
+                        s.line,
+                        s.var,
+                        s.op
+                    );
+                }
+            }
+            compile_ast(&ast, &p.weights, self.profile.as_ref())
+        })()
+        .with_context(|| format!("kernel {}", p.label))?;
         let io: usize = plan
             .inputs
             .iter()

@@ -3,7 +3,12 @@
 //! Accepts the grammar the Neural Engine's in-memory compiler is fed by the reference
 //! trainers (ANE_FACTS §2): `program(<ver>)`, an optional attribute block
 //! (`[buildInfo = dict<string, string>({{"k", "v"}, …})]`), one `func name<opset>(typed
-//! params) { statements } -> (outputs);`. Statements are
+//! params) { statements } -> (outputs);`. Both MIL dialects (docs/ANE_HARDWARE.md C9) parse
+//! to the same tree: the shorthand one (`string("x")`, `fp16(0.5)`, `uint64(64)`, scalar types
+//! written `fp16`) and CoreML's typed one (`tensor<string, []>("x")`, `tensor<fp16, []>(0.5)`,
+//! scalar types written `tensor<fp16, []>`, `dict<tensor<string, []>, tensor<string, []>>`).
+//! A rank-0 tensor type is a scalar in the tree; which style each line used is recorded in
+//! [`Program::shorthand_lines`] / [`Program::typed_lines`] for the dialect rule. Statements are
 //! `<type> <var> = <op>(<param> = <arg>, …)[<attr> = <literal>, …];` where an argument is a
 //! variable, a tuple of variables `(a, b)` or an inline literal, and `const` /
 //! `constexpr_*` keep their values in the attribute brackets. Literals: `fp16(0.5)`,
@@ -123,18 +128,33 @@ impl Stmt {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Function {
+    /// Line of the `func` header.
+    pub line: usize,
     pub name: String,
     pub opset: String,
     pub params: Vec<(Ty, String)>,
     pub body: Vec<Stmt>,
     pub outputs: Vec<String>,
+    /// Line of the `} -> (outputs);` closing the function.
+    pub outputs_line: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Program {
     pub version: String,
+    /// Line of `program(<ver>)`.
+    pub version_line: usize,
+    /// The entries of every attribute dictionary (`buildInfo`'s key/value pairs).
     pub attrs: Vec<(String, String)>,
+    /// Names of the program attributes (`buildInfo`) with their lines.
+    pub attr_names: Vec<(String, usize)>,
     pub functions: Vec<Function>,
+    /// Lines (ascending, each once) that use the shorthand scalar style: a scalar type written
+    /// `fp16`/`string`/…, or a literal `string("x")`, `fp16(0.5)`, `uint64(64)`.
+    pub shorthand_lines: Vec<usize>,
+    /// Lines (ascending, each once) that use the typed scalar style: `tensor<string, []>`
+    /// as a type or `tensor<string, []>("x")` as a literal.
+    pub typed_lines: Vec<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -275,6 +295,14 @@ pub fn parse_number(s: &str) -> Option<f64> {
 struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
+    shorthand: Vec<usize>,
+    typed: Vec<usize>,
+}
+
+fn note(lines: &mut Vec<usize>, line: usize) {
+    if lines.last() != Some(&line) {
+        lines.push(line);
+    }
 }
 
 impl Parser {
@@ -372,7 +400,10 @@ impl Parser {
         )
     }
 
+    /// A type; a rank-0 tensor type (`tensor<fp16, []>`) is the scalar type `fp16`. Records
+    /// the scalar style of the line.
     fn ty(&mut self) -> Result<Ty> {
+        let line = self.line();
         if matches!(self.peek(), Some(Tok::Ident(s)) if s == "tensor") {
             self.pos += 1;
             self.punct('<')?;
@@ -408,15 +439,18 @@ impl Parser {
             if elems.is_none_or(|e| e > 1 << 32) {
                 return self.err(format!("tensor shape {shape:?} is implausibly large"));
             }
+            if shape.is_empty() {
+                note(&mut self.typed, line);
+                return Ok(Ty { dt, shape: None });
+            }
             Ok(Ty {
                 dt,
                 shape: Some(shape),
             })
         } else {
-            Ok(Ty {
-                dt: self.dtype()?,
-                shape: None,
-            })
+            let dt = self.dtype()?;
+            note(&mut self.shorthand, line);
+            Ok(Ty { dt, shape: None })
         }
     }
 
@@ -628,6 +662,7 @@ impl Parser {
     }
 
     fn function(&mut self) -> Result<Function> {
+        let line = self.line();
         self.keyword("func")?;
         let name = self.ident("a function name")?;
         self.punct('<')?;
@@ -654,6 +689,7 @@ impl Parser {
             }
             body.push(self.stmt()?);
         }
+        let outputs_line = self.line();
         self.punct('}')?;
         match self.next("'->' and the outputs")? {
             Tok::Arrow => {}
@@ -675,15 +711,18 @@ impl Parser {
         self.punct(')')?;
         self.punct(';')?;
         Ok(Function {
+            line,
             name,
             opset,
             params,
             body,
             outputs,
+            outputs_line,
         })
     }
 
     fn program(&mut self) -> Result<Program> {
+        let version_line = self.line();
         self.keyword("program")?;
         self.punct('(')?;
         let version = match self.next("a version")? {
@@ -692,17 +731,23 @@ impl Parser {
         };
         self.punct(')')?;
         let mut attrs = Vec::new();
+        let mut attr_names = Vec::new();
         if self.eat('[') {
             loop {
-                let _key = self.ident("an attribute name")?;
+                let line = self.line();
+                let key = self.ident("an attribute name")?;
+                attr_names.push((key, line));
                 self.punct('=')?;
-                // dict<string, string>({{"k", "v"}, …})
+                // dict<string, string>({{"k", "v"}, …}), or with tensor<string, []> types.
                 self.keyword("dict")?;
                 self.punct('<')?;
-                self.dtype()?;
-                self.punct(',')?;
-                self.dtype()?;
-                self.punct('>')?;
+                for sep in [',', '>'] {
+                    let t = self.ty()?;
+                    if t.shape.is_some() || t.dt != Dt::Str {
+                        return self.err(format!("attribute dictionaries map strings, not {t}"));
+                    }
+                    self.punct(sep)?;
+                }
                 self.punct('(')?;
                 self.punct('{')?;
                 if !self.is_punct('}') {
@@ -741,8 +786,12 @@ impl Parser {
         }
         Ok(Program {
             version,
+            version_line,
             attrs,
+            attr_names,
             functions,
+            shorthand_lines: std::mem::take(&mut self.shorthand),
+            typed_lines: std::mem::take(&mut self.typed),
         })
     }
 }
@@ -750,8 +799,18 @@ impl Parser {
 /// Parses MIL program text.
 pub fn parse(text: &str) -> Result<Program> {
     let toks = lex(text)?;
-    let mut p = Parser { toks, pos: 0 };
-    p.program()
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        shorthand: Vec::new(),
+        typed: Vec::new(),
+    };
+    let mut prog = p.program()?;
+    prog.shorthand_lines.sort_unstable();
+    prog.shorthand_lines.dedup();
+    prog.typed_lines.sort_unstable();
+    prog.typed_lines.dedup();
+    Ok(prog)
 }
 
 #[cfg(test)]
