@@ -122,8 +122,58 @@ impl Profile {
     }
 
     /// A profile by name (`m1` … `m5`, `m1-ultra` … `m3-ultra`, `conservative`),
-    /// case-insensitively.
-    pub fn named(name: &str) -> Result<Profile> {
+    /// case-insensitively, optionally followed by overrides of single rules:
+    /// `m4,dialect=ios16,rope=permutation,max-surface-mb=8` (the form `anetrain ane check`
+    /// prints when an alternative worked).
+    pub fn named(spec: &str) -> Result<Profile> {
+        let mut parts = spec.split(',');
+        let mut p = Profile::base(parts.next().unwrap_or(""))?;
+        for m in parts {
+            let Some((k, v)) = m.split_once('=') else {
+                bail!("profile override {m:?} in {spec:?}: expected KEY=VALUE");
+            };
+            p.set(k.trim(), v.trim())
+                .map_err(|e| anyhow::anyhow!("profile {spec:?}: {e}"))?;
+            p.name = format!("{},{}={}", p.name, k.trim(), v.trim());
+        }
+        Ok(p)
+    }
+
+    /// Overrides one rule: `dialect` (ios16, ios18), `rope` (permutation, pairs),
+    /// `max-surface-mb`, `max-axis`, `budget`.
+    pub fn set(&mut self, key: &str, val: &str) -> Result<()> {
+        let num = || -> Result<usize> {
+            val.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| anyhow::anyhow!("{key}={val}: expected a positive integer"))
+        };
+        match key {
+            "dialect" => {
+                self.dialect = match val {
+                    "ios16" => Dialect::Ios16,
+                    "ios18" => Dialect::Ios18,
+                    _ => bail!("dialect={val}: expected ios16 or ios18"),
+                }
+            }
+            "rope" => {
+                self.rope = match val {
+                    "permutation" => RopeForm::Permutation,
+                    "pairs" => RopeForm::PairsConcat,
+                    _ => bail!("rope={val}: expected permutation or pairs"),
+                }
+            }
+            "max-surface-mb" => self.max_surface_bytes = num()? * MB,
+            "max-axis" => self.max_axis = num()?,
+            "budget" => self.compile_budget = num()? as u64,
+            _ => bail!(
+                "unknown profile override {key:?}: expected dialect, rope, max-surface-mb, max-axis or budget"
+            ),
+        }
+        Ok(())
+    }
+
+    fn base(name: &str) -> Result<Profile> {
         let n = name.trim().to_ascii_lowercase();
         let (gen, ultra) = match n.strip_suffix("-ultra") {
             Some(g) => (g, true),
@@ -274,6 +324,11 @@ mod tests {
             assert!(c.softmax_pow2 || !p.softmax_pow2, "{}", p.name);
         }
         assert!(Profile::named("m7").is_err());
+        let o = Profile::named("m4,dialect=ios16,max-surface-mb=8").unwrap();
+        assert_eq!((o.dialect, o.max_surface_bytes), (Dialect::Ios16, 8 << 20));
+        assert_eq!(o.name, "m4,dialect=ios16,max-surface-mb=8");
+        assert!(Profile::named("m4,rope=spiral").is_err());
+        assert!(Profile::named("m4,colour=red").is_err());
         assert!(Profile::named("m4-ultra").is_err());
         assert_eq!(Profile::named("M2").unwrap().max_axis, 16384);
         assert_eq!(Profile::named("m4").unwrap().max_axis, 65536);

@@ -86,11 +86,11 @@ pub fn plan(
         .max(profile.min_width)
         .max(profile.width_multiple)
         .next_power_of_two();
-    // The smallest surfaces are [D, S] (static fwdAttn input) and [Q, S] (one head block
-    // per column block): grow D and Q until they reach the minimum bytes.
+    // Every surface is at least S wide and has at least D, H or Q channels: grow D, H and Q
+    // until the smallest ([C, S]) reach the minimum bytes.
     let min_ch = profile.min_surface_bytes.div_ceil(2 * seq_p);
     let dim = round_up(cfg.dim.max(min_ch), cm);
-    let hidden = round_up(cfg.hidden_dim, cm);
+    let hidden = round_up(cfg.hidden_dim.max(min_ch), cm);
     let nh = cfg.n_heads;
     let mut hd = cfg.head_dim;
     while (nh * hd) % cm != 0 || nh * hd < min_ch {
@@ -117,6 +117,24 @@ pub fn plan(
     let kernels = kernel_set(pipeline);
     let fits = |s: &KernelSpec| -> Option<(&'static str, String)> {
         for (what, l) in [("input", &s.input), ("output", &s.output)] {
+            if l.channels % cm != 0
+                || l.width % profile.width_multiple != 0
+                || l.width < profile.min_width
+                || l.bytes() < profile.min_surface_bytes
+            {
+                // The padding above makes every surface aligned and large enough; this is a
+                // planner defect if it ever triggers.
+                return Some((
+                    "C7 surface-min-align",
+                    format!(
+                        "{} {what} [1, {}, 1, {}] is not aligned or too small (planner defect; \
+                         use --backend cpu)",
+                        s.kernel.name(),
+                        l.channels,
+                        l.width
+                    ),
+                ));
+            }
             if l.width > profile.max_axis {
                 return Some((
                     "C1 axis-cap",
