@@ -12,7 +12,15 @@ fn setup(dir: &Path) {
 
 /// Trains 50 steps; returns the step losses and how many processes the run took.
 fn train(dir: &Path, name: &str, backend: &str, pipeline: &str, budget: &str) -> (Vec<f64>, usize) {
-    train_with(dir, name, backend, pipeline, budget, &["--model", "tiny.toml"], ["50", "2", "16"])
+    train_with(
+        dir,
+        name,
+        backend,
+        pipeline,
+        budget,
+        &["--model", "tiny.toml"],
+        ["50", "2", "16"],
+    )
 }
 
 fn train_with(
@@ -128,7 +136,15 @@ fn stories15m_at_seq_256_follows_the_cpu_for_a_few_steps() {
     let d = tempfile::tempdir().unwrap();
     setup(d.path());
     let m = ["--model", "stories15m"];
-    let (cpu, _) = train_with(d.path(), "cpu15", "cpu", "dynamic", "119", &m, ["3", "1", "256"]);
+    let (cpu, _) = train_with(
+        d.path(),
+        "cpu15",
+        "cpu",
+        "dynamic",
+        "119",
+        &m,
+        ["3", "1", "256"],
+    );
     for pipeline in ["dynamic", "static"] {
         let (sim, _) = train_with(
             d.path(),

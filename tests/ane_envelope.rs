@@ -73,7 +73,10 @@ fn every_program_of_the_grid_passes_strict_mode_or_is_refused_up_front() {
                                 v.is_empty(),
                                 "{what} {}: strict mode refuses:\n{}",
                                 k.name(),
-                                v.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
+                                v.iter()
+                                    .map(|v| v.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join("\n")
                             );
                             programs += 1;
                         }
@@ -94,8 +97,15 @@ fn the_default_train_geometry_passes_under_every_profile() {
     let c = Config::preset("stories260k").unwrap();
     let rope = Rope::new(c.head_dim, 256, c.rope_theta);
     for profile in Profile::all() {
-        let plan = fit::plan(&c, 8, 256, Pipeline::Dynamic, &profile, profile.compile_budget)
-            .unwrap_or_else(|e| panic!("{}: {e:#}", profile.name));
+        let plan = fit::plan(
+            &c,
+            8,
+            256,
+            Pipeline::Dynamic,
+            &profile,
+            profile.compile_budget,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e:#}", profile.name));
         for k in kernel_set(Pipeline::Dynamic) {
             let p = generate(Pipeline::Dynamic, k, &plan.geo, None, &rope).unwrap();
             let v = check::check_text(&p.text, &p.weights, &profile).unwrap();

@@ -741,7 +741,11 @@ impl Kernels for AneKernels {
                     self.pack(
                         last,
                         layer,
-                        &[src("dy", dy, n, c0), src("h1", h1, n, c0), src("h3", h3, n, c0)],
+                        &[
+                            src("dy", dy, n, c0),
+                            src("h1", h1, n, c0),
+                            src("h3", h3, n, c0),
+                        ],
                     )?;
                 }
                 Pipeline::Dynamic => {
@@ -817,7 +821,12 @@ impl Kernels for AneKernels {
             self.run(
                 kern,
                 layer,
-                &[src("q", q, n, c0), src("k", k, n, c0), src("v", v, n, c0), last],
+                &[
+                    src("q", q, n, c0),
+                    src("k", k, n, c0),
+                    src("v", v, n, c0),
+                    last,
+                ],
                 &mut [
                     Dst {
                         region: "dv",
@@ -925,7 +934,11 @@ impl Kernels for AneKernels {
             self.run(
                 k,
                 layer,
-                &[src("dq", dq, n, c0), src("dk", dk, n, c0), src("dv", dv, n, c0)],
+                &[
+                    src("dq", dq, n, c0),
+                    src("dk", dk, n, c0),
+                    src("dv", dv, n, c0),
+                ],
                 &mut [Dst {
                     region: "dxn",
                     data: &mut *dxn,

@@ -25,7 +25,9 @@ use anyhow::{bail, Result};
 
 /// A geometry the planner refuses, with the rule and what to pass instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the Neural Engine cannot run this geometry under the {profile} profile: rule {rule}: {detail}")]
+#[error(
+    "the Neural Engine cannot run this geometry under the {profile} profile: rule {rule}: {detail}"
+)]
 pub struct Refusal {
     pub profile: String,
     pub rule: &'static str,
@@ -71,7 +73,10 @@ pub fn plan(
         );
     }
     if cfg.head_dim % 2 != 0 {
-        bail!("Neural Engine plan: head_dim {} is odd (RoPE pairs)", cfg.head_dim);
+        bail!(
+            "Neural Engine plan: head_dim {} is odd (RoPE pairs)",
+            cfg.head_dim
+        );
     }
     let refuse = |rule: &'static str, detail: String| -> anyhow::Error {
         Refusal {
@@ -292,7 +297,11 @@ impl Plan {
     pub fn compiles_at_start(&self) -> u64 {
         match self.pipeline {
             Pipeline::Dynamic => self.specs.len() as u64,
-            Pipeline::Static => self.specs.iter().filter(|s| !s.kernel.has_weights()).count() as u64,
+            Pipeline::Static => self
+                .specs
+                .iter()
+                .filter(|s| !s.kernel.has_weights())
+                .count() as u64,
         }
     }
 
@@ -398,7 +407,10 @@ impl Plan {
         );
         match self.updates_per_process() {
             None => {
-                let _ = writeln!(s, "  exec() restarts: none (weights travel in the surfaces)");
+                let _ = writeln!(
+                    s,
+                    "  exec() restarts: none (weights travel in the surfaces)"
+                );
             }
             Some(u) => {
                 let _ = writeln!(
@@ -442,9 +454,16 @@ mod tests {
     #[test]
     fn refusals_name_the_rule_and_a_fix() {
         let c = Config::preset("stories110m").unwrap();
-        let e = plan(&c, 1, 1024, Pipeline::Dynamic, &Profile::conservative(), 100)
-            .unwrap_err()
-            .to_string();
+        let e = plan(
+            &c,
+            1,
+            1024,
+            Pipeline::Dynamic,
+            &Profile::conservative(),
+            100,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("C18") && e.contains("--seq 512"), "{e}");
         let q = Config::preset("qwen3-0.6b-shape").unwrap();
         let e = plan(&q, 1, 256, Pipeline::Static, &Profile::conservative(), 100)
@@ -452,14 +471,30 @@ mod tests {
             .to_string();
         assert!(e.contains("C14") && e.contains("--pipeline dynamic"), "{e}");
         // A big batch is tiled, not refused.
-        let p = plan(&c, 24, 256, Pipeline::Dynamic, &Profile::conservative(), 100).unwrap();
+        let p = plan(
+            &c,
+            24,
+            256,
+            Pipeline::Dynamic,
+            &Profile::conservative(),
+            100,
+        )
+        .unwrap();
         assert!(p.geo.chunk < 24 && 24 % p.geo.chunk == 0);
     }
 
     #[test]
     fn odd_sequences_are_padded_to_a_power_of_two() {
         let c = Config::preset("stories260k").unwrap();
-        let p = plan(&c, 2, 100, Pipeline::Static, &Profile::named("m4").unwrap(), 100).unwrap();
+        let p = plan(
+            &c,
+            2,
+            100,
+            Pipeline::Static,
+            &Profile::named("m4").unwrap(),
+            100,
+        )
+        .unwrap();
         assert_eq!((p.geo.seq, p.geo.seq_real), (128, 100));
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod blob;
+pub mod bringup;
 pub mod check;
 pub mod chip;
 pub mod device;
@@ -35,7 +36,11 @@ pub use mil::kernels::Pipeline;
 /// Opens the Neural Engine device for a backend: the simulator (`sim`) or the real one
 /// through the private runtime, planning `budget` compiles per process (the profile's when
 /// `None`).
-pub fn open_device(sim: bool, profile: &Profile, budget: Option<u64>) -> anyhow::Result<Box<dyn Device>> {
+pub fn open_device(
+    sim: bool,
+    profile: &Profile,
+    budget: Option<u64>,
+) -> anyhow::Result<Box<dyn Device>> {
     let budget = budget.unwrap_or(profile.compile_budget);
     Ok(if sim {
         Box::new(sim::SimDevice::with_profile(profile.clone()).budget(budget))

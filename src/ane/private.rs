@@ -41,7 +41,7 @@ use std::sync::OnceLock;
 type Id = *mut c_void;
 type Sel = *mut c_void;
 
-const ANE_FRAMEWORK: &str =
+pub const FRAMEWORK: &str =
     "/System/Library/PrivateFrameworks/AppleNeuralEngine.framework/AppleNeuralEngine";
 const LIBOBJC: &str = "/usr/lib/libobjc.A.dylib";
 const FOUNDATION: &str = "/System/Library/Frameworks/Foundation.framework/Foundation";
@@ -127,7 +127,7 @@ unsafe fn fn_ptr<T: Copy>(p: *mut c_void) -> T {
 
 impl Api {
     fn load() -> Result<Api, String> {
-        let ane = open(ANE_FRAMEWORK).map_err(|e| {
+        let ane = open(FRAMEWORK).map_err(|e| {
             format!(
                 "{e}. The Neural Engine runtime is Apple's private AppleNeuralEngine framework, \
                  which exists only on macOS on Apple Silicon (this is {} on {}); \
@@ -176,7 +176,7 @@ impl Api {
                 let cls = (api.objc_get_class)(c.as_ptr());
                 if cls.is_null() {
                     return Err(format!(
-                        "class {name} is missing from {ANE_FRAMEWORK}: this macOS version's \
+                        "class {name} is missing from {FRAMEWORK}: this macOS version's \
                          private Neural Engine API differs from the one this program drives"
                     ));
                 }

@@ -141,7 +141,11 @@ pub fn run(a: Args) -> Result<()> {
         }
         match &a.out {
             Some(dir) => {
-                let dir = if a.all { dir.join(k.name()) } else { dir.clone() };
+                let dir = if a.all {
+                    dir.join(k.name())
+                } else {
+                    dir.clone()
+                };
                 write_program(&dir, &prog)?;
             }
             None => {

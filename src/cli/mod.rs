@@ -1,5 +1,6 @@
 //! The `anetrain` command line: one subcommand per job, each in its own file.
 
+pub mod ane;
 pub mod dashboard;
 pub mod data;
 pub mod generate;
@@ -38,6 +39,10 @@ pub enum Command {
     Bench(train::BenchArgs),
     /// Print a Neural Engine MIL kernel program and write its weight blobs.
     Mil(mil::Args),
+    /// Neural Engine bring-up: `anetrain ane check` runs every program of a geometry on this
+    /// machine's Neural Engine (or the simulator) and reports what works.
+    #[command(subcommand)]
+    Ane(ane::AneCommand),
     /// Live terminal dashboard of a training run.
     Dashboard(dashboard::DashboardArgs),
     /// PNG plots of loss and ms/step from one or more training logs.
@@ -67,6 +72,7 @@ pub fn main() -> i32 {
         Command::Grad(a) => train::run_grad(a),
         Command::Bench(a) => train::run_bench(a),
         Command::Mil(a) => mil::run(a),
+        Command::Ane(c) => ane::run(c),
         Command::Dashboard(a) => dashboard::run_dashboard(a),
         Command::Plot(a) => dashboard::run_plot(a),
         Command::Data(c) => data::run(c),

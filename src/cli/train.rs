@@ -165,11 +165,8 @@ pub fn make_kernels(
         return Ok(Box::new(crate::kernels::cpu::CpuKernels::new()));
     }
     let profile = Profile::select(profile)?;
-    let device = crate::ane::open_device(
-        kind == BackendKind::AneSim,
-        &profile,
-        budget.map(u64::from),
-    )?;
+    let device =
+        crate::ane::open_device(kind == BackendKind::AneSim, &profile, budget.map(u64::from))?;
     Ok(Box::new(AneKernels::with_profile(
         device, c, batch, seq, pipeline, &profile,
     )?))

@@ -149,10 +149,7 @@ impl Kernel {
     /// Whether the kernel covers one sequence per evaluation (`W = S`) rather than
     /// `chunk` sequences.
     pub fn per_sequence(self) -> bool {
-        matches!(
-            self,
-            Kernel::FwdAttn | Kernel::SdpaBwd1 | Kernel::SdpaBwd2
-        )
+        matches!(self, Kernel::FwdAttn | Kernel::SdpaBwd1 | Kernel::SdpaBwd2)
     }
 }
 
@@ -485,20 +482,13 @@ pub fn spec(p: Pipeline, k: Kernel, g: &Geometry) -> Result<KernelSpec> {
         }
         l
     };
-    let sdpa1_out = || {
-        sum(
-            st(&[("dv", kvt), ("probs", srm), ("dp", srm)], sm),
-            &["dv"],
-        )
-    };
-    let sdpa1_in = |last: (&'static str, AxisMap)| st(&[("q", qm), ("k", kvt), ("v", kvt), last], sm);
+    let sdpa1_out = || sum(st(&[("dv", kvt), ("probs", srm), ("dp", srm)], sm), &["dv"]);
+    let sdpa1_in =
+        |last: (&'static str, AxisMap)| st(&[("q", qm), ("k", kvt), ("v", kvt), last], sm);
     let dyn_mm = |act: (&'static str, AxisMap), w: (&'static str, AxisMap, LayerTensor, bool)| {
         SurfaceLayout::spatial(
             act.1.len_p(),
-            &[
-                (act.0, act.1, cm, None),
-                (w.0, act.1, w.1, ws(w.2, w.3)),
-            ],
+            &[(act.0, act.1, cm, None), (w.0, act.1, w.1, ws(w.2, w.3))],
             al,
         )
     };
@@ -648,10 +638,7 @@ pub fn spec(p: Pipeline, k: Kernel, g: &Geometry) -> Result<KernelSpec> {
 pub fn tensor_shape(g: &Geometry, t: LayerTensor) -> (usize, usize) {
     use LayerTensor as T;
     let (d, h) = (g.dim_real, g.hidden_real);
-    let (qd, kvd) = (
-        g.n_heads * g.head_dim_real,
-        g.n_kv_heads * g.head_dim_real,
-    );
+    let (qd, kvd) = (g.n_heads * g.head_dim_real, g.n_kv_heads * g.head_dim_real);
     match t {
         T::AttentionNorm | T::FfnNorm => (d, 1),
         T::Wq => (qd, d),
@@ -697,10 +684,7 @@ pub struct LayerWeights<'a> {
 
 impl<'a> LayerWeights<'a> {
     pub fn from_params(p: &'a Params, layer: usize) -> LayerWeights<'a> {
-        LayerWeights {
-            params: p,
-            layer,
-        }
+        LayerWeights { params: p, layer }
     }
     pub fn tensor(&self, t: LayerTensor) -> &'a [f32] {
         self.params.layer(self.layer, t)
@@ -840,13 +824,27 @@ impl Gen<'_> {
 
     /// A baked weight: layer tensor `t` (transposed if asked) through the row and column
     /// maps, declared `[rows, cols, 1, 1]` (a 1×1 conv weight or a gain `[1, C, 1, 1]`).
-    fn baked(&mut self, name: &str, t: LayerTensor, tr: bool, rows: AxisMap, cols: AxisMap) -> Vec<f32> {
+    fn baked(
+        &mut self,
+        name: &str,
+        t: LayerTensor,
+        tr: bool,
+        rows: AxisMap,
+        cols: AxisMap,
+    ) -> Vec<f32> {
         let w = self.w.expect("static kernel without weights");
         let _ = name;
         dense(w.tensor(t), tensor_shape(self.g, t), tr, rows, cols)
     }
 
-    fn conv_weight(&mut self, name: &str, t: LayerTensor, tr: bool, rows: AxisMap, cols: AxisMap) -> Var {
+    fn conv_weight(
+        &mut self,
+        name: &str,
+        t: LayerTensor,
+        tr: bool,
+        rows: AxisMap,
+        cols: AxisMap,
+    ) -> Var {
         let m = self.baked(name, t, tr, rows, cols);
         self.b
             .weight(name, &[rows.len_p(), cols.len_p(), 1, 1], blob::fp16(&m))
@@ -1154,9 +1152,7 @@ impl Gen<'_> {
                 c0 += wd;
             }
         }
-        let wt = self
-            .b
-            .weight("wqkvt", &[g.dim, rows, 1, 1], blob::fp16(&w));
+        let wt = self.b.weight("wqkvt", &[g.dim, rows, 1, 1], blob::fp16(&w));
         vec![("dxn", self.b.conv("dxn", &x, &wt))]
     }
 
@@ -1184,8 +1180,12 @@ impl Gen<'_> {
         for (i, (a, blk)) in terms.iter().enumerate() {
             let (c, w) = (a.dims()[1], a.dims()[3]);
             let am = self.b.reshape(&format!("{name}_a{i}"), a, &[1, 1, c, w]);
-            let at = self.b.transpose(&format!("{name}_at{i}"), &am, &[0, 1, 3, 2]);
-            let y = self.b.matmul(&format!("{name}_mm{i}"), &at, blk, false, false);
+            let at = self
+                .b
+                .transpose(&format!("{name}_at{i}"), &am, &[0, 1, 3, 2]);
+            let y = self
+                .b
+                .matmul(&format!("{name}_mm{i}"), &at, blk, false, false);
             acc = Some(match acc {
                 None => y,
                 Some(p) => self.b.add(&format!("{name}_sum{i}"), &p, &y),
@@ -1276,17 +1276,35 @@ mod tests {
         };
         let got: Vec<Option<usize>> = (0..16).map(|i| m.src(i)).collect();
         let want = [
-            Some(0), Some(1), Some(2), None,
-            Some(0), Some(1), Some(2), None,
-            Some(3), Some(4), Some(5), None,
-            Some(3), Some(4), Some(5), None,
+            Some(0),
+            Some(1),
+            Some(2),
+            None,
+            Some(0),
+            Some(1),
+            Some(2),
+            None,
+            Some(3),
+            Some(4),
+            Some(5),
+            None,
+            Some(3),
+            Some(4),
+            Some(5),
+            None,
         ];
         assert_eq!(got, want);
         assert_eq!(m.len(), 6);
         assert!(m.first_copy(0) && !m.first_copy(4) && m.first_copy(8));
         // dense(): a [2, 3] matrix transposed into a [4, 2] block padded to [4, 4].
         let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let d = dense(&w, (2, 3), true, AxisMap::padded(3, 4), AxisMap::padded(2, 4));
+        let d = dense(
+            &w,
+            (2, 3),
+            true,
+            AxisMap::padded(3, 4),
+            AxisMap::padded(2, 4),
+        );
         assert_eq!(
             d,
             vec![1.0, 4.0, 0.0, 0.0, 2.0, 5.0, 0.0, 0.0, 3.0, 6.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
@@ -1302,7 +1320,9 @@ mod tests {
             for r in &s.input.regions {
                 if r.weight.is_none() && s.input.regions.iter().any(|r| r.weight.is_some()) {
                     // Loss-scaled gradients must not sit behind a nonzero W offset (C2).
-                    if ["dy", "dx2", "dgate", "dq", "dk", "dv", "xn", "x2n", "attn"].contains(&r.name) {
+                    if ["dy", "dx2", "dgate", "dq", "dk", "dv", "xn", "x2n", "attn"]
+                        .contains(&r.name)
+                    {
                         assert_eq!(r.col0, 0, "{} {}", k.name(), r.name);
                     }
                 }
