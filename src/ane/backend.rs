@@ -29,6 +29,7 @@ use crate::ane::mil::kernels::{
     dense, generate, kernel_set, tensor_shape, Kernel, KernelSpec, LayerWeights, Pipeline,
     SurfaceLayout,
 };
+use crate::kernels::cpu::CpuKernels;
 use crate::kernels::ops::{self, Rope};
 use crate::kernels::{
     AttnFwd, AttnWeights, BackendStats, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1,
@@ -54,6 +55,59 @@ pub struct BudgetExhausted {
     pub needed: u64,
     pub left: u64,
     pub budget: u64,
+}
+
+/// The device refused a program (compile) or an evaluation: what the backend may route
+/// to the CPU instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the Neural Engine refused {kernel}: {message}")]
+pub struct DeviceRefused {
+    pub kernel: &'static str,
+    pub message: String,
+}
+
+/// The six kernels of the contract ([`crate::kernels::Kernels`]), the unit a refused
+/// program falls back to the CPU by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Contract {
+    FwdAttn,
+    FwdFfn,
+    FfnBwd,
+    SdpaBwd1,
+    SdpaBwd2,
+    QkvBwd,
+}
+
+impl Contract {
+    pub const ALL: [Contract; 6] = [
+        Contract::FwdAttn,
+        Contract::FwdFfn,
+        Contract::FfnBwd,
+        Contract::SdpaBwd1,
+        Contract::SdpaBwd2,
+        Contract::QkvBwd,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Contract::FwdAttn => "fwd_attn",
+            Contract::FwdFfn => "fwd_ffn",
+            Contract::FfnBwd => "ffn_bwd",
+            Contract::SdpaBwd1 => "sdpa_bwd1",
+            Contract::SdpaBwd2 => "sdpa_bwd2",
+            Contract::QkvBwd => "qkv_bwd",
+        }
+    }
+    /// The contract kernel a program serves.
+    pub fn of(k: Kernel) -> Contract {
+        match k {
+            Kernel::FwdAttn | Kernel::WoFwd => Contract::FwdAttn,
+            Kernel::FwdFfn => Contract::FwdFfn,
+            Kernel::FfnBwd | Kernel::FfnBwdW2t | Kernel::FfnBwdW13t => Contract::FfnBwd,
+            Kernel::WoBwd | Kernel::SdpaBwd1 => Contract::SdpaBwd1,
+            Kernel::SdpaBwd2 => Contract::SdpaBwd2,
+            Kernel::QkvBwd => Contract::QkvBwd,
+        }
+    }
 }
 
 /// Timing of one kernel type.
@@ -111,6 +165,15 @@ pub struct AneKernels {
     /// f32 scratch (da, inverse RMS).
     scratch32: Vec<f32>,
     inv_rms: Vec<f32>,
+    /// Route a contract kernel whose program the device refuses to the CPU instead of
+    /// failing.
+    fallback: bool,
+    cpu: CpuKernels,
+    /// Contract kernels running on the CPU, with the device's reason.
+    on_cpu: BTreeMap<Contract, String>,
+    /// Fallbacks not yet taken by [`Kernels::take_fallbacks`].
+    pending: Vec<crate::kernels::Fallback>,
+    cpu_ms: f64,
 }
 
 fn pack(dev: &mut dyn Device, s: SurfaceId, lay: &SurfaceLayout, srcs: &[Src]) -> Result<()> {
@@ -206,7 +269,7 @@ impl AneKernels {
         AneKernels::with_profile(device, cfg, batch, seq, pipeline, &profile)
     }
 
-    /// As [`AneKernels::new`], planned for `profile`.
+    /// As [`AneKernels::new`], planned for `profile`; any refusal by the device is an error.
     pub fn with_profile(
         device: Box<dyn Device>,
         cfg: &Config,
@@ -214,6 +277,21 @@ impl AneKernels {
         seq: usize,
         pipeline: Pipeline,
         profile: &Profile,
+    ) -> Result<AneKernels> {
+        AneKernels::build(device, cfg, batch, seq, pipeline, profile, false)
+    }
+
+    /// As [`AneKernels::with_profile`]; with `fallback`, a contract kernel whose program the
+    /// device refuses (at compile or evaluation) runs on the CPU instead, reported once
+    /// through [`Kernels::take_fallbacks`].
+    pub fn build(
+        device: Box<dyn Device>,
+        cfg: &Config,
+        batch: usize,
+        seq: usize,
+        pipeline: Pipeline,
+        profile: &Profile,
+        fallback: bool,
     ) -> Result<AneKernels> {
         let plan = fit::plan(cfg, batch, seq, pipeline, profile, device.compile_budget())
             .context("Neural Engine backend")?;
@@ -237,6 +315,11 @@ impl AneKernels {
             kstats: BTreeMap::new(),
             scratch32: Vec::new(),
             inv_rms: Vec::new(),
+            fallback,
+            cpu: CpuKernels::with_eps(cfg.norm_eps),
+            on_cpu: BTreeMap::new(),
+            pending: Vec::new(),
+            cpu_ms: 0.0,
         };
         for k in kernel_set(pipeline) {
             let sp = &me.specs[&k];
@@ -258,8 +341,15 @@ impl AneKernels {
                 },
             );
             if pipeline == Pipeline::Dynamic || !k.has_weights() {
-                let id = me.compile(k, None)?;
-                me.shared.insert(k, id);
+                if me.on_cpu(Contract::of(k)) {
+                    continue;
+                }
+                match me.compile(k, None) {
+                    Ok(id) => {
+                        me.shared.insert(k, id);
+                    }
+                    Err(e) => me.fail_over(Contract::of(k), e)?,
+                }
             }
         }
         Ok(me)
@@ -306,7 +396,10 @@ impl AneKernels {
     fn compile(&mut self, k: Kernel, w: Option<&LayerWeights>) -> Result<ProgramId> {
         let t = Instant::now();
         let p = generate(self.plan.pipeline, k, &self.plan.geo, w, &self.rope)?;
-        let id = self.dev.compile(&p)?;
+        let id = self.dev.compile(&p).map_err(|e| DeviceRefused {
+            kernel: k.name(),
+            message: format!("compile: {e:#}"),
+        })?;
         self.stats.compile_ms += t.elapsed().as_secs_f64() * 1e3;
         self.stats.compiles = self.dev.compiles();
         Ok(id)
@@ -370,7 +463,10 @@ impl AneKernels {
         let t = Instant::now();
         self.dev
             .evaluate(p, &[i], &[o])
-            .with_context(|| format!("{} (layer {layer})", k.name()))?;
+            .map_err(|e| DeviceRefused {
+                kernel: k.name(),
+                message: format!("evaluation (layer {layer}): {e:#}"),
+            })?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let est = self.dev.estimated_eval_ms(p);
         let st = self.kstats.get_mut(&k).unwrap();
@@ -517,13 +613,61 @@ impl AneKernels {
         for layer in 0..self.cfg.n_layers {
             let w = LayerWeights::from_params(params, layer);
             for &k in &kernels {
-                let id = self
-                    .compile(k, Some(&w))
-                    .with_context(|| format!("layer {layer}"))?;
-                self.per_layer.insert((k, layer), id);
+                if self.on_cpu(Contract::of(k)) {
+                    continue;
+                }
+                match self.compile(k, Some(&w)) {
+                    Ok(id) => {
+                        self.per_layer.insert((k, layer), id);
+                    }
+                    Err(e) => {
+                        self.fail_over(Contract::of(k), e.context(format!("layer {layer}")))?
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    fn on_cpu(&self, c: Contract) -> bool {
+        self.on_cpu.contains_key(&c)
+    }
+
+    /// After `e`: with fallback enabled and a device refusal, `c` moves to the CPU (Ok);
+    /// anything else is returned.
+    fn fail_over(&mut self, c: Contract, e: anyhow::Error) -> Result<()> {
+        if !self.fallback || e.downcast_ref::<DeviceRefused>().is_none() {
+            return Err(e);
+        }
+        let reason = format!("{e:#}");
+        self.on_cpu.insert(c, reason.clone());
+        self.pending.push(crate::kernels::Fallback {
+            kernel: c.name(),
+            error: reason,
+        });
+        Ok(())
+    }
+
+    fn timed_cpu(&mut self, f: impl FnOnce(&mut CpuKernels) -> Result<()>) -> Result<()> {
+        let t = Instant::now();
+        let r = f(&mut self.cpu);
+        self.cpu_ms += t.elapsed().as_secs_f64() * 1e3;
+        r
+    }
+
+    /// Where each contract kernel runs: `ane` (or `ane-sim`) or `cpu`.
+    pub fn placement(&self) -> Vec<(&'static str, String)> {
+        Contract::ALL
+            .iter()
+            .map(|&c| {
+                let d = if self.on_cpu(c) {
+                    "cpu".to_string()
+                } else {
+                    self.name.clone()
+                };
+                (c.name(), d)
+            })
+            .collect()
     }
 
     fn check_rope(&self, rope: &Rope) -> Result<()> {
@@ -552,43 +696,8 @@ impl AneKernels {
     }
 }
 
-impl Kernels for AneKernels {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn prepare(&mut self, params: &Params, weights_version: u64) -> Result<()> {
-        let pc = params.config();
-        if (
-            pc.dim,
-            pc.hidden_dim,
-            pc.n_layers,
-            pc.n_heads,
-            pc.n_kv_heads,
-            pc.head_dim,
-        ) != (
-            self.cfg.dim,
-            self.cfg.hidden_dim,
-            self.cfg.n_layers,
-            self.cfg.n_heads,
-            self.cfg.n_kv_heads,
-            self.cfg.head_dim,
-        ) {
-            bail!("prepare: the parameters' config differs from the backend's");
-        }
-        if self.weights_version == Some(weights_version) {
-            return Ok(());
-        }
-        self.weights_version = None;
-        match self.plan.pipeline {
-            Pipeline::Static => self.compile_static(params)?,
-            Pipeline::Dynamic => self.stage_weights(params)?,
-        }
-        self.weights_version = Some(weights_version);
-        Ok(())
-    }
-
-    fn fwd_attn(
+impl AneKernels {
+    fn ane_fwd_attn(
         &mut self,
         layer: usize,
         d: &Dims,
@@ -663,7 +772,7 @@ impl Kernels for AneKernels {
         Ok(())
     }
 
-    fn fwd_ffn(
+    fn ane_fwd_ffn(
         &mut self,
         layer: usize,
         d: &Dims,
@@ -712,7 +821,7 @@ impl Kernels for AneKernels {
         Ok(())
     }
 
-    fn ffn_bwd(
+    fn ane_ffn_bwd(
         &mut self,
         layer: usize,
         d: &Dims,
@@ -769,7 +878,7 @@ impl Kernels for AneKernels {
         Ok(())
     }
 
-    fn sdpa_bwd1(
+    fn ane_sdpa_bwd1(
         &mut self,
         layer: usize,
         d: &Dims,
@@ -853,7 +962,7 @@ impl Kernels for AneKernels {
         Ok(())
     }
 
-    fn sdpa_bwd2(
+    fn ane_sdpa_bwd2(
         &mut self,
         layer: usize,
         d: &Dims,
@@ -913,7 +1022,7 @@ impl Kernels for AneKernels {
         Ok(())
     }
 
-    fn qkv_bwd(
+    fn ane_qkv_bwd(
         &mut self,
         layer: usize,
         d: &Dims,
@@ -949,11 +1058,199 @@ impl Kernels for AneKernels {
         }
         Ok(())
     }
+}
+
+impl Kernels for AneKernels {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn prepare(&mut self, params: &Params, weights_version: u64) -> Result<()> {
+        let pc = params.config();
+        if (
+            pc.dim,
+            pc.hidden_dim,
+            pc.n_layers,
+            pc.n_heads,
+            pc.n_kv_heads,
+            pc.head_dim,
+        ) != (
+            self.cfg.dim,
+            self.cfg.hidden_dim,
+            self.cfg.n_layers,
+            self.cfg.n_heads,
+            self.cfg.n_kv_heads,
+            self.cfg.head_dim,
+        ) {
+            bail!("prepare: the parameters' config differs from the backend's");
+        }
+        if self.weights_version == Some(weights_version) {
+            return Ok(());
+        }
+        self.weights_version = None;
+        self.cpu.prepare(params, weights_version)?;
+        match self.plan.pipeline {
+            Pipeline::Static => self.compile_static(params)?,
+            Pipeline::Dynamic => self.stage_weights(params)?,
+        }
+        self.weights_version = Some(weights_version);
+        Ok(())
+    }
+
+    fn fwd_attn(
+        &mut self,
+        layer: usize,
+        d: &Dims,
+        rope: &Rope,
+        x: &[f32],
+        w: &AttnWeights,
+        out: AttnFwd,
+    ) -> Result<()> {
+        if !self.on_cpu(Contract::FwdAttn) {
+            let o = AttnFwd {
+                xn: &mut *out.xn,
+                q: &mut *out.q,
+                k: &mut *out.k,
+                v: &mut *out.v,
+                attn: &mut *out.attn,
+                o: &mut *out.o,
+            };
+            match self.ane_fwd_attn(layer, d, rope, x, w, o) {
+                Ok(()) => return Ok(()),
+                Err(e) => self.fail_over(Contract::FwdAttn, e)?,
+            }
+        }
+        self.timed_cpu(|c| c.fwd_attn(layer, d, rope, x, w, out))
+    }
+
+    fn fwd_ffn(
+        &mut self,
+        layer: usize,
+        d: &Dims,
+        x2: &[f32],
+        w: &FfnWeights,
+        out: FfnFwd,
+    ) -> Result<()> {
+        if !self.on_cpu(Contract::FwdFfn) {
+            let o = FfnFwd {
+                x2n: &mut *out.x2n,
+                h1: &mut *out.h1,
+                h3: &mut *out.h3,
+                gate: &mut *out.gate,
+                f: &mut *out.f,
+            };
+            match self.ane_fwd_ffn(layer, d, x2, w, o) {
+                Ok(()) => return Ok(()),
+                Err(e) => self.fail_over(Contract::FwdFfn, e)?,
+            }
+        }
+        self.timed_cpu(|c| c.fwd_ffn(layer, d, x2, w, out))
+    }
+
+    fn ffn_bwd(
+        &mut self,
+        layer: usize,
+        d: &Dims,
+        dy: &[f32],
+        h1: &[f32],
+        h3: &[f32],
+        w: &FfnWeights,
+        out: FfnBwd,
+    ) -> Result<()> {
+        if !self.on_cpu(Contract::FfnBwd) {
+            let o = FfnBwd {
+                dx2n: &mut *out.dx2n,
+                dh1: &mut *out.dh1,
+                dh3: &mut *out.dh3,
+            };
+            match self.ane_ffn_bwd(layer, d, dy, h1, h3, w, o) {
+                Ok(()) => return Ok(()),
+                Err(e) => self.fail_over(Contract::FfnBwd, e)?,
+            }
+        }
+        self.timed_cpu(|c| c.ffn_bwd(layer, d, dy, h1, h3, w, out))
+    }
+
+    fn sdpa_bwd1(
+        &mut self,
+        layer: usize,
+        d: &Dims,
+        dx2: &[f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        wo: &[f32],
+        out: SdpaBwd1,
+    ) -> Result<()> {
+        if !self.on_cpu(Contract::SdpaBwd1) {
+            let o = SdpaBwd1 {
+                dv: &mut *out.dv,
+                dp: &mut *out.dp,
+                probs: &mut *out.probs,
+            };
+            match self.ane_sdpa_bwd1(layer, d, dx2, q, k, v, wo, o) {
+                Ok(()) => return Ok(()),
+                Err(e) => self.fail_over(Contract::SdpaBwd1, e)?,
+            }
+        }
+        self.timed_cpu(|c| c.sdpa_bwd1(layer, d, dx2, q, k, v, wo, out))
+    }
+
+    fn sdpa_bwd2(
+        &mut self,
+        layer: usize,
+        d: &Dims,
+        probs: &[f32],
+        dp: &[f32],
+        q: &[f32],
+        k: &[f32],
+        out: SdpaBwd2,
+    ) -> Result<()> {
+        if !self.on_cpu(Contract::SdpaBwd2) {
+            let o = SdpaBwd2 {
+                dq: &mut *out.dq,
+                dk: &mut *out.dk,
+            };
+            match self.ane_sdpa_bwd2(layer, d, probs, dp, q, k, o) {
+                Ok(()) => return Ok(()),
+                Err(e) => self.fail_over(Contract::SdpaBwd2, e)?,
+            }
+        }
+        self.timed_cpu(|c| c.sdpa_bwd2(layer, d, probs, dp, q, k, out))
+    }
+
+    fn qkv_bwd(
+        &mut self,
+        layer: usize,
+        d: &Dims,
+        dq: &[f32],
+        dk: &[f32],
+        dv: &[f32],
+        w: &AttnWeights,
+        dxn: &mut [f32],
+    ) -> Result<()> {
+        if !self.on_cpu(Contract::QkvBwd) {
+            match self.ane_qkv_bwd(layer, d, dq, dk, dv, w, &mut *dxn) {
+                Ok(()) => return Ok(()),
+                Err(e) => self.fail_over(Contract::QkvBwd, e)?,
+            }
+        }
+        self.timed_cpu(|c| c.qkv_bwd(layer, d, dq, dk, dv, w, dxn))
+    }
 
     fn stats(&self) -> BackendStats {
         let mut s = self.stats.clone();
         s.compiles = self.dev.compiles();
+        s.fallback_cpu_ms = self.cpu_ms;
         s
+    }
+
+    fn take_fallbacks(&mut self) -> Vec<crate::kernels::Fallback> {
+        std::mem::take(&mut self.pending)
+    }
+
+    fn placement(&self) -> Vec<(&'static str, String)> {
+        AneKernels::placement(self)
     }
 
     fn compiles_left(&self) -> Option<u64> {

@@ -152,6 +152,17 @@ pub struct BackendStats {
     pub compile_ms: f64,
     /// Time spent converting and copying surfaces (Neural Engine backends).
     pub io_ms: f64,
+    /// Time spent in kernels that fell back to the CPU (Neural Engine backends).
+    pub fallback_cpu_ms: f64,
+}
+
+/// A kernel a backend moved to the CPU because the device refused its program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fallback {
+    /// The contract kernel (`fwd_attn`, …).
+    pub kernel: &'static str,
+    /// The device's error.
+    pub error: String,
 }
 
 /// The six kernels of one transformer layer. `layer` lets a backend that bakes weights into
@@ -247,6 +258,17 @@ pub trait Kernels: Send {
     /// Compiles this process may still perform (`None`: no limit).
     fn compiles_left(&self) -> Option<u64> {
         None
+    }
+
+    /// Kernels moved to the CPU since the last call (each reported once).
+    fn take_fallbacks(&mut self) -> Vec<Fallback> {
+        Vec::new()
+    }
+
+    /// Where each contract kernel runs (`fwd_attn` → `ane`, `cpu`, …); empty for a backend
+    /// that runs everything in one place.
+    fn placement(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
     }
 
     /// Compiles one weight update costs (the static pipeline recompiles every

@@ -1,0 +1,151 @@
+//! A kernel the Neural Engine refuses falls back to the CPU implementation of the same
+//! contract: results stay within the fp16 tolerance of the CPU kernels, the fallback is
+//! reported once, and without fallback the refusal is an error naming the kernel.
+//! Refusals are injected into the strict simulator.
+
+use anetrain::ane::backend::AneKernels;
+use anetrain::ane::chip::Profile;
+use anetrain::ane::sim::SimDevice;
+use anetrain::ane::Pipeline;
+use anetrain::kernels::cpu::CpuKernels;
+use anetrain::kernels::{Dims, FfnBwd, FfnWeights, Kernels};
+use anetrain::model::{Config, LayerTensor, Params};
+use anetrain::util::rng::Rng;
+
+fn setup() -> (Config, Params, Dims) {
+    let mut c = Config::preset("stories260k").unwrap();
+    c.n_layers = 2;
+    c.vocab_size = 32;
+    let p = Params::init_random(&c, 4);
+    let d = Dims::new(&c, 2, 64);
+    (c, p, d)
+}
+
+fn device(reject: Option<&str>) -> Box<SimDevice> {
+    let mut dev = SimDevice::with_profile(Profile::conservative());
+    if let Some(k) = reject {
+        dev.reject_kernel(k, "test: this chip refuses it");
+    }
+    Box::new(dev)
+}
+
+/// ffn_bwd of layer 1 on `k` from fixed random inputs.
+fn ffn_bwd(k: &mut dyn Kernels, p: &Params, d: &Dims) -> anyhow::Result<Vec<f32>> {
+    let (dm, h, n) = (d.dim, d.hidden, d.n());
+    let mut rng = Rng::new(8);
+    let mut r = |len| -> Vec<f32> { (0..len).map(|_| rng.normal()).collect() };
+    let (dy, h1, h3) = (r(dm * n), r(h * n), r(h * n));
+    let fw = FfnWeights {
+        g: p.layer(1, LayerTensor::FfnNorm),
+        w1: p.layer(1, LayerTensor::W1),
+        w2: p.layer(1, LayerTensor::W2),
+        w3: p.layer(1, LayerTensor::W3),
+    };
+    let (mut dx2n, mut dh1, mut dh3) = (vec![0.0; dm * n], vec![0.0; h * n], vec![0.0; h * n]);
+    k.ffn_bwd(
+        1,
+        d,
+        &dy,
+        &h1,
+        &h3,
+        &fw,
+        FfnBwd {
+            dx2n: &mut dx2n,
+            dh1: &mut dh1,
+            dh3: &mut dh3,
+        },
+    )?;
+    Ok([dx2n, dh1, dh3].concat())
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f64 {
+    let s = b.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).abs())
+        .fold(0.0, f64::max)
+        / s
+}
+
+#[test]
+fn a_refused_program_falls_back_to_the_cpu_once() {
+    let (c, p, d) = setup();
+    let mut cpu = CpuKernels::new();
+    cpu.prepare(&p, 1).unwrap();
+    let want = ffn_bwd(&mut cpu, &p, &d).unwrap();
+    for (pipeline, refused) in [
+        (Pipeline::Dynamic, "ffnBwdW13t"),
+        (Pipeline::Static, "ffnBwd"),
+    ] {
+        let prof = Profile::conservative();
+        let mut k = AneKernels::build(
+            device(Some(refused)),
+            &c,
+            d.batch,
+            d.seq,
+            pipeline,
+            &prof,
+            true,
+        )
+        .unwrap();
+        k.prepare(&p, 1).unwrap();
+        let got = ffn_bwd(&mut k, &p, &d).unwrap();
+        // The CPU ran it: equal to the CPU kernel exactly.
+        assert_eq!(got, want, "{pipeline}");
+        let f = k.take_fallbacks();
+        assert_eq!(f.len(), 1, "{pipeline}: {f:?}");
+        assert_eq!(f[0].kernel, "ffn_bwd");
+        assert!(
+            f[0].error.contains("injected") && f[0].error.contains(refused),
+            "{}",
+            f[0].error
+        );
+        assert!(k.take_fallbacks().is_empty(), "reported once");
+        let place = k.placement();
+        assert!(place.contains(&("ffn_bwd", "cpu".to_string())), "{place:?}");
+        assert!(
+            place.contains(&("fwd_attn", "ane-sim".to_string())),
+            "{place:?}"
+        );
+        assert!(Kernels::stats(&k).fallback_cpu_ms > 0.0);
+        // The other kernels still run on the simulated Neural Engine, within fp16 tolerance.
+        let mut ok =
+            AneKernels::build(device(None), &c, d.batch, d.seq, pipeline, &prof, true).unwrap();
+        ok.prepare(&p, 1).unwrap();
+        let ane = ffn_bwd(&mut ok, &p, &d).unwrap();
+        assert!(max_rel(&ane, &want) < 1e-2, "{pipeline}");
+        assert!(ok.take_fallbacks().is_empty());
+    }
+}
+
+#[test]
+fn without_fallback_a_refusal_is_an_error_naming_the_kernel() {
+    let (c, p, d) = setup();
+    let prof = Profile::conservative();
+    let e = AneKernels::build(
+        device(Some("qkvBwd")),
+        &c,
+        d.batch,
+        d.seq,
+        Pipeline::Dynamic,
+        &prof,
+        false,
+    )
+    .err()
+    .expect("refused");
+    let msg = format!("{e:#}");
+    assert!(msg.contains("qkvBwd") && msg.contains("injected"), "{msg}");
+    // Static: the refusal comes at the first weight update.
+    let mut k = AneKernels::build(
+        device(Some("fwdFFN")),
+        &c,
+        d.batch,
+        d.seq,
+        Pipeline::Static,
+        &prof,
+        false,
+    )
+    .unwrap();
+    let msg = format!("{:#}", k.prepare(&p, 1).unwrap_err());
+    assert!(msg.contains("fwdFFN"), "{msg}");
+}
