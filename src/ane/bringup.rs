@@ -138,6 +138,8 @@ pub struct KernelCompare {
     pub worst_output: &'static str,
     pub tolerance: f64,
     pub ok: bool,
+    /// Where it ran: the Neural Engine (`ane`, `ane-sim`) or `cpu` after a refusal.
+    pub runs_on: String,
 }
 
 /// Everything `anetrain ane check` found.
@@ -433,7 +435,8 @@ pub fn run(spec: &CheckSpec, progress: &mut dyn FnMut(&str)) -> Result<CheckRepo
             .map(|ms| ms * spec.cfg.n_layers as f64);
     }
     let all_compiled = rep.programs.iter().all(|p| p.compiled && p.error.is_none());
-    let all_close = !rep.kernels.is_empty() && rep.kernels.iter().all(|k| k.ok);
+    let all_close =
+        !rep.kernels.is_empty() && rep.kernels.iter().all(|k| k.ok && k.runs_on != "cpu");
     rep.verdict = if all_compiled && all_close {
         "ok"
     } else if rep.programs.iter().any(|p| p.compiled) {
@@ -470,8 +473,9 @@ fn compare(
     rope: &Rope,
 ) -> Result<Vec<KernelCompare>> {
     let dev = (spec.device)(profile)?;
+    // With fallback: a refused program's kernel runs on the CPU, the others are still compared.
     let mut ane =
-        AneKernels::with_profile(dev, cfg1, spec.batch, spec.seq, spec.pipeline, profile)?;
+        AneKernels::build(dev, cfg1, spec.batch, spec.seq, spec.pipeline, profile, true)?;
     let mut cpu = CpuKernels::with_eps(cfg1.norm_eps);
     ane.prepare(params, 1)?;
     cpu.prepare(params, 1)?;
@@ -616,6 +620,7 @@ fn compare(
     };
     let (a, c) = (qb(&mut ane)?, qb(&mut cpu)?);
     results.push(("qkv_bwd", a, c));
+    let place = ane.placement();
     Ok(results
         .into_iter()
         .map(|(kernel, a, c)| {
@@ -630,6 +635,10 @@ fn compare(
                 worst_output,
                 tolerance: TOLERANCE,
                 ok: max_rel_err <= TOLERANCE,
+                runs_on: place
+                    .iter()
+                    .find(|(k, _)| *k == kernel)
+                    .map_or_else(String::new, |(_, d)| d.clone()),
             }
         })
         .collect())
@@ -742,12 +751,17 @@ impl CheckReport {
             for k in &self.kernels {
                 let _ = writeln!(
                     s,
-                    "{:<10} {:>12.2e} {:>10.0e}  {} ({})",
+                    "{:<10} {:>12.2e} {:>10.0e}  {} ({}){}",
                     k.kernel,
                     k.max_rel_err,
                     k.tolerance,
                     if k.ok { "ok" } else { "OUT OF TOLERANCE" },
-                    k.worst_output
+                    k.worst_output,
+                    if k.runs_on == "cpu" {
+                        " — ran on the CPU (fallback)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
