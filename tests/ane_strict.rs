@@ -746,3 +746,104 @@ fn a_violation_message_names_line_shape_and_source() {
          tensor<fp16, [1, 64, 1, 384]>), not a power of two"
     );
 }
+
+/// The profiles table of docs/ANE_HARDWARE.md, rendered from [`Profile::all`].
+fn profile_table() -> String {
+    let ps = Profile::all();
+    let kb = |b: usize| {
+        if b % (1024 * 1024) == 0 {
+            format!("{} MB", b / (1024 * 1024))
+        } else {
+            format!("{} KB", b / 1024)
+        }
+    };
+    let yn = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let rows: Vec<(&str, Box<dyn Fn(&Profile) -> String>)> = vec![
+        ("C1 `max_axis`", Box::new(|p| p.max_axis.to_string())),
+        (
+            "C1 `max_channels`",
+            Box::new(|p| p.max_channels.to_string()),
+        ),
+        (
+            "C2 `w_slice_saturates`",
+            Box::new(move |p| yn(p.w_slice_saturates)),
+        ),
+        (
+            "C3 `rope`",
+            Box::new(|p| {
+                match p.rope {
+                    anetrain::ane::chip::RopeForm::Permutation => "permutation",
+                    anetrain::ane::chip::RopeForm::PairsConcat => "pairs-concat",
+                }
+                .to_string()
+            }),
+        ),
+        ("C8 `softmax_pow2`", Box::new(move |p| yn(p.softmax_pow2))),
+        ("C7 `min_width`", Box::new(|p| p.min_width.to_string())),
+        (
+            "C7/C24 `width_multiple`",
+            Box::new(|p| p.width_multiple.to_string()),
+        ),
+        (
+            "C7 `channel_multiple`",
+            Box::new(|p| p.channel_multiple.to_string()),
+        ),
+        (
+            "C7 `min_surface_bytes`",
+            Box::new(move |p| kb(p.min_surface_bytes)),
+        ),
+        (
+            "C18 `max_surface_bytes`",
+            Box::new(move |p| kb(p.max_surface_bytes)),
+        ),
+        ("C9 `dialect`", Box::new(|p| p.dialect.name().to_string())),
+        (
+            "C14 `compile_budget`",
+            Box::new(|p| p.compile_budget.to_string()),
+        ),
+        (
+            "C19 `throughput_decay_evals`",
+            Box::new(|p| {
+                p.throughput_decay_evals
+                    .map_or("—".to_string(), |n| n.to_string())
+            }),
+        ),
+    ];
+    let mut s = String::from("| field |");
+    for p in &ps {
+        s.push_str(&format!(" {} |", p.name));
+    }
+    s.push_str("\n|---|");
+    for _ in &ps {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for (name, f) in &rows {
+        s.push_str(&format!("| {name} |"));
+        for p in &ps {
+            s.push_str(&format!(" {} |", f(p)));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[test]
+fn the_hardware_doc_lists_the_profiles_and_every_rule() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ANE_HARDWARE.md"))
+        .unwrap_or_default();
+    if std::env::var_os("PRINT_PROFILE_TABLE").is_some() {
+        println!("{}", profile_table());
+    }
+    assert!(
+        doc.contains(&profile_table()),
+        "docs/ANE_HARDWARE.md's profiles table is stale; expected:\n{}",
+        profile_table()
+    );
+    for r in Rule::ALL {
+        assert!(
+            doc.contains(&format!("| {} | `{}` |", r.code(), r.name())),
+            "docs/ANE_HARDWARE.md does not list {r}"
+        );
+    }
+}
