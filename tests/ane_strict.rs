@@ -751,14 +751,15 @@ fn a_violation_message_names_line_shape_and_source() {
 fn profile_table() -> String {
     let ps = Profile::all();
     let kb = |b: usize| {
-        if b % (1024 * 1024) == 0 {
+        if b.is_multiple_of(1024 * 1024) {
             format!("{} MB", b / (1024 * 1024))
         } else {
             format!("{} KB", b / 1024)
         }
     };
     let yn = |b: bool| if b { "yes" } else { "no" }.to_string();
-    let rows: Vec<(&str, Box<dyn Fn(&Profile) -> String>)> = vec![
+    type Cell = Box<dyn Fn(&Profile) -> String>;
+    let rows: Vec<(&str, Cell)> = vec![
         ("C1 `max_axis`", Box::new(|p| p.max_axis.to_string())),
         (
             "C1 `max_channels`",

@@ -268,11 +268,7 @@ impl Device for SimDevice {
         let plan = (|| {
             let ast = parse::parse(&p.text).context("MIL parse error")?;
             for f in &ast.functions {
-                if let Some(s) = f
-                    .body
-                    .iter()
-                    .find(|s| self.reject_ops.iter().any(|o| *o == s.op))
-                {
+                if let Some(s) = f.body.iter().find(|s| self.reject_ops.contains(&s.op)) {
                     bail!(
                         "compile refused by an injected failure (SimDevice::reject_op({:?})): \
                          line {}: {} = {}(…)",
