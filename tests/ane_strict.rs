@@ -848,3 +848,43 @@ fn the_hardware_doc_lists_the_profiles_and_every_rule() {
         );
     }
 }
+
+#[test]
+fn builder_programs_pass_strict_mode_in_each_profiles_dialect() {
+    // A slice begin and a conv pad of [0, 0, 0, 0], strides and dilations of [1, 1], both
+    // transpose flags false: the Builder gives each parameter kind its own const (P5).
+    for p in Profile::all() {
+        let mut b = Builder::with_dialect("builderStrict", p.dialect);
+        let x = b.input("x", [1, 128, 1, 384]);
+        let h = b.slice("h", &x, &[0, 0, 0, 0], &[1, 64, 1, 384]);
+        let w: Vec<f32> = (0..64 * 64).map(|i| (i % 5) as f32 / 8.0).collect();
+        let wv = b.weight("w", &[64, 64, 1, 1], blob::fp16(&w));
+        let y = b.conv("y", &h, &wv);
+        let s = b.softmax("s", &y, 1);
+        let r = b.reshape("r", &s, &[1, 1, 64, 384]);
+        let rt = b.transpose("rt", &r, &[0, 1, 3, 2]);
+        let m = b.matmul("m", &rt, &r, false, false);
+        let mt = b.transpose("mt", &m, &[0, 1, 3, 2]);
+        let o = b.reshape("o", &mt, &[1, 384, 1, 384]);
+        let prog = b.finish(&o);
+        let v = anetrain::ane::check::check_program(&prog, &p).unwrap();
+        assert!(v.is_empty(), "{}: {v:?}", p.name);
+        SimDevice::with_profile(p.clone()).compile(&prog).unwrap();
+        // The same program in the other dialect is refused by C9 only.
+        let other = if p.dialect == Dialect::Ios16 {
+            Dialect::Ios18
+        } else {
+            Dialect::Ios16
+        };
+        let mut b = Builder::with_dialect("builderStrict", other);
+        let x = b.input("x", [1, 64, 1, 384]);
+        let y = b.scale("y", &x, 0.5);
+        let prog = b.finish(&y);
+        let rules: BTreeSet<Rule> = anetrain::ane::check::check_program(&prog, &p)
+            .unwrap()
+            .iter()
+            .map(|v| v.rule)
+            .collect();
+        assert_eq!(rules, BTreeSet::from([Rule::Dialect]), "{}", p.name);
+    }
+}
