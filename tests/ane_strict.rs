@@ -746,3 +746,145 @@ fn a_violation_message_names_line_shape_and_source() {
          tensor<fp16, [1, 64, 1, 384]>), not a power of two"
     );
 }
+
+/// The profiles table of docs/ANE_HARDWARE.md, rendered from [`Profile::all`].
+fn profile_table() -> String {
+    let ps = Profile::all();
+    let kb = |b: usize| {
+        if b.is_multiple_of(1024 * 1024) {
+            format!("{} MB", b / (1024 * 1024))
+        } else {
+            format!("{} KB", b / 1024)
+        }
+    };
+    let yn = |b: bool| if b { "yes" } else { "no" }.to_string();
+    type Cell = Box<dyn Fn(&Profile) -> String>;
+    let rows: Vec<(&str, Cell)> = vec![
+        ("C1 `max_axis`", Box::new(|p| p.max_axis.to_string())),
+        (
+            "C1 `max_channels`",
+            Box::new(|p| p.max_channels.to_string()),
+        ),
+        (
+            "C2 `w_slice_saturates`",
+            Box::new(move |p| yn(p.w_slice_saturates)),
+        ),
+        (
+            "C3 `rope`",
+            Box::new(|p| {
+                match p.rope {
+                    anetrain::ane::chip::RopeForm::Permutation => "permutation",
+                    anetrain::ane::chip::RopeForm::PairsConcat => "pairs-concat",
+                }
+                .to_string()
+            }),
+        ),
+        ("C8 `softmax_pow2`", Box::new(move |p| yn(p.softmax_pow2))),
+        ("C7 `min_width`", Box::new(|p| p.min_width.to_string())),
+        (
+            "C7/C24 `width_multiple`",
+            Box::new(|p| p.width_multiple.to_string()),
+        ),
+        (
+            "C7 `channel_multiple`",
+            Box::new(|p| p.channel_multiple.to_string()),
+        ),
+        (
+            "C7 `min_surface_bytes`",
+            Box::new(move |p| kb(p.min_surface_bytes)),
+        ),
+        (
+            "C18 `max_surface_bytes`",
+            Box::new(move |p| kb(p.max_surface_bytes)),
+        ),
+        ("C9 `dialect`", Box::new(|p| p.dialect.name().to_string())),
+        (
+            "C14 `compile_budget`",
+            Box::new(|p| p.compile_budget.to_string()),
+        ),
+        (
+            "C19 `throughput_decay_evals`",
+            Box::new(|p| {
+                p.throughput_decay_evals
+                    .map_or("—".to_string(), |n| n.to_string())
+            }),
+        ),
+    ];
+    let mut s = String::from("| field |");
+    for p in &ps {
+        s.push_str(&format!(" {} |", p.name));
+    }
+    s.push_str("\n|---|");
+    for _ in &ps {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for (name, f) in &rows {
+        s.push_str(&format!("| {name} |"));
+        for p in &ps {
+            s.push_str(&format!(" {} |", f(p)));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[test]
+fn the_hardware_doc_lists_the_profiles_and_every_rule() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ANE_HARDWARE.md"))
+        .unwrap_or_default();
+    if std::env::var_os("PRINT_PROFILE_TABLE").is_some() {
+        println!("{}", profile_table());
+    }
+    assert!(
+        doc.contains(&profile_table()),
+        "docs/ANE_HARDWARE.md's profiles table is stale; expected:\n{}",
+        profile_table()
+    );
+    for r in Rule::ALL {
+        assert!(
+            doc.contains(&format!("| {} | `{}` |", r.code(), r.name())),
+            "docs/ANE_HARDWARE.md does not list {r}"
+        );
+    }
+}
+
+#[test]
+fn builder_programs_pass_strict_mode_in_each_profiles_dialect() {
+    // A slice begin and a conv pad of [0, 0, 0, 0], strides and dilations of [1, 1], both
+    // transpose flags false: the Builder gives each parameter kind its own const (P5).
+    for p in Profile::all() {
+        let mut b = Builder::with_dialect("builderStrict", p.dialect);
+        let x = b.input("x", [1, 128, 1, 384]);
+        let h = b.slice("h", &x, &[0, 0, 0, 0], &[1, 64, 1, 384]);
+        let w: Vec<f32> = (0..64 * 64).map(|i| (i % 5) as f32 / 8.0).collect();
+        let wv = b.weight("w", &[64, 64, 1, 1], blob::fp16(&w));
+        let y = b.conv("y", &h, &wv);
+        let s = b.softmax("s", &y, 1);
+        let r = b.reshape("r", &s, &[1, 1, 64, 384]);
+        let rt = b.transpose("rt", &r, &[0, 1, 3, 2]);
+        let m = b.matmul("m", &rt, &r, false, false);
+        let mt = b.transpose("mt", &m, &[0, 1, 3, 2]);
+        let o = b.reshape("o", &mt, &[1, 384, 1, 384]);
+        let prog = b.finish(&o);
+        let v = anetrain::ane::check::check_program(&prog, &p).unwrap();
+        assert!(v.is_empty(), "{}: {v:?}", p.name);
+        SimDevice::with_profile(p.clone()).compile(&prog).unwrap();
+        // The same program in the other dialect is refused by C9 only.
+        let other = if p.dialect == Dialect::Ios16 {
+            Dialect::Ios18
+        } else {
+            Dialect::Ios16
+        };
+        let mut b = Builder::with_dialect("builderStrict", other);
+        let x = b.input("x", [1, 64, 1, 384]);
+        let y = b.scale("y", &x, 0.5);
+        let prog = b.finish(&y);
+        let rules: BTreeSet<Rule> = anetrain::ane::check::check_program(&prog, &p)
+            .unwrap()
+            .iter()
+            .map(|v| v.rule)
+            .collect();
+        assert_eq!(rules, BTreeSet::from([Rule::Dialect]), "{}", p.name);
+    }
+}

@@ -152,6 +152,18 @@ impl Rule {
     }
 }
 
+impl Rule {
+    /// Whether the rule constrains programs under `profile` (C3 only where the pairs RoPE form
+    /// is rejected, C8 only where softmax lengths must be powers of two; the rest always).
+    pub fn applies(self, profile: &Profile) -> bool {
+        match self {
+            Rule::RopeForm => profile.rope == RopeForm::Permutation,
+            Rule::SoftmaxPow2 => profile.softmax_pow2,
+            _ => true,
+        }
+    }
+}
+
 impl std::fmt::Display for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.code(), self.name())
@@ -221,6 +233,11 @@ pub fn check_text(
         exec::compile(&ast, weights).context("MIL compile error")?;
     }
     Ok(v)
+}
+
+/// [`check_text`] of a generated program (its text and weight dictionary).
+pub fn check_program(p: &crate::ane::mil::Program, profile: &Profile) -> Result<Vec<Violation>> {
+    check_text(&p.text, &p.weights, profile).with_context(|| format!("kernel {}", p.label))
 }
 
 /// Every violation of `profile`'s rules in a parsed program, ordered by line.
@@ -843,6 +860,11 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
         }
+        let m4 = Profile::named("m4").unwrap();
+        assert!(!Rule::RopeForm.applies(&m4) && Rule::RopeForm.applies(&Profile::conservative()));
+        assert!(Rule::ALL
+            .iter()
+            .all(|r| r.applies(&Profile::conservative())));
         let v = Violation {
             rule: Rule::SoftmaxPow2,
             line: 42,

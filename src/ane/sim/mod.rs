@@ -5,8 +5,12 @@
 //! What it enforces, because the hardware does (ANE_FACTS §1.6, §6.1, §9):
 //! - one input and one output surface per request (the hardware's error `0x1d`);
 //! - fp16 surfaces `[1, C, 1, W]`, sized exactly to the program's declared tensors;
-//! - a per-process compile budget (default [`DEFAULT_COMPILE_BUDGET`] = 119; configurable),
-//!   counted per device instance — the trainer owns one device per process;
+//! - either MIL dialect, consistently: `program(1.3)` with `main<ios18>`, or `program(1.0)`
+//!   with `main<ios16>` (shorthand or typed literals parse to the same tree and execute
+//!   bit-identically; which dialect a chip takes is strict mode's rule C9);
+//! - a per-process compile budget (default [`DEFAULT_COMPILE_BUDGET`] = 119 for a lenient
+//!   device, the profile's 100 in strict mode; configurable), counted per device instance —
+//!   the trainer owns one device per process;
 //! - weights fixed at compile time (the plan holds copies of the blobs);
 //! - `scaled_dot_product_attention` ignores its `attn_mask`;
 //! - unknown ops, unknown parameters, non-constant static parameters, declared types that
@@ -272,11 +276,7 @@ impl Device for SimDevice {
         let plan = (|| {
             let ast = parse::parse(&p.text).context("MIL parse error")?;
             for f in &ast.functions {
-                if let Some(s) = f
-                    .body
-                    .iter()
-                    .find(|s| self.reject_ops.iter().any(|o| *o == s.op))
-                {
+                if let Some(s) = f.body.iter().find(|s| self.reject_ops.contains(&s.op)) {
                     bail!(
                         "compile refused by an injected failure (SimDevice::reject_op({:?})): \
                          line {}: {} = {}(…)",

@@ -892,4 +892,41 @@ mod tests {
             .to_string();
         assert!(e.contains("holds 2 values"), "{e}");
     }
+
+    #[test]
+    fn both_dialects_parse_to_the_same_tree() {
+        let short = r#"program(1.3)
+[buildInfo = dict<string, string>({{"coremlc-version", "3505.4.1"}})]
+{
+    func main<ios18>(tensor<fp16, [1, 4, 1, 2]> x) {
+        fp16 sc = const()[name = string("sc"), val = fp16(0.5)];
+        bool f = const()[name = string("f"), val = bool(false)];
+        tensor<fp16, [4, 4, 1, 1]> W = const()[name = string("W"), val = tensor<fp16, [4, 4, 1, 1]>(BLOBFILE(path = string("@model_path/weights/w.bin"), offset = uint64(64)))];
+        tensor<fp16, [1, 4, 1, 2]> y = mul(x = x, y = sc)[name = string("y")];
+    } -> (y);
+}
+"#;
+        let typed = r#"program(1.0)
+[buildInfo = dict<tensor<string, []>, tensor<string, []>>({{"coremlc-version", "3505.4.1"}})]
+{
+    func main<ios16>(tensor<fp16, [1, 4, 1, 2]> x) {
+        tensor<fp16, []> sc = const()[name = tensor<string, []>("sc"), val = tensor<fp16, []>(0.5)];
+        tensor<bool, []> f = const()[name = tensor<string, []>("f"), val = tensor<bool, []>(false)];
+        tensor<fp16, [4, 4, 1, 1]> W = const()[name = tensor<string, []>("W"), val = tensor<fp16, [4, 4, 1, 1]>(BLOBFILE(path = tensor<string, []>("@model_path/weights/w.bin"), offset = tensor<uint64, []>(64)))];
+        tensor<fp16, [1, 4, 1, 2]> y = mul(x = x, y = sc)[name = tensor<string, []>("y")];
+    } -> (y);
+}
+"#;
+        let (a, b) = (parse(short).unwrap(), parse(typed).unwrap());
+        assert_eq!(a.attrs, b.attrs);
+        assert_eq!(a.attr_names, vec![("buildInfo".to_string(), 2)]);
+        assert_eq!(a.functions[0].body, b.functions[0].body);
+        assert_eq!(a.functions[0].params, b.functions[0].params);
+        assert_eq!((a.functions[0].line, a.functions[0].outputs_line), (4, 9));
+        assert_eq!(a.shorthand_lines, vec![2, 5, 6, 7, 8]);
+        assert!(a.typed_lines.is_empty());
+        assert_eq!(b.typed_lines, vec![2, 5, 6, 7, 8]);
+        assert!(b.shorthand_lines.is_empty());
+        assert_eq!((a.version.as_str(), b.version.as_str()), ("1.3", "1.0"));
+    }
 }
