@@ -375,7 +375,7 @@ fn mil_programs() -> Vec<(String, anetrain::ane::mil::Program)> {
     let w = LayerWeights::from_params(&params, 0);
     let mut out = Vec::new();
     for p in [Pipeline::Static, Pipeline::Dynamic] {
-        for k in kernel_set(p, &geo) {
+        for k in kernel_set(p) {
             let weights = (p == Pipeline::Static && k.has_weights()).then_some(&w);
             let prog = generate(p, k, &geo, weights, &rope).expect("tiny kernel program");
             out.push((format!("{p}-{}.mil", k.name()), prog));
