@@ -18,14 +18,12 @@
 pub mod backend;
 pub mod blob;
 pub mod device;
-pub mod loss_scale;
 pub mod mil;
 pub mod private;
 pub mod sim;
 
 pub use backend::AneKernels;
 pub use device::Device;
-pub use loss_scale::LossScaler;
 pub use mil::kernels::Pipeline;
 
 /// Whether the real Neural Engine can be used here, and if not, why.

@@ -244,6 +244,13 @@ pub trait Kernels: Send {
         BackendStats::default()
     }
 
+    /// Whether the backward pass stores gradients in a format that underflows without loss
+    /// scaling (fp16). The trainer then scales the loss dynamically
+    /// ([`crate::train::loss_scale`]); otherwise the scale stays fixed.
+    fn needs_loss_scaling(&self) -> bool {
+        false
+    }
+
     /// Compiles this process may still perform (`None`: no limit).
     fn compiles_left(&self) -> Option<u64> {
         None
