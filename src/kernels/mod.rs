@@ -1,19 +1,41 @@
 //! The kernel contract: the six per-layer kernels of the reference Neural Engine trainer
-//! (fwdAttn, fwdFFN, ffnBwd, sdpaBwd1, sdpaBwd2, qkvBwd) as one narrow trait, implemented by
-//! the `cpu` backend here and by the `ane`/`ane-sim` backends in [`crate::ane`].
+//! (fwdAttn, fwdFFN, ffnBwd, sdpaBwd1, sdpaBwd2, qkvBwd) as one narrow trait, [`Kernels`],
+//! implemented by the fp32 `cpu` backend ([`cpu`]), the plain-loop oracle ([`reference`])
+//! and the `ane`/`ane-sim` backends in [`crate::ane`]. Everything around the six —
+//! embedding, RMSNorm backward, RoPE backward, classifier and cross-entropy, the dW GEMMs —
+//! is written once above this seam ([`ops`], called by `train::step`).
 //!
 //! Layout: every activation is a channel-first matrix `[C, N]` (row-major, `a[c·N + t]`),
 //! N = B·S token columns, sequence b in columns `b·S..(b+1)·S` — exactly the Neural Engine's
 //! `[1, C, 1, S]` surface order. Weights are llama2.c's `W[out, in]`, so `Y = W·X`.
+//! D = dim, H = hidden, QD = n_heads·head_dim, KVD = n_kv_heads·head_dim.
 //!
-//! Attention probabilities and their gradients are `[B, NH, S, S]` (query row, key column).
-//! RoPE is applied inside fwdAttn (q, k taps are post-RoPE); its backward is a CPU op applied
-//! between sdpaBwd2 and qkvBwd. GQA: kv head `j` serves query heads `j·G..(j+1)·G`
-//! (llama2.c's `h / (n_heads / n_kv_heads)`).
+//! Which backward undoes which forward (shapes of every input; `train::step` wires them):
+//!
+//! | forward | its outputs | undone by | inputs of the backward | backward outputs |
+//! |---|---|---|---|---|
+//! | `fwd_ffn`: x2n = rmsnorm(x2)·g; h1 = W1·x2n; h3 = W3·x2n; gate = silu(h1)⊙h3; f = W2·gate | x2n `[D,N]`, h1 h3 gate `[H,N]`, f `[D,N]` | `ffn_bwd` | dy `[D,N]`, h1 h3 `[H,N]`, W1 W3 `[H,D]`, W2 `[D,H]` | dx2n `[D,N]`, dh1 dh3 `[H,N]` |
+//! | … its RMSNorm | | `ops::rmsnorm_bwd` (CPU) | dx2n, x2 `[D,N]`, g `[D]` | adds into dx2 `[D,N]`, dg `[D]` |
+//! | `fwd_attn`: o = Wo·attn | attn `[QD,N]`, o `[D,N]` | `sdpa_bwd1` (dattn = Woᵀ·dx2 fused) | dx2 `[D,N]`, q `[QD,N]`, k v `[KVD,N]`, Wo `[D,QD]` | dv `[KVD,N]`, dP P `[B,NH,S,S]` |
+//! | `fwd_attn`: P = causal softmax(qᵀk/√hd) | (P recomputed, not a tap) | `sdpa_bwd2` | P dP `[B,NH,S,S]`, q `[QD,N]`, k `[KVD,N]` | dq `[QD,N]`, dk `[KVD,N]` (post-RoPE) |
+//! | `fwd_attn`: RoPE(q), RoPE(k) | q `[QD,N]`, k `[KVD,N]` | `ops::rope_bwd` (CPU, in place) | dq, dk | dq, dk (pre-RoPE) |
+//! | `fwd_attn`: q,k,v = Wq,Wk,Wv·xn | xn `[D,N]`, v `[KVD,N]` | `qkv_bwd` | dq `[QD,N]`, dk dv `[KVD,N]`, Wq `[QD,D]`, Wk Wv `[KVD,D]` | dxn `[D,N]` |
+//! | `fwd_attn`: xn = rmsnorm(x)·g | | `ops::rmsnorm_bwd` (CPU) | dxn, x `[D,N]`, g `[D]` | adds into dx `[D,N]`, dg `[D]` |
+//!
+//! Weight gradients are not kernels: `dW += dY·Xᵀ` for each projection from the taps (xn,
+//! x2n, attn, gate) and the backward outputs (dq, dk, dv, dh1, dh3, dx2, dy), on the CPU.
+//!
+//! Attention probabilities and their gradients are `[B, NH, S, S]` (query row, key column,
+//! zero above the diagonal). RoPE is applied inside fwdAttn (the q, k taps are post-RoPE)
+//! with llama2.c's pairs `(2j, 2j+1)` of each head at position `t mod S`. GQA: kv head `j`
+//! serves query heads `j·G..(j+1)·G`, G = NH/NKV (llama2.c's `h / (n_heads / n_kv_heads)`);
+//! dk and dv of a kv head are summed over its G query heads. Every kernel overwrites its
+//! outputs (never accumulates into them).
 
 pub mod cpu;
 pub mod gemm;
 pub mod ops;
+pub mod reference;
 
 use crate::model::Config;
 use anyhow::Result;
