@@ -108,6 +108,33 @@ pub struct Outcome {
     pub restart: bool,
 }
 
+/// What one call of [`Trainer::run`] tracks besides the trainer's own state.
+#[derive(Default)]
+struct RunState {
+    first_loss: Option<f32>,
+    val_loss: Option<f32>,
+    /// Non-finite steps in a row, and the reason of the first of them.
+    bad_run: u32,
+    first_bad: Option<String>,
+    interrupted: bool,
+    /// A checkpoint failed (disk full…) and is retried after the next step.
+    ckpt_pending: bool,
+}
+
+impl RunState {
+    fn outcome(&self, t: &Trainer, start_step: u64, restart: bool) -> Outcome {
+        Outcome {
+            steps_done: t.step - start_step,
+            last_loss: t.last_loss,
+            first_loss: self.first_loss,
+            val_loss: self.val_loss,
+            ckpt: t.s.ckpt.clone(),
+            interrupted: self.interrupted && !restart,
+            restart,
+        }
+    }
+}
+
 /// The state of a run between steps.
 pub struct Trainer {
     pub s: Settings,
@@ -231,65 +258,23 @@ impl Trainer {
             v.validate(seq, self.config().vocab_size)?;
         }
         let mut ws = Workspace::new(self.config(), b, seq);
-        let flops = StepFlops::new(self.config(), b, seq).total() * self.s.accum.max(1) as f64;
         let tokens_per_step = (b * seq * self.s.accum.max(1)) as u64;
-        log.emit(&Event::Run(RunHeader {
-            pid: std::process::id(),
-            start_unix: now_unix(),
-            backend: self.kernels.name().to_string(),
-            model: serde_json::to_value(self.config())?,
-            params: self.config().num_params() as u64,
-            batch: b,
-            seq,
-            accum: self.s.accum,
-            total_steps: self.s.steps,
-            start_step: self.step,
-            tokens_per_step,
-            flops_per_step: flops,
-            peak_gflops,
-            ckpt: Some(self.s.ckpt.display().to_string()),
-            tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
-            args: serde_json::to_value(&self.s)?,
-        }));
+        self.log_header(log, tokens_per_step, peak_gflops)?;
 
         let progress = Progress::new(self.step, self.s.steps, self.s.quiet);
         let start_step = self.step;
-        let mut first_loss = None;
-        let mut val_loss = None;
-        let mut bad_run = 0u32;
-        let mut first_bad: Option<String> = None;
-        let mut interrupted = false;
+        let mut r = RunState::default();
         let run_start = Instant::now();
         let wall_before = self.wall_s;
-        let mut ckpt_pending = false;
 
         let stop_at = self.s.until.unwrap_or(u64::MAX).min(self.s.steps);
         while self.step < stop_at {
             if STOP.load(Ordering::SeqCst) {
-                interrupted = true;
+                r.interrupted = true;
                 break;
             }
-            if let Some(left) = self.kernels.compiles_left() {
-                let need = self.kernels.compiles_per_update();
-                if need > 0 && left < need {
-                    progress.finish();
-                    if !self.checkpoint_logged(log, &progress)? {
-                        bail!("cannot checkpoint before the compile-budget restart");
-                    }
-                    progress.println(&format!(
-                        "compile budget: {left} compiles left, {need} needed per update; restarting the process from {}",
-                        self.s.ckpt.display()
-                    ));
-                    return Ok(Outcome {
-                        steps_done: self.step - start_step,
-                        last_loss: self.last_loss,
-                        first_loss,
-                        val_loss,
-                        ckpt: self.s.ckpt.clone(),
-                        interrupted: false,
-                        restart: true,
-                    });
-                }
+            if self.compile_budget_spent(log, &progress)? {
+                return Ok(r.outcome(self, start_step, true));
             }
             let mut t = Timings::default();
             let t_step = Instant::now();
@@ -306,109 +291,36 @@ impl Trainer {
             let ms = t_step.elapsed().as_secs_f64() * 1e3;
             self.cum.merge(&t);
             self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
-            let norm = match outcome {
+            match outcome {
                 StepOutcome::Skipped { reason } => {
-                    bad_run += 1;
-                    first_bad.get_or_insert_with(|| reason.clone());
-                    let scaler = &self.stepper.scaler;
-                    progress.println(&format!(
-                        "step {}: skipped, {reason}{}",
-                        self.step + 1,
-                        if scaler.dynamic {
-                            format!("; loss scale now {}", scaler.scale)
-                        } else {
-                            String::new()
-                        }
-                    ));
-                    log.emit(&Event::Skip {
-                        step: self.step + 1,
-                        reason: reason.clone(),
-                        time: now_unix(),
-                    });
-                    if bad_run >= self.s.max_bad_steps {
-                        progress.finish();
-                        bail!(
-                            "training stopped after {bad_run} consecutive non-finite steps (first: {}); the last good checkpoint {} is untouched",
-                            first_bad.unwrap_or_default(),
-                            self.s.ckpt.display()
-                        );
-                    }
+                    self.skipped(&reason, &mut r, log, &progress)?;
                     // A skipped step still consumes its data, so the run moves on.
                     self.step += 1;
                     continue;
                 }
                 StepOutcome::Applied { loss, grad_norm } => {
-                    bad_run = 0;
-                    first_bad = None;
+                    r.bad_run = 0;
+                    r.first_bad = None;
                     self.last_loss = loss;
-                    first_loss.get_or_insert(loss);
-                    grad_norm
+                    r.first_loss.get_or_insert(loss);
+                    self.step += 1;
+                    self.log_step(log, &progress, grad_norm, ms, tokens_per_step, &t);
                 }
-            };
-            self.step += 1;
-            let lr = self.s.optim.lr_at(self.step - 1);
-            let tps = tokens_per_step as f64 / (ms / 1e3);
-            let compiles = self.kernels.stats().compiles;
-            log.emit(&Event::Step(StepRecord {
-                step: self.step,
-                loss: self.last_loss as f64,
-                lr: lr as f64,
-                grad_norm: norm,
-                ms,
-                tokens_per_s: tps,
-                timing: t.to_map(),
-                compiles,
-                time: now_unix(),
-            }));
-            progress.update(self.step, self.last_loss, ms, tps);
-
+            }
             if let Some(v) = val {
-                if self.s.eval_every > 0
-                    && (self.step.is_multiple_of(self.s.eval_every) || self.step == self.s.steps)
-                {
-                    let vl = evaluate(
-                        self.kernels.as_mut(),
-                        &mut ws,
-                        &self.stepper.params,
-                        v,
-                        b,
-                        seq,
-                        self.s.eval_batches,
-                    )?;
-                    val_loss = Some(vl);
-                    if self.best_val.is_none_or(|bv| vl < bv) {
-                        self.best_val = Some(vl);
-                    }
-                    progress.println(&format!(
-                        "step {}: train loss {:.4}, val loss {vl:.4}",
-                        self.step, self.last_loss
-                    ));
-                    log.emit(&Event::Eval {
-                        step: self.step,
-                        val_loss: vl as f64,
-                        time: now_unix(),
-                    });
-                }
+                self.evaluate_if_due(&mut ws, v, &mut r, log, &progress)?;
             }
             if let Some(f) = sample {
-                if self.s.sample_every > 0 && self.step.is_multiple_of(self.s.sample_every) {
-                    if let Ok(text) = f(&self.stepper.params) {
-                        log.emit(&Event::Sample {
-                            step: self.step,
-                            text,
-                            time: now_unix(),
-                        });
-                    }
-                }
+                self.sample_if_due(f, log);
             }
             let due = self.s.ckpt_every > 0 && self.step.is_multiple_of(self.s.ckpt_every);
-            if (due || ckpt_pending) && self.step < stop_at {
-                ckpt_pending = !self.checkpoint_logged(log, &progress)?;
+            if (due || r.ckpt_pending) && self.step < stop_at {
+                r.ckpt_pending = !self.checkpoint_logged(log, &progress)?;
             }
         }
         self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
         progress.finish();
-        if self.step > start_step || interrupted || !self.s.ckpt.exists() {
+        if self.step > start_step || r.interrupted || !self.s.ckpt.exists() {
             // The final checkpoint: failures here are fatal, the state must not be lost silently.
             let ok = self.checkpoint_logged(log, &progress)?;
             if !ok {
@@ -429,15 +341,174 @@ impl Trainer {
         );
         report.print();
         log.emit(&Event::Report(report.to_json()));
-        Ok(Outcome {
-            steps_done: self.step - start_step,
-            last_loss: self.last_loss,
-            first_loss,
-            val_loss,
-            ckpt: self.s.ckpt.clone(),
-            interrupted,
-            restart: false,
-        })
+        Ok(r.outcome(self, start_step, false))
+    }
+
+    /// The `run` event that opens this process's part of the log.
+    fn log_header(
+        &self,
+        log: &mut LogWriter,
+        tokens_per_step: u64,
+        peak_gflops: f64,
+    ) -> Result<()> {
+        let (b, seq) = (self.s.batch, self.s.seq);
+        let flops = StepFlops::new(self.config(), b, seq).total() * self.s.accum.max(1) as f64;
+        log.emit(&Event::Run(RunHeader {
+            pid: std::process::id(),
+            start_unix: now_unix(),
+            backend: self.kernels.name().to_string(),
+            model: serde_json::to_value(self.config())?,
+            params: self.config().num_params() as u64,
+            batch: b,
+            seq,
+            accum: self.s.accum,
+            total_steps: self.s.steps,
+            start_step: self.step,
+            tokens_per_step,
+            flops_per_step: flops,
+            peak_gflops,
+            ckpt: Some(self.s.ckpt.display().to_string()),
+            tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
+            args: serde_json::to_value(&self.s)?,
+        }));
+        Ok(())
+    }
+
+    /// Whether the next update would exceed the Neural Engine's compile budget; then the
+    /// state is checkpointed for the `exec()` restart.
+    fn compile_budget_spent(&self, log: &mut LogWriter, progress: &Progress) -> Result<bool> {
+        let (Some(left), need) = (
+            self.kernels.compiles_left(),
+            self.kernels.compiles_per_update(),
+        ) else {
+            return Ok(false);
+        };
+        if need == 0 || left >= need {
+            return Ok(false);
+        }
+        progress.finish();
+        if !self.checkpoint_logged(log, progress)? {
+            bail!("cannot checkpoint before the compile-budget restart");
+        }
+        progress.println(&format!(
+            "compile budget: {left} compiles left, {need} needed per update; restarting the process from {}",
+            self.s.ckpt.display()
+        ));
+        Ok(true)
+    }
+
+    /// Reports a skipped step; stops the run after `max_bad_steps` in a row.
+    fn skipped(
+        &self,
+        reason: &str,
+        r: &mut RunState,
+        log: &mut LogWriter,
+        progress: &Progress,
+    ) -> Result<()> {
+        r.bad_run += 1;
+        r.first_bad.get_or_insert_with(|| reason.to_string());
+        let scaler = &self.stepper.scaler;
+        progress.println(&format!(
+            "step {}: skipped, {reason}{}",
+            self.step + 1,
+            if scaler.dynamic {
+                format!("; loss scale now {}", scaler.scale)
+            } else {
+                String::new()
+            }
+        ));
+        log.emit(&Event::Skip {
+            step: self.step + 1,
+            reason: reason.to_string(),
+            time: now_unix(),
+        });
+        if r.bad_run >= self.s.max_bad_steps {
+            progress.finish();
+            bail!(
+                "training stopped after {} consecutive non-finite steps (first: {}); the last good checkpoint {} is untouched",
+                r.bad_run,
+                r.first_bad.clone().unwrap_or_default(),
+                self.s.ckpt.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The `step` event and the progress line of the step just taken.
+    fn log_step(
+        &self,
+        log: &mut LogWriter,
+        progress: &Progress,
+        grad_norm: f64,
+        ms: f64,
+        tokens_per_step: u64,
+        t: &Timings,
+    ) {
+        let tps = tokens_per_step as f64 / (ms / 1e3);
+        log.emit(&Event::Step(StepRecord {
+            step: self.step,
+            loss: self.last_loss as f64,
+            lr: self.s.optim.lr_at(self.step - 1) as f64,
+            grad_norm,
+            ms,
+            tokens_per_s: tps,
+            timing: t.to_map(),
+            compiles: self.kernels.stats().compiles,
+            time: now_unix(),
+        }));
+        progress.update(self.step, self.last_loss, ms, tps);
+    }
+
+    /// Validation every `eval_every` steps and at the last one.
+    fn evaluate_if_due(
+        &mut self,
+        ws: &mut Workspace,
+        val: &TokenData,
+        r: &mut RunState,
+        log: &mut LogWriter,
+        progress: &Progress,
+    ) -> Result<()> {
+        let every = self.s.eval_every;
+        if every == 0 || !(self.step.is_multiple_of(every) || self.step == self.s.steps) {
+            return Ok(());
+        }
+        let (b, seq) = (self.s.batch, self.s.seq);
+        let vl = evaluate(
+            self.kernels.as_mut(),
+            ws,
+            &self.stepper.params,
+            val,
+            b,
+            seq,
+            self.s.eval_batches,
+        )?;
+        r.val_loss = Some(vl);
+        if self.best_val.is_none_or(|bv| vl < bv) {
+            self.best_val = Some(vl);
+        }
+        progress.println(&format!(
+            "step {}: train loss {:.4}, val loss {vl:.4}",
+            self.step, self.last_loss
+        ));
+        log.emit(&Event::Eval {
+            step: self.step,
+            val_loss: vl as f64,
+            time: now_unix(),
+        });
+        Ok(())
+    }
+
+    /// A text sample every `sample_every` steps (a failed sample is not an error).
+    fn sample_if_due(&self, f: SampleFn, log: &mut LogWriter) {
+        if self.s.sample_every > 0 && self.step.is_multiple_of(self.s.sample_every) {
+            if let Ok(text) = f(&self.stepper.params) {
+                log.emit(&Event::Sample {
+                    step: self.step,
+                    text,
+                    time: now_unix(),
+                });
+            }
+        }
     }
 
     /// Checkpoints and logs; on an I/O error (disk full, permissions) prints and logs a
