@@ -14,7 +14,7 @@
 use super::gemm::{sgemm, sgemm_raw, Op};
 use super::ops::{self, Rope};
 use super::{AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 
 /// Query rows per causal tile.
@@ -187,25 +187,6 @@ fn tiles(s: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..s).step_by(TILE).map(move |r0| (r0, (r0 + TILE).min(s)))
 }
 
-fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
-    ensure!(
-        got == want,
-        "cpu kernel: {what} has {got} elements, expected {want}"
-    );
-    Ok(())
-}
-
-fn check_dims(d: &Dims) -> Result<()> {
-    ensure!(
-        d.n_kv_heads > 0
-            && d.n_heads.is_multiple_of(d.n_kv_heads)
-            && d.head_dim.is_multiple_of(2)
-            && d.seq > 0,
-        "cpu kernel: invalid dims {d:?}"
-    );
-    Ok(())
-}
-
 impl Kernels for CpuKernels {
     fn name(&self) -> &str {
         "cpu"
@@ -225,32 +206,8 @@ impl Kernels for CpuKernels {
         w: &AttnWeights,
         out: AttnFwd,
     ) -> Result<()> {
-        check_dims(d)?;
+        d.check_fwd_attn(rope, x, w, &out)?;
         let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
-        for (what, got, want) in [
-            ("x", x.len(), dim * n),
-            ("g", w.g.len(), dim),
-            ("wq", w.wq.len(), qd * dim),
-            ("wk", w.wk.len(), kvd * dim),
-            ("wv", w.wv.len(), kvd * dim),
-            ("wo", w.wo.len(), dim * qd),
-            ("xn", out.xn.len(), dim * n),
-            ("q", out.q.len(), qd * n),
-            ("k", out.k.len(), kvd * n),
-            ("v", out.v.len(), kvd * n),
-            ("attn", out.attn.len(), qd * n),
-            ("o", out.o.len(), dim * n),
-        ] {
-            check_len(what, got, want)?;
-        }
-        ensure!(
-            rope.head_dim == d.head_dim && rope.len() >= d.seq,
-            "cpu kernel: RoPE table (head_dim {}, {} positions) does not cover head_dim {} × seq {}",
-            rope.head_dim,
-            rope.len(),
-            d.head_dim,
-            d.seq
-        );
         let inv = grow(&mut self.inv_rms, n);
         ops::rmsnorm_fwd(out.xn, inv, x, w.g, self.eps);
         let xn = &*out.xn;
@@ -378,21 +335,8 @@ impl Kernels for CpuKernels {
         w: &FfnWeights,
         out: FfnFwd,
     ) -> Result<()> {
+        d.check_fwd_ffn(x2, w, &out)?;
         let (dim, n, h) = (d.dim, d.n(), d.hidden);
-        for (what, got, want) in [
-            ("x2", x2.len(), dim * n),
-            ("g", w.g.len(), dim),
-            ("w1", w.w1.len(), h * dim),
-            ("w2", w.w2.len(), dim * h),
-            ("w3", w.w3.len(), h * dim),
-            ("x2n", out.x2n.len(), dim * n),
-            ("h1", out.h1.len(), h * n),
-            ("h3", out.h3.len(), h * n),
-            ("gate", out.gate.len(), h * n),
-            ("f", out.f.len(), dim * n),
-        ] {
-            check_len(what, got, want)?;
-        }
         let inv = grow(&mut self.inv_rms, n);
         ops::rmsnorm_fwd(out.x2n, inv, x2, w.g, self.eps);
         sgemm(
@@ -458,20 +402,8 @@ impl Kernels for CpuKernels {
         w: &FfnWeights,
         out: FfnBwd,
     ) -> Result<()> {
+        d.check_ffn_bwd(dy, h1, h3, w, &out)?;
         let (dim, n, h) = (d.dim, d.n(), d.hidden);
-        for (what, got, want) in [
-            ("dy", dy.len(), dim * n),
-            ("h1", h1.len(), h * n),
-            ("h3", h3.len(), h * n),
-            ("w1", w.w1.len(), h * dim),
-            ("w2", w.w2.len(), dim * h),
-            ("w3", w.w3.len(), h * dim),
-            ("dx2n", out.dx2n.len(), dim * n),
-            ("dh1", out.dh1.len(), h * n),
-            ("dh3", out.dh3.len(), h * n),
-        ] {
-            check_len(what, got, want)?;
-        }
         let dgate = grow(&mut self.tmp, h * n);
         sgemm(Op::T, Op::N, h, n, dim, 1.0, w.w2, h, dy, n, 0.0, dgate, n);
         out.dh1
@@ -528,20 +460,8 @@ impl Kernels for CpuKernels {
         wo: &[f32],
         out: SdpaBwd1,
     ) -> Result<()> {
-        check_dims(d)?;
-        let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
-        for (what, got, want) in [
-            ("dx2", dx2.len(), dim * n),
-            ("q", q.len(), qd * n),
-            ("k", k.len(), kvd * n),
-            ("v", v.len(), kvd * n),
-            ("wo", wo.len(), dim * qd),
-            ("dv", out.dv.len(), kvd * n),
-            ("dp", out.dp.len(), d.probs_len()),
-            ("probs", out.probs.len(), d.probs_len()),
-        ] {
-            check_len(what, got, want)?;
-        }
+        d.check_sdpa_bwd1(dx2, q, k, v, wo, &out)?;
+        let (dim, n, qd) = (d.dim, d.n(), d.q_dim());
         let dattn = grow(&mut self.tmp, qd * n);
         sgemm(Op::T, Op::N, qd, n, dim, 1.0, wo, qd, dx2, n, 0.0, dattn, n);
         let dattn = &*dattn;
@@ -635,18 +555,7 @@ impl Kernels for CpuKernels {
         k: &[f32],
         out: SdpaBwd2,
     ) -> Result<()> {
-        check_dims(d)?;
-        let (n, qd, kvd) = (d.n(), d.q_dim(), d.kv_dim());
-        for (what, got, want) in [
-            ("probs", probs.len(), d.probs_len()),
-            ("dp", dp.len(), d.probs_len()),
-            ("q", q.len(), qd * n),
-            ("k", k.len(), kvd * n),
-            ("dq", out.dq.len(), qd * n),
-            ("dk", out.dk.len(), kvd * n),
-        ] {
-            check_len(what, got, want)?;
-        }
+        d.check_sdpa_bwd2(probs, dp, q, k, &out)?;
         let (qp, kp) = (q.as_ptr() as usize, k.as_ptr() as usize);
         let (dq, dk) = (
             SharedMut(out.dq.as_mut_ptr()),
@@ -732,18 +641,8 @@ impl Kernels for CpuKernels {
         w: &AttnWeights,
         dxn: &mut [f32],
     ) -> Result<()> {
+        d.check_qkv_bwd(dq, dk, dv, w, dxn)?;
         let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
-        for (what, got, want) in [
-            ("dq", dq.len(), qd * n),
-            ("dk", dk.len(), kvd * n),
-            ("dv", dv.len(), kvd * n),
-            ("wq", w.wq.len(), qd * dim),
-            ("wk", w.wk.len(), kvd * dim),
-            ("wv", w.wv.len(), kvd * dim),
-            ("dxn", dxn.len(), dim * n),
-        ] {
-            check_len(what, got, want)?;
-        }
         sgemm(Op::T, Op::N, dim, n, qd, 1.0, w.wq, dim, dq, n, 0.0, dxn, n);
         sgemm(
             Op::T,

@@ -38,7 +38,7 @@ pub mod ops;
 pub mod reference;
 
 use crate::model::Config;
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
 /// Shapes of one kernel call: the model's dimensions and the batch geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +77,187 @@ impl Dims {
     /// Elements of the `[B, NH, S, S]` probability tensor.
     pub fn probs_len(&self) -> usize {
         self.batch * self.n_heads * self.seq * self.seq
+    }
+}
+
+/// Every argument's length against the shape the contract gives it, as `(name, got, want)`.
+fn check_lens(kernel: &str, args: &[(&str, usize, usize)]) -> Result<()> {
+    for &(what, got, want) in args {
+        ensure!(
+            got == want,
+            "{kernel}: {what} has {got} elements, expected {want}"
+        );
+    }
+    Ok(())
+}
+
+/// The shape checks of the six kernels, written once: every backend calls the one for its
+/// kernel before touching a slice (the `cpu` backend's loops index through raw pointers).
+impl Dims {
+    /// Head geometry of the attention kernels: whole GQA groups, RoPE pairs, a sequence.
+    fn check_heads(&self, kernel: &str) -> Result<()> {
+        ensure!(
+            self.n_kv_heads > 0
+                && self.n_heads.is_multiple_of(self.n_kv_heads)
+                && self.head_dim.is_multiple_of(2)
+                && self.seq > 0,
+            "{kernel}: invalid dims {self:?}"
+        );
+        Ok(())
+    }
+
+    pub fn check_fwd_attn(
+        &self,
+        rope: &ops::Rope,
+        x: &[f32],
+        w: &AttnWeights,
+        out: &AttnFwd,
+    ) -> Result<()> {
+        self.check_heads("fwd_attn")?;
+        let (dim, n, qd, kvd) = (self.dim, self.n(), self.q_dim(), self.kv_dim());
+        check_lens(
+            "fwd_attn",
+            &[
+                ("x", x.len(), dim * n),
+                ("g", w.g.len(), dim),
+                ("wq", w.wq.len(), qd * dim),
+                ("wk", w.wk.len(), kvd * dim),
+                ("wv", w.wv.len(), kvd * dim),
+                ("wo", w.wo.len(), dim * qd),
+                ("xn", out.xn.len(), dim * n),
+                ("q", out.q.len(), qd * n),
+                ("k", out.k.len(), kvd * n),
+                ("v", out.v.len(), kvd * n),
+                ("attn", out.attn.len(), qd * n),
+                ("o", out.o.len(), dim * n),
+            ],
+        )?;
+        ensure!(
+            rope.head_dim == self.head_dim && rope.len() >= self.seq,
+            "fwd_attn: RoPE table (head_dim {}, {} positions) does not cover head_dim {} × seq {}",
+            rope.head_dim,
+            rope.len(),
+            self.head_dim,
+            self.seq
+        );
+        Ok(())
+    }
+
+    pub fn check_fwd_ffn(&self, x2: &[f32], w: &FfnWeights, out: &FfnFwd) -> Result<()> {
+        let (dim, n, h) = (self.dim, self.n(), self.hidden);
+        check_lens(
+            "fwd_ffn",
+            &[
+                ("x2", x2.len(), dim * n),
+                ("g", w.g.len(), dim),
+                ("w1", w.w1.len(), h * dim),
+                ("w2", w.w2.len(), dim * h),
+                ("w3", w.w3.len(), h * dim),
+                ("x2n", out.x2n.len(), dim * n),
+                ("h1", out.h1.len(), h * n),
+                ("h3", out.h3.len(), h * n),
+                ("gate", out.gate.len(), h * n),
+                ("f", out.f.len(), dim * n),
+            ],
+        )
+    }
+
+    pub fn check_ffn_bwd(
+        &self,
+        dy: &[f32],
+        h1: &[f32],
+        h3: &[f32],
+        w: &FfnWeights,
+        out: &FfnBwd,
+    ) -> Result<()> {
+        let (dim, n, h) = (self.dim, self.n(), self.hidden);
+        check_lens(
+            "ffn_bwd",
+            &[
+                ("dy", dy.len(), dim * n),
+                ("h1", h1.len(), h * n),
+                ("h3", h3.len(), h * n),
+                ("w1", w.w1.len(), h * dim),
+                ("w2", w.w2.len(), dim * h),
+                ("w3", w.w3.len(), h * dim),
+                ("dx2n", out.dx2n.len(), dim * n),
+                ("dh1", out.dh1.len(), h * n),
+                ("dh3", out.dh3.len(), h * n),
+            ],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_sdpa_bwd1(
+        &self,
+        dx2: &[f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        wo: &[f32],
+        out: &SdpaBwd1,
+    ) -> Result<()> {
+        self.check_heads("sdpa_bwd1")?;
+        let (dim, n, qd, kvd) = (self.dim, self.n(), self.q_dim(), self.kv_dim());
+        check_lens(
+            "sdpa_bwd1",
+            &[
+                ("dx2", dx2.len(), dim * n),
+                ("q", q.len(), qd * n),
+                ("k", k.len(), kvd * n),
+                ("v", v.len(), kvd * n),
+                ("wo", wo.len(), dim * qd),
+                ("dv", out.dv.len(), kvd * n),
+                ("dp", out.dp.len(), self.probs_len()),
+                ("probs", out.probs.len(), self.probs_len()),
+            ],
+        )
+    }
+
+    pub fn check_sdpa_bwd2(
+        &self,
+        probs: &[f32],
+        dp: &[f32],
+        q: &[f32],
+        k: &[f32],
+        out: &SdpaBwd2,
+    ) -> Result<()> {
+        self.check_heads("sdpa_bwd2")?;
+        let (n, qd, kvd) = (self.n(), self.q_dim(), self.kv_dim());
+        check_lens(
+            "sdpa_bwd2",
+            &[
+                ("probs", probs.len(), self.probs_len()),
+                ("dp", dp.len(), self.probs_len()),
+                ("q", q.len(), qd * n),
+                ("k", k.len(), kvd * n),
+                ("dq", out.dq.len(), qd * n),
+                ("dk", out.dk.len(), kvd * n),
+            ],
+        )
+    }
+
+    pub fn check_qkv_bwd(
+        &self,
+        dq: &[f32],
+        dk: &[f32],
+        dv: &[f32],
+        w: &AttnWeights,
+        dxn: &[f32],
+    ) -> Result<()> {
+        let (dim, n, qd, kvd) = (self.dim, self.n(), self.q_dim(), self.kv_dim());
+        check_lens(
+            "qkv_bwd",
+            &[
+                ("dq", dq.len(), qd * n),
+                ("dk", dk.len(), kvd * n),
+                ("dv", dv.len(), kvd * n),
+                ("wq", w.wq.len(), qd * dim),
+                ("wk", w.wk.len(), kvd * dim),
+                ("wv", w.wv.len(), kvd * dim),
+                ("dxn", dxn.len(), dim * n),
+            ],
+        )
     }
 }
 

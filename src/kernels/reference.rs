@@ -3,13 +3,14 @@
 //! oracle the fast backends are tested against (`tests/kernels_reference.rs` for `cpu`), and
 //! it passes the finite-difference gradient checks itself (`tests/gradcheck.rs`).
 //!
+//! Shapes are checked by the contract's own `Dims::check_*` (as for every backend).
 //! Every activation is `[C, N]` (element `(c, t)` at `c·N + t`), token `t` at position
 //! `t mod S` of sequence `t / S`; weights are `W[out, in]`. Intermediate values stay in f64
 //! inside a kernel; only the outputs are rounded to f32.
 
 use super::ops::Rope;
 use super::{AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 /// The plain-loop implementation of [`Kernels`].
 pub struct ReferenceKernels {
@@ -28,22 +29,6 @@ impl Default for ReferenceKernels {
     fn default() -> Self {
         ReferenceKernels::new(1e-5)
     }
-}
-
-fn check(what: &str, got: usize, want: usize) -> Result<()> {
-    ensure!(
-        got == want,
-        "reference kernel: {what} has {got} elements, expected {want}"
-    );
-    Ok(())
-}
-
-fn check_heads(d: &Dims) -> Result<()> {
-    ensure!(
-        d.n_kv_heads > 0 && d.n_heads % d.n_kv_heads == 0 && d.head_dim % 2 == 0 && d.seq > 0,
-        "reference kernel: invalid dims {d:?}"
-    );
-    Ok(())
 }
 
 /// `Y = W·X`: W `[rows, cols]` (f32), X `[cols, n]` (f64) → `[rows, n]`.
@@ -167,29 +152,8 @@ impl Kernels for ReferenceKernels {
         w: &AttnWeights,
         out: AttnFwd,
     ) -> Result<()> {
-        check_heads(d)?;
+        d.check_fwd_attn(r, x, w, &out)?;
         let (dim, n, qd, kvd, hd) = (d.dim, d.n(), d.q_dim(), d.kv_dim(), d.head_dim);
-        for (what, got, want) in [
-            ("x", x.len(), dim * n),
-            ("g", w.g.len(), dim),
-            ("wq", w.wq.len(), qd * dim),
-            ("wk", w.wk.len(), kvd * dim),
-            ("wv", w.wv.len(), kvd * dim),
-            ("wo", w.wo.len(), dim * qd),
-            ("xn", out.xn.len(), dim * n),
-            ("q", out.q.len(), qd * n),
-            ("k", out.k.len(), kvd * n),
-            ("v", out.v.len(), kvd * n),
-            ("attn", out.attn.len(), qd * n),
-            ("o", out.o.len(), dim * n),
-        ] {
-            check(what, got, want)?;
-        }
-        ensure!(
-            r.head_dim == hd && r.len() >= d.seq,
-            "reference kernel: RoPE table does not cover head_dim {hd} × seq {}",
-            d.seq
-        );
         let xn = rmsnorm(x, w.g, dim, n, self.eps);
         let mut q = matmul(w.wq, &xn, qd, dim, n);
         let mut k = matmul(w.wk, &xn, kvd, dim, n);
@@ -229,21 +193,8 @@ impl Kernels for ReferenceKernels {
         w: &FfnWeights,
         out: FfnFwd,
     ) -> Result<()> {
+        d.check_fwd_ffn(x2, w, &out)?;
         let (dim, n, hid) = (d.dim, d.n(), d.hidden);
-        for (what, got, want) in [
-            ("x2", x2.len(), dim * n),
-            ("g", w.g.len(), dim),
-            ("w1", w.w1.len(), hid * dim),
-            ("w2", w.w2.len(), dim * hid),
-            ("w3", w.w3.len(), hid * dim),
-            ("x2n", out.x2n.len(), dim * n),
-            ("h1", out.h1.len(), hid * n),
-            ("h3", out.h3.len(), hid * n),
-            ("gate", out.gate.len(), hid * n),
-            ("f", out.f.len(), dim * n),
-        ] {
-            check(what, got, want)?;
-        }
         let x2n = rmsnorm(x2, w.g, dim, n, self.eps);
         let h1 = matmul(w.w1, &x2n, hid, dim, n);
         let h3 = matmul(w.w3, &x2n, hid, dim, n);
@@ -267,20 +218,8 @@ impl Kernels for ReferenceKernels {
         w: &FfnWeights,
         out: FfnBwd,
     ) -> Result<()> {
+        d.check_ffn_bwd(dy, h1, h3, w, &out)?;
         let (dim, n, hid) = (d.dim, d.n(), d.hidden);
-        for (what, got, want) in [
-            ("dy", dy.len(), dim * n),
-            ("h1", h1.len(), hid * n),
-            ("h3", h3.len(), hid * n),
-            ("w1", w.w1.len(), hid * dim),
-            ("w2", w.w2.len(), dim * hid),
-            ("w3", w.w3.len(), hid * dim),
-            ("dx2n", out.dx2n.len(), dim * n),
-            ("dh1", out.dh1.len(), hid * n),
-            ("dh3", out.dh3.len(), hid * n),
-        ] {
-            check(what, got, want)?;
-        }
         let dgate = matmul_t(w.w2, &f64s(dy), dim, hid, n);
         let mut dh1 = vec![0f64; hid * n];
         let mut dh3 = vec![0f64; hid * n];
@@ -309,20 +248,8 @@ impl Kernels for ReferenceKernels {
         wo: &[f32],
         out: SdpaBwd1,
     ) -> Result<()> {
-        check_heads(d)?;
+        d.check_sdpa_bwd1(dx2, q, k, v, wo, &out)?;
         let (dim, n, qd, kvd, hd, s) = (d.dim, d.n(), d.q_dim(), d.kv_dim(), d.head_dim, d.seq);
-        for (what, got, want) in [
-            ("dx2", dx2.len(), dim * n),
-            ("q", q.len(), qd * n),
-            ("k", k.len(), kvd * n),
-            ("v", v.len(), kvd * n),
-            ("wo", wo.len(), dim * qd),
-            ("dv", out.dv.len(), kvd * n),
-            ("dp", out.dp.len(), d.probs_len()),
-            ("probs", out.probs.len(), d.probs_len()),
-        ] {
-            check(what, got, want)?;
-        }
         let dattn = matmul_t(wo, &f64s(dx2), dim, qd, n);
         let (q, k, v) = (f64s(q), f64s(k), f64s(v));
         let mut dv = vec![0f64; kvd * n];
@@ -371,18 +298,8 @@ impl Kernels for ReferenceKernels {
         k: &[f32],
         out: SdpaBwd2,
     ) -> Result<()> {
-        check_heads(d)?;
+        d.check_sdpa_bwd2(probs, dp, q, k, &out)?;
         let (n, qd, kvd, hd, s) = (d.n(), d.q_dim(), d.kv_dim(), d.head_dim, d.seq);
-        for (what, got, want) in [
-            ("probs", probs.len(), d.probs_len()),
-            ("dp", dp.len(), d.probs_len()),
-            ("q", q.len(), qd * n),
-            ("k", k.len(), kvd * n),
-            ("dq", out.dq.len(), qd * n),
-            ("dk", out.dk.len(), kvd * n),
-        ] {
-            check(what, got, want)?;
-        }
         let scale = 1.0 / (hd as f64).sqrt();
         let mut dq = vec![0f64; qd * n];
         let mut dk = vec![0f64; kvd * n];
@@ -422,18 +339,8 @@ impl Kernels for ReferenceKernels {
         w: &AttnWeights,
         dxn: &mut [f32],
     ) -> Result<()> {
+        d.check_qkv_bwd(dq, dk, dv, w, dxn)?;
         let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
-        for (what, got, want) in [
-            ("dq", dq.len(), qd * n),
-            ("dk", dk.len(), kvd * n),
-            ("dv", dv.len(), kvd * n),
-            ("wq", w.wq.len(), qd * dim),
-            ("wk", w.wk.len(), kvd * dim),
-            ("wv", w.wv.len(), kvd * dim),
-            ("dxn", dxn.len(), dim * n),
-        ] {
-            check(what, got, want)?;
-        }
         let a = matmul_t(w.wq, &f64s(dq), qd, dim, n);
         let b = matmul_t(w.wk, &f64s(dk), kvd, dim, n);
         let c = matmul_t(w.wv, &f64s(dv), kvd, dim, n);
