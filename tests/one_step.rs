@@ -13,11 +13,12 @@ use anetrain::train::bench::{self, BenchSpec};
 use anetrain::train::log::LogWriter;
 use anetrain::train::loss_scale::LossScaler;
 use anetrain::train::optim::{AdamW, AdamWConfig};
+use anetrain::train::sampler::Sampler;
 use anetrain::train::settings::{Sampling, Settings};
 use anetrain::train::step::Workspace;
 use anetrain::train::stepper::{StepOutcome, Stepper};
 use anetrain::train::timing::Timings;
-use anetrain::train::trainer::{Sampler, Trainer};
+use anetrain::train::trainer::Trainer;
 use anetrain::util::rng::Rng;
 
 const BATCH: usize = 2;

@@ -3,19 +3,17 @@
 use crate::data::TokenData;
 use crate::kernels::BackendKind;
 use crate::model::llama2c::{Format, Model};
-use crate::model::{ModelSource, Params};
+use crate::model::ModelSource;
 use crate::train::backend::{make_kernels, set_threads};
 use crate::train::bench::{self, BenchSpec};
 
+use crate::train::eval;
 use crate::train::optim::AdamWConfig;
 use crate::train::report::BenchReport;
 use crate::train::session::{self, DataChoice, Finished, Plan};
 use crate::train::settings::{self, Sampling, Settings, DEFAULT_CKPT, DEFAULT_OUT};
-use crate::train::step::Workspace;
-use crate::train::timing::Timings;
-use crate::train::trainer;
 use crate::train::{builtin, checkpoint};
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 pub use crate::ane::Pipeline;
@@ -309,21 +307,13 @@ pub struct EvalArgs {
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     set_threads(a.threads);
     let params = crate::train::load_params(&ModelSource::with_weights(&a.model), 0)?;
-    let c = params.config().clone();
-    let seq = a.seq.unwrap_or(settings::default_seq(&c));
+    let seq = a.seq.unwrap_or(settings::default_seq(params.config()));
     let data = TokenData::open(&a.data)?;
-    data.validate(seq, c.vocab_size)?;
-    let per_batch = a.batch * seq;
-    let max = ((data.len() - 1) / per_batch).max(1);
-    let batches = a.batches.unwrap_or(max).min(max);
-    let mut k = crate::kernels::cpu::CpuKernels::new();
-    let mut ws = Workspace::new(&c, a.batch, seq);
     let t = std::time::Instant::now();
-    let loss = trainer::evaluate(&mut k, &mut ws, &params, &data, a.batch, seq, batches)?;
+    let (loss, windows) = eval::eval_file(&params, &data, a.batch, seq, a.batches)?;
     println!(
-        "loss {loss:.4}  perplexity {:.3}  ({} windows of {seq} tokens, {:.1}s)",
+        "loss {loss:.4}  perplexity {:.3}  ({windows} windows of {seq} tokens, {:.1}s)",
         (loss as f64).exp(),
-        batches * a.batch,
         t.elapsed().as_secs_f64()
     );
     Ok(())
@@ -352,46 +342,8 @@ pub struct GradArgs {
 pub fn run_grad(a: GradArgs) -> Result<()> {
     set_threads(a.threads);
     let params = crate::train::load_params(&ModelSource::with_weights(&a.model), 0)?;
-    let c = params.config().clone();
     let data = TokenData::open(&a.data)?;
-    let toks = data.tokens();
-    let end = a
-        .offset
-        .checked_add(a.seq + 1)
-        .context("window overflows")?;
-    if end > toks.len() {
-        bail!(
-            "{}: window {}..{} needs {} tokens but the file has {}",
-            a.data.display(),
-            a.offset,
-            end,
-            end,
-            toks.len()
-        );
-    }
-    if a.seq > c.seq_len {
-        bail!("--seq {} exceeds the model's seq_len {}", a.seq, c.seq_len);
-    }
-    let win = &toks[a.offset..end];
-    if let Some((i, &t)) = win
-        .iter()
-        .enumerate()
-        .find(|(_, &t)| t as usize >= c.vocab_size)
-    {
-        bail!(
-            "{}: token {t} at offset {} is not below the vocabulary size {}",
-            a.data.display(),
-            a.offset + i,
-            c.vocab_size
-        );
-    }
-    let inputs: Vec<u32> = win[..a.seq].iter().map(|&t| t as u32).collect();
-    let targets: Vec<u32> = win[1..].iter().map(|&t| t as u32).collect();
-    let mut k = crate::kernels::cpu::CpuKernels::new();
-    let mut ws = Workspace::new(&c, 1, a.seq);
-    let mut grads = Params::zeros(&c);
-    let mut t = Timings::default();
-    let loss = ws.forward_backward(&mut k, &params, &mut grads, &inputs, &targets, 1.0, &mut t)?;
+    let (grads, loss) = eval::window_gradients(&params, &data, a.offset, a.seq)?;
     crate::model::safetensors::write(&a.out, &grads, &[("loss", format!("{loss}"))])?;
     println!(
         "loss {loss:.6}; wrote {} gradients ({} tensors) to {}",
@@ -447,15 +399,9 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         steps: a.steps,
         warmup: a.warmup,
     };
-    if a.steps == 0 || a.batch == 0 || a.seq == 0 || a.accum == 0 {
-        bail!("--steps, --batch, --seq and --accum must each be at least 1");
-    }
     let threads = set_threads(a.threads);
     let params = crate::train::load_params(&ModelSource::resolve(&a.model)?, 1)?;
     let c = params.config().clone();
-    if a.seq > c.seq_len {
-        bail!("--seq {} exceeds the model's seq_len {}", a.seq, c.seq_len);
-    }
     let peak = crate::util::peak::measure_fma(threads);
     let mut k = make_kernels(a.backend, &c, a.batch, a.seq, a.pipeline, 119)?;
     let run = bench::measure(k.as_mut(), params, &spec, &mut |measured, ms| {

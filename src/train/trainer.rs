@@ -5,10 +5,12 @@
 //! depends on, so a resumed run reproduces an uninterrupted one bit for bit.
 
 use super::checkpoint::{self, Header};
+use super::eval::evaluate;
 use super::log::{now_unix, Event, LogWriter, RunHeader, StepRecord};
 use super::loss_scale::LossScaler;
 use super::optim::AdamW;
-use super::settings::{Sampling, Settings};
+use super::sampler::Sampler;
+use super::settings::Settings;
 use super::step::Workspace;
 use super::stepper::{StepOutcome, Stepper};
 use super::timing::Timings;
@@ -35,61 +37,6 @@ pub fn install_signal_handlers() {
         libc::signal(libc::SIGINT, h);
         libc::signal(libc::SIGTERM, h);
     }
-}
-
-/// Draws training windows: B sequences of S inputs and their S next-token targets.
-pub struct Sampler {
-    pub rng: Rng,
-    pub cursor: u64,
-    pub mode: Sampling,
-}
-
-impl Sampler {
-    pub fn fill(&mut self, data: &TokenData, seq: usize, inputs: &mut [u32], targets: &mut [u32]) {
-        let toks = data.tokens();
-        let span = (toks.len() - seq - 1) as u64 + 1;
-        for (inp, tgt) in inputs.chunks_mut(seq).zip(targets.chunks_mut(seq)) {
-            let pos = match self.mode {
-                Sampling::Random => self.rng.below(span) as usize,
-                Sampling::Sequential => {
-                    let p = (self.cursor % span) as usize;
-                    self.cursor += seq as u64;
-                    p
-                }
-            };
-            for i in 0..seq {
-                inp[i] = toks[pos + i] as u32;
-                tgt[i] = toks[pos + i + 1] as u32;
-            }
-        }
-    }
-}
-
-/// Mean loss over `batches` consecutive windows from the start of `data` (deterministic).
-pub fn evaluate(
-    k: &mut dyn Kernels,
-    ws: &mut Workspace,
-    params: &Params,
-    data: &TokenData,
-    batch: usize,
-    seq: usize,
-    batches: usize,
-) -> Result<f32> {
-    let mut s = Sampler {
-        rng: Rng::new(1),
-        cursor: 0,
-        mode: Sampling::Sequential,
-    };
-    let mut inputs = vec![0u32; batch * seq];
-    let mut targets = vec![0u32; batch * seq];
-    let mut t = Timings::default();
-    let n = batches.max(1);
-    let mut sum = 0f64;
-    for _ in 0..n {
-        s.fill(data, seq, &mut inputs, &mut targets);
-        sum += ws.forward_loss(k, params, &inputs, &targets, &mut t)? as f64;
-    }
-    Ok((sum / n as f64) as f32)
 }
 
 /// Turns the current parameters into a text sample (for the log's `sample` events).
