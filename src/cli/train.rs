@@ -4,7 +4,7 @@ use crate::data::TokenData;
 use crate::kernels::BackendKind;
 use crate::model::llama2c::{Format, Model};
 use crate::model::ModelSource;
-use crate::train::backend::{make_kernels, set_threads};
+use crate::train::backend::{make_kernels, set_threads, BackendChoice};
 use crate::train::bench::{self, BenchSpec};
 
 use crate::train::eval;
@@ -119,9 +119,9 @@ pub struct TrainArgs {
     /// Neural Engine pipeline (ane, ane-sim backends).
     #[arg(long, value_enum, default_value_t = Pipeline::Dynamic)]
     pub pipeline: Pipeline,
-    /// Neural Engine compile budget per process (the hardware allows about 119).
-    #[arg(long, default_value_t = 119)]
-    pub compile_budget: u32,
+    /// Neural Engine compile budget per process (default: the hardware's, about 119).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub compile_budget: Option<u32>,
     /// Consecutive non-finite steps tolerated before stopping.
     #[arg(long, default_value_t = 5)]
     pub max_bad_steps: u32,
@@ -152,8 +152,11 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         out: a.out.clone(),
         resume: a.resume,
         threads: a.threads,
-        pipeline: a.pipeline,
-        compile_budget: a.compile_budget,
+        backend: BackendChoice {
+            kind: a.backend,
+            pipeline: a.pipeline,
+            compile_budget: a.compile_budget,
+        },
         seq: a.seq,
         loss_scale: a.loss_scale,
         settings: Settings {
@@ -403,7 +406,12 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     let params = crate::train::load_params(&ModelSource::resolve(&a.model)?, 1)?;
     let c = params.config().clone();
     let peak = crate::util::peak::measure_fma(threads);
-    let mut k = make_kernels(a.backend, &c, a.batch, a.seq, a.pipeline, 119)?;
+    let backend = BackendChoice {
+        kind: a.backend,
+        pipeline: a.pipeline,
+        compile_budget: None,
+    };
+    let mut k = make_kernels(&backend, &c, a.batch, a.seq)?;
     let run = bench::measure(k.as_mut(), params, &spec, &mut |measured, ms| {
         if !a.json {
             let what = if measured { "measured" } else { "warm-up" };

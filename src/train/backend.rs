@@ -22,24 +22,49 @@ pub fn set_threads(threads: Option<usize>) -> usize {
     n
 }
 
-/// Builds the backend `kind` for config `c` and `batch × seq` token columns. `pipeline` and
-/// `budget` (compiles per process) matter to the Neural Engine backends only.
+/// Compiles per process the Neural Engine allows (about 119; docs/ANE.md), used when the
+/// run names no budget.
+const DEFAULT_COMPILE_BUDGET: u32 = 119;
+
+/// The backend a run asked for: `--backend` and the options that shape it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendChoice {
+    pub kind: BackendKind,
+    /// Neural Engine pipeline (ane, ane-sim).
+    pub pipeline: Pipeline,
+    /// Neural Engine compiles per process (default: the hardware's).
+    pub compile_budget: Option<u32>,
+}
+
+impl BackendChoice {
+    /// The fp32 CPU backend.
+    pub fn cpu() -> BackendChoice {
+        BackendChoice {
+            kind: BackendKind::Cpu,
+            pipeline: Pipeline::Dynamic,
+            compile_budget: None,
+        }
+    }
+}
+
+/// Builds the backend `b` for config `c` and `batch × seq` token columns.
 pub fn make_kernels(
-    kind: BackendKind,
+    b: &BackendChoice,
     c: &Config,
     batch: usize,
     seq: usize,
-    pipeline: Pipeline,
-    budget: u32,
 ) -> Result<Box<dyn Kernels>> {
-    let device: Box<dyn Device> = match kind {
+    let budget = b.compile_budget.unwrap_or(DEFAULT_COMPILE_BUDGET) as u64;
+    let device: Box<dyn Device> = match b.kind {
         BackendKind::Cpu => return Ok(Box::new(crate::kernels::cpu::CpuKernels::new())),
-        BackendKind::AneSim => Box::new(SimDevice::with_budget(budget as u64)),
+        BackendKind::AneSim => Box::new(SimDevice::with_budget(budget)),
         BackendKind::Ane => {
             crate::ane::availability()
                 .map_err(|why| anyhow::anyhow!("backend ane is unavailable: {why} (use --backend ane-sim for the simulated device)"))?;
-            Box::new(crate::ane::private::PrivateDevice::new()?.with_budget(budget as u64))
+            Box::new(crate::ane::private::PrivateDevice::new()?.with_budget(budget))
         }
     };
-    Ok(Box::new(AneKernels::new(device, c, batch, seq, pipeline)?))
+    Ok(Box::new(AneKernels::new(
+        device, c, batch, seq, b.pipeline,
+    )?))
 }

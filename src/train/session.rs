@@ -4,12 +4,11 @@
 //! hand back what the caller prints. The CLI parses flags into a `Plan` and prints the result;
 //! everything in between is here.
 
-use super::backend::{make_kernels, set_threads};
+use super::backend::{make_kernels, set_threads, BackendChoice};
 use super::log::LogWriter;
 use super::settings::{self, Settings};
 use super::trainer::{self, Outcome, Trainer};
 use super::{builtin, checkpoint};
-use crate::ane::Pipeline;
 use crate::data::TokenData;
 use crate::model::{ModelSource, Params};
 use crate::tokenizer::Tokenizer;
@@ -42,15 +41,15 @@ pub struct Plan {
     pub resume: bool,
     /// Worker threads (default: every core).
     pub threads: Option<usize>,
-    pub pipeline: Pipeline,
-    pub compile_budget: u32,
+    /// The backend (`settings.backend` is set from it).
+    pub backend: BackendChoice,
     /// Tokens per window (default: [`settings::default_seq`] of the model).
     pub seq: Option<usize>,
     /// Initial loss scale for backends that need one (default:
     /// [`settings::initial_loss_scale`]).
     pub loss_scale: Option<f32>,
-    /// The rest; `seq`, `loss_scale` and (for the built-in corpus) `tokenizer` are
-    /// overwritten by [`run`].
+    /// The rest; `seq`, `loss_scale`, `backend` and (for the built-in corpus) `tokenizer`
+    /// are overwritten by [`run`].
     pub settings: Settings,
 }
 
@@ -67,6 +66,7 @@ pub struct Finished {
 /// Runs the plan (see the module doc). Status lines go to stderr unless `settings.quiet`.
 pub fn run(plan: Plan) -> Result<Finished> {
     let mut s = plan.settings;
+    s.backend = plan.backend.kind;
     let threads = set_threads(plan.threads);
     trainer::install_signal_handlers();
     let (data, val) = match &plan.data {
@@ -108,14 +108,7 @@ pub fn run(plan: Plan) -> Result<Finished> {
     if s.batch == 0 || s.accum == 0 || s.seq == 0 {
         bail!("--batch, --accum and --seq must be positive");
     }
-    let kernels = make_kernels(
-        s.backend,
-        &c,
-        s.batch,
-        s.seq,
-        plan.pipeline,
-        plan.compile_budget,
-    )?;
+    let kernels = make_kernels(&plan.backend, &c, s.batch, s.seq)?;
     s.loss_scale = settings::initial_loss_scale(
         kernels.needs_loss_scaling(),
         plan.loss_scale,
