@@ -3,16 +3,19 @@
 //! runtime, or on any CPU.
 //!
 //! The folders show the architecture:
-//! - [`model`]: config, the parameter arena, llama2.c model files;
-//! - [`kernels`]: the six-kernel contract and the fp32 `cpu` backend;
+//! - [`model`]: config, the parameter arena, what `--model` names, llama2.c model files,
+//!   safetensors dumps;
+//! - [`kernels`]: the six-kernel contract, the fp32 `cpu` backend and the plain-loop
+//!   `reference` backend it is tested against;
 //! - [`ane`]: MIL generation, weight blobs, the simulated device, the private runtime and the
 //!   Neural Engine backends;
-//! - [`train`]: the training step, AdamW, checkpoints, the loop, logs and reports;
+//! - [`train`]: the training step, the one optimizer step, AdamW, loss scaling, checkpoints,
+//!   the loop and a run's session, backend construction, the benchmark, logs and reports;
 //! - [`data`]: token data, the built-in story corpus, TinyStories download and tokenization;
 //! - [`tokenizer`]: llama2.c `tokenizer.bin` and BPE training;
 //! - [`generate`]: CPU inference with a KV cache and run.c-compatible sampling;
 //! - [`dashboard`]: the live terminal UI and PNG plots;
-//! - [`cli`]: the `anetrain` command.
+//! - [`cli`]: the `anetrain` command: parses flags and prints results.
 
 pub mod ane;
 pub mod cli;

@@ -101,7 +101,11 @@ fn a_refusal_is_retried_with_the_alternatives_and_the_override_named() {
         .iter()
         .filter(|p| p.kernel != "fwdAttn")
         .all(|p| p.compiled));
-    let k = rep.kernels.iter().find(|k| k.kernel == "fwd_attn").unwrap_or_else(|| panic!("{:?}", rep.compare_error));
+    let k = rep
+        .kernels
+        .iter()
+        .find(|k| k.kernel == "fwd_attn")
+        .unwrap_or_else(|| panic!("{:?}", rep.compare_error));
     assert_eq!(k.runs_on, "cpu");
     assert_eq!(rep.verdict, "fallback");
     assert!(rep

@@ -198,7 +198,7 @@ fn sgd_loss_curves_follow_cpu() {
 
 #[test]
 fn dynamic_loss_scaling_backs_off_from_overflow() {
-    use anetrain::ane::loss_scale::{all_finite, LossScaler, MAX_SCALE};
+    use anetrain::train::loss_scale::{all_finite, LossScaler, MAX_SCALE};
     let p = model();
     let c = p.config().clone();
     let mut ws = Workspace::new(&c, BATCH, SEQ);

@@ -132,7 +132,7 @@ fn app_for(log: &Path, story: StoryFn) -> App {
 
 fn screen(app: &App, w: u16, h: u16) -> String {
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-    t.draw(|f| app.render(f)).unwrap();
+    t.draw(|f| anetrain::dashboard::ui::render(f, app)).unwrap();
     let buf = t.backend().buffer().clone();
     let mut out = String::new();
     for y in 0..buf.area.height {

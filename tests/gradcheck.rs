@@ -1,6 +1,7 @@
-//! Every parameter's gradient from the training step (fp32, `cpu` kernels) against central
-//! finite differences of the loss computed by a separate, straightforward f64 forward pass
-//! written here (token-major loops, llama2.c's math), on tiny configs: MHA, GQA and MQA,
+//! Every parameter's gradient from the training step (fp32; with the `cpu` kernels and with
+//! the plain-loop `reference` kernels, the oracle of tests/kernels_reference.rs) against
+//! central finite differences of the loss computed by a separate, straightforward f64 forward
+//! pass written here (token-major loops, llama2.c's math), on tiny configs: MHA, GQA and MQA,
 //! tied and untied classifiers, batch > 1, sequence lengths that are not powers of two
 //! (one longer than the attention tile), head_dim ≠ dim / n_heads.
 //!
@@ -9,6 +10,8 @@
 //! accurate to ~1e-9 relative; what the tolerance absorbs is fp32 rounding in the step.
 
 use anetrain::kernels::cpu::CpuKernels;
+use anetrain::kernels::reference::ReferenceKernels;
+use anetrain::kernels::Kernels;
 use anetrain::model::{Config, LayerTensor, Layout, Params};
 use anetrain::train::step::Workspace;
 use anetrain::train::timing::Timings;
@@ -165,36 +168,7 @@ fn check(
         .map(|_| rng.below(c.vocab_size as u64) as u32)
         .collect();
 
-    let mut ws = Workspace::new(&c, batch, seq);
-    if ce_chunk > 0 {
-        ws.set_ce_chunk(ce_chunk);
-    }
-    let mut k = CpuKernels::new();
-    let mut grads = Params::zeros(&c);
-    // A non-zero start checks that the step adds; grad_scale checks the scaling.
-    grads.data.iter_mut().for_each(|g| *g = 0.5);
-    let scale = 1.7f32;
-    let mut t = Timings::default();
-    let loss = ws
-        .forward_backward(
-            &mut k, &params, &mut grads, &inputs, &targets, scale, &mut t,
-        )
-        .unwrap();
-
     let mut p64: Vec<f64> = params.data.iter().map(|&v| v as f64).collect();
-    let want = reference_loss(&c, &lay, &p64, &inputs, &targets, seq);
-    assert!(
-        (loss as f64 - want).abs() < 2e-6 * want.max(1.0),
-        "{name}: loss {loss} vs f64 reference {want}"
-    );
-    let eval = ws
-        .forward_loss(&mut k, &params, &inputs, &targets, &mut t)
-        .unwrap();
-    assert_eq!(
-        eval, loss,
-        "{name}: forward_loss differs from forward_backward"
-    );
-
     let h = 1e-5;
     let mut fd = vec![0.0f64; p64.len()];
     for i in 0..p64.len() {
@@ -206,48 +180,84 @@ fn check(
         p64[i] = orig;
         fd[i] = (lp - lm) / (2.0 * h);
     }
-    let g: Vec<f64> = grads
-        .data
-        .iter()
-        .map(|&v| (v as f64 - 0.5) / scale as f64)
-        .collect();
-    let gmax = fd.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    assert!(gmax > 1e-3, "{name}: gradients vanish ({gmax})");
-    let mut worst = (0.0f64, String::new());
-    for ti in lay.tensors() {
-        let (mut num, mut den) = (0.0f64, 0.0f64);
-        let mut nonzero = 0;
-        for i in ti.range.clone() {
-            let err = (g[i] - fd[i]).abs();
-            let tol = 5e-4 * fd[i].abs() + 5e-6 * gmax;
-            assert!(
-                err <= tol,
-                "{name}: {} [{}]: step {} vs finite difference {}",
-                ti.name,
-                i - ti.range.start,
-                g[i],
-                fd[i]
-            );
-            if fd[i].abs() > 1e-3 * gmax {
-                nonzero += 1;
+    let p64 = p64;
+    let backends: [Box<dyn Kernels>; 2] = [
+        Box::new(CpuKernels::new()),
+        Box::new(ReferenceKernels::default()),
+    ];
+    for mut kb in backends {
+        let k = kb.as_mut();
+        let name = format!("{name}/{}", k.name());
+        let name = name.as_str();
+        let mut ws = Workspace::new(&c, batch, seq);
+        if ce_chunk > 0 {
+            ws.set_ce_chunk(ce_chunk);
+        }
+        let mut grads = Params::zeros(&c);
+        // A non-zero start checks that the step adds; grad_scale checks the scaling.
+        grads.data.iter_mut().for_each(|g| *g = 0.5);
+        let scale = 1.7f32;
+        let mut t = Timings::default();
+        let loss = ws
+            .forward_backward(k, &params, &mut grads, &inputs, &targets, scale, &mut t)
+            .unwrap();
+
+        let want = reference_loss(&c, &lay, &p64, &inputs, &targets, seq);
+        assert!(
+            (loss as f64 - want).abs() < 2e-6 * want.max(1.0),
+            "{name}: loss {loss} vs f64 reference {want}"
+        );
+        let eval = ws
+            .forward_loss(k, &params, &inputs, &targets, &mut t)
+            .unwrap();
+        assert_eq!(
+            eval, loss,
+            "{name}: forward_loss differs from forward_backward"
+        );
+
+        let g: Vec<f64> = grads
+            .data
+            .iter()
+            .map(|&v| (v as f64 - 0.5) / scale as f64)
+            .collect();
+        let gmax = fd.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(gmax > 1e-3, "{name}: gradients vanish ({gmax})");
+        let mut worst = (0.0f64, String::new());
+        for ti in lay.tensors() {
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            let mut nonzero = 0;
+            for i in ti.range.clone() {
+                let err = (g[i] - fd[i]).abs();
+                let tol = 5e-4 * fd[i].abs() + 5e-6 * gmax;
+                assert!(
+                    err <= tol,
+                    "{name}: {} [{}]: step {} vs finite difference {}",
+                    ti.name,
+                    i - ti.range.start,
+                    g[i],
+                    fd[i]
+                );
+                if fd[i].abs() > 1e-3 * gmax {
+                    nonzero += 1;
+                }
+                num += err * err;
+                den += fd[i] * fd[i];
             }
-            num += err * err;
-            den += fd[i] * fd[i];
+            let rel = (num / den.max(1e-300)).sqrt();
+            assert!(rel <= 1e-4, "{name}: {} relative error {rel}", ti.name);
+            // Each tensor carries real signal (an all-zero gradient would pass trivially).
+            assert!(nonzero > 0, "{name}: {} has no signal", ti.name);
+            if rel > worst.0 {
+                worst = (rel, ti.name.clone());
+            }
         }
-        let rel = (num / den.max(1e-300)).sqrt();
-        assert!(rel <= 1e-4, "{name}: {} relative error {rel}", ti.name);
-        // Each tensor carries real signal (an all-zero gradient would pass trivially).
-        assert!(nonzero > 0, "{name}: {} has no signal", ti.name);
-        if rel > worst.0 {
-            worst = (rel, ti.name.clone());
-        }
+        eprintln!(
+            "{name}: {} parameters, loss {loss:.6}, worst tensor relative error {:.2e} ({})",
+            p64.len(),
+            worst.0,
+            worst.1
+        );
     }
-    eprintln!(
-        "{name}: {} parameters, loss {loss:.6}, worst tensor relative error {:.2e} ({})",
-        p64.len(),
-        worst.0,
-        worst.1
-    );
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1260,4 +1260,8 @@ impl Kernels for AneKernels {
     fn compiles_per_update(&self) -> u64 {
         AneKernels::compiles_per_update(self)
     }
+
+    fn needs_loss_scaling(&self) -> bool {
+        true // fp16 surfaces: gradients underflow without it
+    }
 }

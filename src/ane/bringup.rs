@@ -474,8 +474,15 @@ fn compare(
 ) -> Result<Vec<KernelCompare>> {
     let dev = (spec.device)(profile)?;
     // With fallback: a refused program's kernel runs on the CPU, the others are still compared.
-    let mut ane =
-        AneKernels::build(dev, cfg1, spec.batch, spec.seq, spec.pipeline, profile, true)?;
+    let mut ane = AneKernels::build(
+        dev,
+        cfg1,
+        spec.batch,
+        spec.seq,
+        spec.pipeline,
+        profile,
+        true,
+    )?;
     let mut cpu = CpuKernels::with_eps(cfg1.norm_eps);
     ane.prepare(params, 1)?;
     cpu.prepare(params, 1)?;

@@ -22,7 +22,6 @@ pub mod check;
 pub mod chip;
 pub mod device;
 pub mod fit;
-pub mod loss_scale;
 pub mod mil;
 pub mod private;
 pub mod sim;
@@ -30,7 +29,6 @@ pub mod sim;
 pub use backend::AneKernels;
 pub use chip::Profile;
 pub use device::Device;
-pub use loss_scale::LossScaler;
 pub use mil::kernels::Pipeline;
 
 /// Opens the Neural Engine device for a backend: the simulator (`sim`) or the real one

@@ -53,8 +53,10 @@ pub fn run(c: AneCommand) -> Result<()> {
 }
 
 fn check(a: CheckArgs) -> Result<()> {
-    let cfg = crate::train::resolve_config(&a.model)?;
-    let seq = a.seq.map_or(cfg.seq_len.min(256), |s| s as usize);
+    let cfg = crate::train::load_config(&crate::model::ModelSource::resolve(&a.model)?)?;
+    let seq = a
+        .seq
+        .map_or(crate::train::settings::default_seq(&cfg), |s| s as usize);
     let profile = Profile::select(a.ane_profile.as_deref())?;
     let simulated = crate::ane::availability().is_err();
     let budget = a.compile_budget;

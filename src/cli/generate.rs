@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(clap::Args)]
 pub struct Args {
     /// Model to run: a llama2.c model file (.bin) or a training checkpoint (.ckpt).
-    #[arg(long, short, default_value = "runs/default/model.ckpt")]
+    #[arg(long, short, default_value = crate::train::settings::DEFAULT_CKPT)]
     pub model: PathBuf,
     /// llama2.c tokenizer.bin (default for a checkpoint: the tokenizer it was trained with);
     /// without one, token ids are printed instead of text.
@@ -46,7 +46,7 @@ pub fn run(a: Args) -> Result<()> {
     if !(0.0..=1.0).contains(&a.top_p) {
         bail!("--top-p {} must be between 0 and 1", a.top_p);
     }
-    if !a.model.exists() && a.model == std::path::Path::new("runs/default/model.ckpt") {
+    if !a.model.exists() && a.model == std::path::Path::new(crate::train::settings::DEFAULT_CKPT) {
         bail!(
             "no model given and no default run at {} (train one with `anetrain train`, or pass --model FILE)",
             a.model.display()
@@ -55,8 +55,8 @@ pub fn run(a: Args) -> Result<()> {
     let params = generate::load_model_params(&a.model)?;
     let c = params.config();
     let tokenizer = a.tokenizer.clone().or_else(|| {
-        if a.model.extension().is_some_and(|e| e == "ckpt") {
-            crate::train::checkpoint::read_header(&a.model)
+        if let Some(ck) = crate::model::ModelSource::with_weights(&a.model).checkpoint() {
+            crate::train::checkpoint::read_header(ck)
                 .ok()
                 .and_then(|h| h.tokenizer)
                 .map(PathBuf::from)

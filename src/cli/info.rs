@@ -37,8 +37,8 @@ fn m(x: usize) -> String {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let c = crate::train::resolve_config(&a.model)?;
-    let seq = a.seq.unwrap_or(c.seq_len.min(256));
+    let c = crate::train::load_config(&crate::model::ModelSource::resolve(&a.model)?)?;
+    let seq = a.seq.unwrap_or(crate::train::settings::default_seq(&c));
     print_info(&a.model, &c, a.batch, seq);
     if matches!(a.backend, Some(BackendKind::Ane | BackendKind::AneSim)) {
         let profile = crate::ane::Profile::select(a.ane_profile.as_deref())?;

@@ -5,8 +5,8 @@
 use crate::ane::mil::kernels::{generate, kernel_set, Kernel, LayerWeights, Pipeline};
 use crate::ane::mil::Program;
 use crate::kernels::ops::Rope;
-use crate::model::llama2c;
-use crate::model::Params;
+use crate::model::ModelSource;
+
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
@@ -63,15 +63,14 @@ pub fn run(a: Args) -> Result<()> {
         })?),
     };
     let bakes = a.pipeline == Pipeline::Static;
-    let (cfg, params) = if llama2c::is_model_file(&a.model) {
-        let m = llama2c::Model::load(std::path::Path::new(&a.model))?;
-        (m.config().clone(), Some(m.params))
+    let src = ModelSource::resolve(&a.model)?;
+    let (cfg, params) = if src.has_weights() || bakes {
+        let p = crate::train::load_params(&src, a.seed)?;
+        (p.config().clone(), Some(p))
     } else {
-        let c = crate::train::resolve_config(&a.model)?;
-        let p = bakes.then(|| Params::init_random(&c, a.seed));
-        (c, p)
+        (crate::train::load_config(&src)?, None)
     };
-    let seq = a.seq.unwrap_or(cfg.seq_len.min(256));
+    let seq = a.seq.unwrap_or(crate::train::settings::default_seq(&cfg));
     if seq == 0 || seq > cfg.seq_len || a.batch == 0 {
         bail!("--seq must be in 1..={} and --batch positive", cfg.seq_len);
     }

@@ -1,25 +1,18 @@
 //! The dashboard's state machine: follows the log, samples the process and power, drives the
-//! story worker, handles keys; and the terminal loop that redraws it.
+//! story worker, handles keys.
 //!
 //! [`App::tick`] does the periodic work and says whether anything changed; [`App::handle_key`]
-//! applies a key. Neither touches the terminal, so tests drive an `App` directly and render it
-//! with ratatui's `TestBackend`. [`run_terminal`] is the loop around them: input is waited for
-//! with a 100 ms timeout, the log is polled every 100 ms, the process and power once a second,
-//! and the screen is redrawn at most ten times a second — when something changed, on a resize,
-//! and at least once a second (for the clocks).
+//! applies a key. Neither touches the terminal, so tests drive an `App` directly and draw it
+//! with [`super::ui::render`] on ratatui's `TestBackend`. The terminal loop around them is
+//! [`super::driver`]; the cadences it keeps are the constants below.
 
 use super::child::TrainerChild;
 use super::follow::LogFollower;
 use super::state::{LineKind, RunState};
 use super::story::{StoryFn, StoryWorker};
 use super::sysstats::{PowerMonitor, ProcMonitor};
-use super::ui;
 use crate::train::log::Event;
-use anyhow::{Context, Result};
-use ratatui::crossterm::event::{
-    self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers,
-};
-use std::cell::Cell;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -70,7 +63,9 @@ pub struct App {
     pub log_status: LogStatus,
     corrupt: u64,
     scroll: usize,
-    events_page: Cell<usize>,
+    /// Rows the events panel showed last (what a page key scrolls by); the terminal
+    /// driver sets it from the layout.
+    events_page: usize,
     story: StoryWorker,
     /// Checkpoint (path and modification time) that the last story request was for: a
     /// trainer rewrites the same path at every checkpoint, so the time tells them apart.
@@ -98,7 +93,7 @@ impl App {
             log_status: LogStatus::Missing,
             corrupt: 0,
             scroll: 0,
-            events_page: Cell::new(10),
+            events_page: 10,
             story: StoryWorker::new(generate),
             auto_story_for: None,
             proc_mon: None,
@@ -179,8 +174,9 @@ impl App {
         }
     }
 
-    pub(crate) fn set_events_page(&self, rows: usize) {
-        self.events_page.set(rows.max(1));
+    /// Tells the app how many event-log rows one page is (see [`super::ui::events_rows`]).
+    pub fn set_events_page(&mut self, rows: usize) {
+        self.events_page = rows.max(1);
     }
 
     /// Periodic work; true when the screen should be redrawn.
@@ -379,7 +375,7 @@ impl App {
         if key.kind == KeyEventKind::Release {
             return false;
         }
-        let page = self.events_page.get().max(1);
+        let page = self.events_page.max(1);
         let max_scroll = self.state.log_lines.len().saturating_sub(page);
         match key.code {
             KeyCode::Char('q') | KeyCode::Esc => return true,
@@ -397,11 +393,6 @@ impl App {
             _ => {}
         }
         false
-    }
-
-    /// Draws the dashboard into a frame.
-    pub fn render(&self, f: &mut ratatui::Frame) {
-        ui::render(f, self);
     }
 }
 
@@ -423,48 +414,4 @@ pub fn newest_ckpt_in(dir: &Path) -> Option<(PathBuf, Instant)> {
         }
     }
     best.map(|(p, _)| (p, Instant::now()))
-}
-
-/// Runs the dashboard in the terminal until the user quits.
-pub fn run_terminal(app: &mut App) -> Result<()> {
-    let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
-    let r = event_loop(&mut terminal, app);
-    ratatui::restore();
-    r
-}
-
-fn event_loop(terminal: &mut ratatui::DefaultTerminal, app: &mut App) -> Result<()> {
-    let mut dirty = true;
-    let mut last_draw: Option<Instant> = None;
-    let mut last_tick: Option<Instant> = None;
-    loop {
-        if last_tick.is_none_or(|t| t.elapsed() >= POLL_EVERY) {
-            last_tick = Some(Instant::now());
-            dirty |= app.tick();
-        }
-        let since_draw = last_draw.map(|t| t.elapsed());
-        if since_draw.is_none_or(|d| (dirty && d >= FRAME_MIN) || d >= Duration::from_secs(1)) {
-            terminal
-                .draw(|f| app.render(f))
-                .context("cannot draw to the terminal")?;
-            last_draw = Some(Instant::now());
-            dirty = false;
-        }
-        let wait = POLL_EVERY.saturating_sub(last_tick.map(|t| t.elapsed()).unwrap_or_default());
-        if event::poll(wait).context("cannot read terminal input")? {
-            match event::read().context("cannot read terminal input")? {
-                TermEvent::Key(k) => {
-                    if app.handle_key(k) {
-                        return Ok(());
-                    }
-                    dirty = true;
-                }
-                TermEvent::Resize(..) => {
-                    terminal.autoresize().ok();
-                    dirty = true;
-                }
-                _ => {}
-            }
-        }
-    }
 }

@@ -11,14 +11,16 @@
 //! - [`story`]: a background thread that turns the newest checkpoint into a story through an
 //!   injected function;
 //! - [`child`]: the trainer process that `dashboard --train` starts;
-//! - [`app`]: ties these together, handles keys and runs the terminal loop;
-//! - [`ui`]: draws an [`app::App`] into a ratatui frame;
+//! - [`app`]: ties these together and handles keys;
+//! - [`ui`]: draws an [`app::App`] into a ratatui frame, reading it and writing nothing back;
+//! - [`driver`]: the terminal loop around the two;
 //! - [`plot`]: PNG plots of one or more logs, with text drawn by [`text_backend`].
 //!
 //! docs/DASHBOARD.md describes each panel and where its numbers come from.
 
 pub mod app;
 pub mod child;
+pub mod driver;
 pub mod follow;
 pub mod plot;
 pub mod state;
@@ -27,6 +29,7 @@ pub mod sysstats;
 pub mod text_backend;
 pub mod ui;
 
-pub use app::{run_terminal, App, DashboardConfig};
+pub use app::{App, DashboardConfig};
+pub use driver::run_terminal;
 pub use plot::{plot_logs, PlotOptions};
 pub use story::StoryFn;

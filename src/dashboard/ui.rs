@@ -25,19 +25,20 @@ use ratatui::Frame;
 const MIN_WIDTH: u16 = 40;
 const MIN_HEIGHT: u16 = 12;
 
-/// Draws the whole dashboard into the frame.
-pub fn render(f: &mut Frame, app: &App) {
-    let area = f.area();
-    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
-        let msg = format!(
-            "terminal {}×{} is too small for the dashboard (needs {MIN_WIDTH}×{MIN_HEIGHT}, \
-             80×24 or more is best) · q quits",
-            area.width, area.height
-        );
-        f.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), area);
-        return;
-    }
-    // The timing row grows with the terminal until every component has its bar.
+/// Where each panel goes in a frame of `area` (the timing row grows with the terminal until
+/// every component has its bar).
+struct Panels {
+    status: Rect,
+    loss: Rect,
+    speed: Rect,
+    timing: Rect,
+    system: Rect,
+    story: Rect,
+    events: Rect,
+    keys: Rect,
+}
+
+fn panels(area: Rect, app: &App) -> Panels {
     let bars = app.state.timing_breakdown().len() as u16 + 3;
     let mid = bars.clamp(6, 6 + area.height.saturating_sub(24) / 3);
     let rows = Layout::vertical([
@@ -48,20 +49,58 @@ pub fn render(f: &mut Frame, app: &App) {
         Constraint::Length(1),
     ])
     .split(area);
-    render_status(f, rows[0], app);
     let top =
         Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).split(rows[1]);
-    render_loss(f, top[0], app);
-    render_speed(f, top[1], app);
     let mid =
         Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).split(rows[2]);
-    render_timing(f, mid[0], app);
-    render_system(f, mid[1], app);
     let bottom =
         Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).split(rows[3]);
-    render_story(f, bottom[0], app);
-    render_events(f, bottom[1], app);
-    render_keys(f, rows[4], app);
+    Panels {
+        status: rows[0],
+        loss: top[0],
+        speed: top[1],
+        timing: mid[0],
+        system: mid[1],
+        story: bottom[0],
+        events: bottom[1],
+        keys: rows[4],
+    }
+}
+
+fn too_small(area: Rect) -> bool {
+    area.width < MIN_WIDTH || area.height < MIN_HEIGHT
+}
+
+/// Rows of event-log lines the events panel shows in a frame of `area` (what a page key
+/// scrolls by); 1 when the terminal is too small for the dashboard.
+pub fn events_rows(area: Rect, app: &App) -> usize {
+    if too_small(area) {
+        return 1;
+    }
+    (Block::bordered().inner(panels(area, app).events).height as usize).max(1)
+}
+
+/// Draws the whole dashboard into the frame.
+pub fn render(f: &mut Frame, app: &App) {
+    let area = f.area();
+    if too_small(area) {
+        let msg = format!(
+            "terminal {}×{} is too small for the dashboard (needs {MIN_WIDTH}×{MIN_HEIGHT}, \
+             80×24 or more is best) · q quits",
+            area.width, area.height
+        );
+        f.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), area);
+        return;
+    }
+    let p = panels(area, app);
+    render_status(f, p.status, app);
+    render_loss(f, p.loss, app);
+    render_speed(f, p.speed, app);
+    render_timing(f, p.timing, app);
+    render_system(f, p.system, app);
+    render_story(f, p.story, app);
+    render_events(f, p.events, app);
+    render_keys(f, p.keys, app);
 }
 
 fn title(text: &str) -> Span<'static> {
@@ -685,7 +724,6 @@ fn render_events(f: &mut Frame, area: Rect, app: &App) {
     let mut head = vec![title("Events"), dim(format!("{} ", lines.len()))];
     let block_inner = Block::bordered().inner(area);
     let h = block_inner.height as usize;
-    app.set_events_page(h);
     let scroll = app.scroll().min(lines.len().saturating_sub(h));
     if scroll > 0 {
         head.push(Span::styled(

@@ -117,6 +117,24 @@ impl TokenData {
         Ok(())
     }
 
+    /// Training data from `path` and validation data: from `val` when given, else the tail
+    /// `val_fraction` of `path` (none when the fraction is 0).
+    pub fn open_with_validation(
+        path: &Path,
+        val: Option<&Path>,
+        val_fraction: f64,
+    ) -> Result<(TokenData, Option<TokenData>)> {
+        let d = TokenData::open(path)?;
+        match val {
+            Some(v) => Ok((d, Some(TokenData::open(v)?))),
+            None if val_fraction > 0.0 => {
+                let (t, v) = d.split_tail(val_fraction)?;
+                Ok((t, Some(v)))
+            }
+            None => Ok((d, None)),
+        }
+    }
+
     /// Splits off the last `fraction` of the tokens as a validation part, cut at a BOS so no
     /// story straddles the boundary (falls back to the exact cut when there is no BOS near).
     pub fn split_tail(&self, fraction: f64) -> Result<(TokenData, TokenData)> {

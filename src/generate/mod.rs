@@ -20,7 +20,6 @@ pub mod transformer;
 pub use sampler::Sampler;
 pub use transformer::Transformer;
 
-use crate::model::llama2c::Model;
 use crate::model::Params;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -34,10 +33,7 @@ pub const BOS: u32 = 1;
 /// Loads the parameters of a model to run: a llama2.c model file (legacy or version 1) or a
 /// training checkpoint (`.ckpt`, verified before use).
 pub fn load_model_params(spec: &Path) -> Result<Params> {
-    if spec.extension().is_some_and(|e| e == "ckpt") {
-        return Ok(crate::train::checkpoint::load_or_explain(spec)?.params);
-    }
-    Ok(Model::load(spec)?.params)
+    crate::train::load_params(&crate::model::ModelSource::with_weights(spec), 0)
 }
 
 /// run.c's rule for the number of positions: 0, or more than the model's `seq_len`, means

@@ -14,7 +14,7 @@
 use super::gemm::{sgemm, sgemm_raw, Op};
 use super::ops::{self, Rope};
 use super::{AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 
 /// Query rows per causal tile.
@@ -187,25 +187,6 @@ fn tiles(s: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..s).step_by(TILE).map(move |r0| (r0, (r0 + TILE).min(s)))
 }
 
-fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
-    ensure!(
-        got == want,
-        "cpu kernel: {what} has {got} elements, expected {want}"
-    );
-    Ok(())
-}
-
-fn check_dims(d: &Dims) -> Result<()> {
-    ensure!(
-        d.n_kv_heads > 0
-            && d.n_heads.is_multiple_of(d.n_kv_heads)
-            && d.head_dim.is_multiple_of(2)
-            && d.seq > 0,
-        "cpu kernel: invalid dims {d:?}"
-    );
-    Ok(())
-}
-
 impl Kernels for CpuKernels {
     fn name(&self) -> &str {
         "cpu"
@@ -225,32 +206,8 @@ impl Kernels for CpuKernels {
         w: &AttnWeights,
         out: AttnFwd,
     ) -> Result<()> {
-        check_dims(d)?;
+        d.check_fwd_attn(rope, x, w, &out)?;
         let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
-        for (what, got, want) in [
-            ("x", x.len(), dim * n),
-            ("g", w.g.len(), dim),
-            ("wq", w.wq.len(), qd * dim),
-            ("wk", w.wk.len(), kvd * dim),
-            ("wv", w.wv.len(), kvd * dim),
-            ("wo", w.wo.len(), dim * qd),
-            ("xn", out.xn.len(), dim * n),
-            ("q", out.q.len(), qd * n),
-            ("k", out.k.len(), kvd * n),
-            ("v", out.v.len(), kvd * n),
-            ("attn", out.attn.len(), qd * n),
-            ("o", out.o.len(), dim * n),
-        ] {
-            check_len(what, got, want)?;
-        }
-        ensure!(
-            rope.head_dim == d.head_dim && rope.len() >= d.seq,
-            "cpu kernel: RoPE table (head_dim {}, {} positions) does not cover head_dim {} × seq {}",
-            rope.head_dim,
-            rope.len(),
-            d.head_dim,
-            d.seq
-        );
         let inv = grow(&mut self.inv_rms, n);
         ops::rmsnorm_fwd(out.xn, inv, x, w.g, self.eps);
         let xn = &*out.xn;
@@ -378,21 +335,8 @@ impl Kernels for CpuKernels {
         w: &FfnWeights,
         out: FfnFwd,
     ) -> Result<()> {
+        d.check_fwd_ffn(x2, w, &out)?;
         let (dim, n, h) = (d.dim, d.n(), d.hidden);
-        for (what, got, want) in [
-            ("x2", x2.len(), dim * n),
-            ("g", w.g.len(), dim),
-            ("w1", w.w1.len(), h * dim),
-            ("w2", w.w2.len(), dim * h),
-            ("w3", w.w3.len(), h * dim),
-            ("x2n", out.x2n.len(), dim * n),
-            ("h1", out.h1.len(), h * n),
-            ("h3", out.h3.len(), h * n),
-            ("gate", out.gate.len(), h * n),
-            ("f", out.f.len(), dim * n),
-        ] {
-            check_len(what, got, want)?;
-        }
         let inv = grow(&mut self.inv_rms, n);
         ops::rmsnorm_fwd(out.x2n, inv, x2, w.g, self.eps);
         sgemm(
@@ -458,20 +402,8 @@ impl Kernels for CpuKernels {
         w: &FfnWeights,
         out: FfnBwd,
     ) -> Result<()> {
+        d.check_ffn_bwd(dy, h1, h3, w, &out)?;
         let (dim, n, h) = (d.dim, d.n(), d.hidden);
-        for (what, got, want) in [
-            ("dy", dy.len(), dim * n),
-            ("h1", h1.len(), h * n),
-            ("h3", h3.len(), h * n),
-            ("w1", w.w1.len(), h * dim),
-            ("w2", w.w2.len(), dim * h),
-            ("w3", w.w3.len(), h * dim),
-            ("dx2n", out.dx2n.len(), dim * n),
-            ("dh1", out.dh1.len(), h * n),
-            ("dh3", out.dh3.len(), h * n),
-        ] {
-            check_len(what, got, want)?;
-        }
         let dgate = grow(&mut self.tmp, h * n);
         sgemm(Op::T, Op::N, h, n, dim, 1.0, w.w2, h, dy, n, 0.0, dgate, n);
         out.dh1
@@ -528,20 +460,8 @@ impl Kernels for CpuKernels {
         wo: &[f32],
         out: SdpaBwd1,
     ) -> Result<()> {
-        check_dims(d)?;
-        let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
-        for (what, got, want) in [
-            ("dx2", dx2.len(), dim * n),
-            ("q", q.len(), qd * n),
-            ("k", k.len(), kvd * n),
-            ("v", v.len(), kvd * n),
-            ("wo", wo.len(), dim * qd),
-            ("dv", out.dv.len(), kvd * n),
-            ("dp", out.dp.len(), d.probs_len()),
-            ("probs", out.probs.len(), d.probs_len()),
-        ] {
-            check_len(what, got, want)?;
-        }
+        d.check_sdpa_bwd1(dx2, q, k, v, wo, &out)?;
+        let (dim, n, qd) = (d.dim, d.n(), d.q_dim());
         let dattn = grow(&mut self.tmp, qd * n);
         sgemm(Op::T, Op::N, qd, n, dim, 1.0, wo, qd, dx2, n, 0.0, dattn, n);
         let dattn = &*dattn;
@@ -635,18 +555,7 @@ impl Kernels for CpuKernels {
         k: &[f32],
         out: SdpaBwd2,
     ) -> Result<()> {
-        check_dims(d)?;
-        let (n, qd, kvd) = (d.n(), d.q_dim(), d.kv_dim());
-        for (what, got, want) in [
-            ("probs", probs.len(), d.probs_len()),
-            ("dp", dp.len(), d.probs_len()),
-            ("q", q.len(), qd * n),
-            ("k", k.len(), kvd * n),
-            ("dq", out.dq.len(), qd * n),
-            ("dk", out.dk.len(), kvd * n),
-        ] {
-            check_len(what, got, want)?;
-        }
+        d.check_sdpa_bwd2(probs, dp, q, k, &out)?;
         let (qp, kp) = (q.as_ptr() as usize, k.as_ptr() as usize);
         let (dq, dk) = (
             SharedMut(out.dq.as_mut_ptr()),
@@ -732,18 +641,8 @@ impl Kernels for CpuKernels {
         w: &AttnWeights,
         dxn: &mut [f32],
     ) -> Result<()> {
+        d.check_qkv_bwd(dq, dk, dv, w, dxn)?;
         let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
-        for (what, got, want) in [
-            ("dq", dq.len(), qd * n),
-            ("dk", dk.len(), kvd * n),
-            ("dv", dv.len(), kvd * n),
-            ("wq", w.wq.len(), qd * dim),
-            ("wk", w.wk.len(), kvd * dim),
-            ("wv", w.wv.len(), kvd * dim),
-            ("dxn", dxn.len(), dim * n),
-        ] {
-            check_len(what, got, want)?;
-        }
         sgemm(Op::T, Op::N, dim, n, qd, 1.0, w.wq, dim, dq, n, 0.0, dxn, n);
         sgemm(
             Op::T,
@@ -781,7 +680,8 @@ impl Kernels for CpuKernels {
 
 #[cfg(test)]
 mod tests {
-    //! Each kernel against naive f64 loops written from the contract's formulas.
+    //! The backend's own mechanics; its numbers are checked against the reference backend
+    //! in tests/kernels_reference.rs.
     use super::*;
     use crate::util::rng::Rng;
 
@@ -801,397 +701,6 @@ mod tests {
             batch: 2,
             seq: 70,
         }
-    }
-
-    /// y [rows, N] = W [rows, cols] · x [cols, N], in f64.
-    fn mm(w: &[f32], x: &[f64], rows: usize, n: usize) -> Vec<f64> {
-        let cols = x.len() / n;
-        let mut y = vec![0.0; rows * n];
-        for r in 0..rows {
-            for c in 0..cols {
-                let wv = w[r * cols + c] as f64;
-                for t in 0..n {
-                    y[r * n + t] += wv * x[c * n + t];
-                }
-            }
-        }
-        y
-    }
-
-    /// y [cols, N] = Wᵀ · x for W [rows, cols], x [rows, N].
-    fn mm_t(w: &[f32], x: &[f64], cols: usize, n: usize) -> Vec<f64> {
-        let rows = x.len() / n;
-        let mut y = vec![0.0; cols * n];
-        for r in 0..rows {
-            for c in 0..cols {
-                let wv = w[r * cols + c] as f64;
-                for t in 0..n {
-                    y[c * n + t] += wv * x[r * n + t];
-                }
-            }
-        }
-        y
-    }
-
-    fn f64s(v: &[f32]) -> Vec<f64> {
-        v.iter().map(|&x| x as f64).collect()
-    }
-
-    fn close(what: &str, got: &[f32], want: &[f64], tol: f64) {
-        assert_eq!(got.len(), want.len(), "{what}");
-        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (g as f64 - w).abs() <= tol * scale,
-                "{what}[{i}]: {g} vs {w} (scale {scale})"
-            );
-        }
-    }
-
-    fn rmsnorm64(x: &[f32], g: &[f32], n: usize) -> Vec<f64> {
-        let c = g.len();
-        let mut y = vec![0.0; c * n];
-        for t in 0..n {
-            let ms = (0..c).map(|i| (x[i * n + t] as f64).powi(2)).sum::<f64>() / c as f64;
-            let r = 1.0 / (ms + 1e-5).sqrt();
-            for i in 0..c {
-                y[i * n + t] = g[i] as f64 * x[i * n + t] as f64 * r;
-            }
-        }
-        y
-    }
-
-    fn rope64(x: &mut [f64], hd: usize, n: usize, seq: usize) {
-        for r in (0..x.len() / n).step_by(2) {
-            let j = (r % hd) / 2;
-            let freq = 1.0 / 10000f64.powf((2 * j) as f64 / hd as f64);
-            for t in 0..n {
-                let (s, c) = (((t % seq) as f64) * freq).sin_cos();
-                let (a, b) = (x[r * n + t], x[(r + 1) * n + t]);
-                x[r * n + t] = a * c - b * s;
-                x[(r + 1) * n + t] = a * s + b * c;
-            }
-        }
-    }
-
-    /// Causal softmax probabilities `[B, NH, S, S]` of q, k (f64), zero above the diagonal.
-    fn probs64(d: &Dims, q: &[f64], k: &[f64]) -> Vec<f64> {
-        let (n, s, hd) = (d.n(), d.seq, d.head_dim);
-        let mut p = vec![0.0; d.probs_len()];
-        for b in 0..d.batch {
-            for h in 0..d.n_heads {
-                let j = h / (d.n_heads / d.n_kv_heads);
-                for i in 0..s {
-                    let sc: Vec<f64> = (0..=i)
-                        .map(|c| {
-                            (0..hd)
-                                .map(|e| {
-                                    q[(h * hd + e) * n + b * s + i]
-                                        * k[(j * hd + e) * n + b * s + c]
-                                })
-                                .sum::<f64>()
-                                / (hd as f64).sqrt()
-                        })
-                        .collect();
-                    let m = sc.iter().cloned().fold(f64::MIN, f64::max);
-                    let z: f64 = sc.iter().map(|v| (v - m).exp()).sum();
-                    for (c, v) in sc.iter().enumerate() {
-                        p[((b * d.n_heads + h) * s + i) * s + c] = (v - m).exp() / z;
-                    }
-                }
-            }
-        }
-        p
-    }
-
-    #[test]
-    fn fwd_attn_matches_naive() {
-        let d = dims();
-        let (n, dim, qd, kvd) = (d.n(), d.dim, d.q_dim(), d.kv_dim());
-        let x = rand_vec(dim * n, 1);
-        let g = rand_vec(dim, 2);
-        let (wq, wk, wv, wo) = (
-            rand_vec(qd * dim, 3),
-            rand_vec(kvd * dim, 4),
-            rand_vec(kvd * dim, 5),
-            rand_vec(dim * qd, 6),
-        );
-        let rope = Rope::new(d.head_dim, 128, 10000.0);
-        let (mut xn, mut q, mut k, mut v, mut attn, mut o) = (
-            vec![0.0; dim * n],
-            vec![0.0; qd * n],
-            vec![0.0; kvd * n],
-            vec![0.0; kvd * n],
-            vec![f32::NAN; qd * n],
-            vec![0.0; dim * n],
-        );
-        let mut kern = CpuKernels::new();
-        for _ in 0..2 {
-            kern.fwd_attn(
-                0,
-                &d,
-                &rope,
-                &x,
-                &AttnWeights {
-                    g: &g,
-                    wq: &wq,
-                    wk: &wk,
-                    wv: &wv,
-                    wo: &wo,
-                },
-                AttnFwd {
-                    xn: &mut xn,
-                    q: &mut q,
-                    k: &mut k,
-                    v: &mut v,
-                    attn: &mut attn,
-                    o: &mut o,
-                },
-            )
-            .unwrap();
-        }
-        let xn64 = rmsnorm64(&x, &g, n);
-        let mut q64 = mm(&wq, &xn64, qd, n);
-        let mut k64 = mm(&wk, &xn64, kvd, n);
-        let v64 = mm(&wv, &xn64, kvd, n);
-        rope64(&mut q64, d.head_dim, n, d.seq);
-        rope64(&mut k64, d.head_dim, n, d.seq);
-        let p = probs64(&d, &q64, &k64);
-        let (s, hd) = (d.seq, d.head_dim);
-        let mut attn64 = vec![0.0; qd * n];
-        for b in 0..d.batch {
-            for h in 0..d.n_heads {
-                let j = h / (d.n_heads / d.n_kv_heads);
-                for i in 0..s {
-                    for c in 0..=i {
-                        let pr = p[((b * d.n_heads + h) * s + i) * s + c];
-                        for e in 0..hd {
-                            attn64[(h * hd + e) * n + b * s + i] +=
-                                pr * v64[(j * hd + e) * n + b * s + c];
-                        }
-                    }
-                }
-            }
-        }
-        let o64 = mm(&wo, &attn64, dim, n);
-        close("xn", &xn, &xn64, 1e-5);
-        close("q", &q, &q64, 1e-5);
-        close("k", &k, &k64, 1e-5);
-        close("v", &v, &v64, 1e-5);
-        close("attn", &attn, &attn64, 1e-5);
-        close("o", &o, &o64, 1e-5);
-    }
-
-    #[test]
-    fn sdpa_backward_kernels_match_naive() {
-        let d = dims();
-        let (n, dim, qd, kvd, s, hd) = (d.n(), d.dim, d.q_dim(), d.kv_dim(), d.seq, d.head_dim);
-        let (q, k, v) = (
-            rand_vec(qd * n, 11),
-            rand_vec(kvd * n, 12),
-            rand_vec(kvd * n, 13),
-        );
-        let (dx2, wo) = (rand_vec(dim * n, 14), rand_vec(dim * qd, 15));
-        let (mut dv, mut dp, mut probs) = (
-            vec![f32::NAN; kvd * n],
-            vec![f32::NAN; d.probs_len()],
-            vec![f32::NAN; d.probs_len()],
-        );
-        let mut kern = CpuKernels::new();
-        kern.sdpa_bwd1(
-            0,
-            &d,
-            &dx2,
-            &q,
-            &k,
-            &v,
-            &wo,
-            SdpaBwd1 {
-                dv: &mut dv,
-                dp: &mut dp,
-                probs: &mut probs,
-            },
-        )
-        .unwrap();
-        let (q64, k64, v64) = (f64s(&q), f64s(&k), f64s(&v));
-        let p64 = probs64(&d, &q64, &k64);
-        let da = mm_t(&wo, &f64s(&dx2), qd, n);
-        let mut dp64 = vec![0.0; d.probs_len()];
-        let mut dv64 = vec![0.0; kvd * n];
-        for b in 0..d.batch {
-            for h in 0..d.n_heads {
-                let j = h / (d.n_heads / d.n_kv_heads);
-                for i in 0..s {
-                    for c in 0..=i {
-                        let pi = ((b * d.n_heads + h) * s + i) * s + c;
-                        for e in 0..hd {
-                            let dai = da[(h * hd + e) * n + b * s + i];
-                            dp64[pi] += dai * v64[(j * hd + e) * n + b * s + c];
-                            dv64[(j * hd + e) * n + b * s + c] += dai * p64[pi];
-                        }
-                    }
-                }
-            }
-        }
-        close("probs", &probs, &p64, 1e-5);
-        close("dp", &dp, &dp64, 1e-5);
-        close("dv", &dv, &dv64, 1e-5);
-
-        let (mut dq, mut dk) = (vec![f32::NAN; qd * n], vec![f32::NAN; kvd * n]);
-        kern.sdpa_bwd2(
-            0,
-            &d,
-            &probs,
-            &dp,
-            &q,
-            &k,
-            SdpaBwd2 {
-                dq: &mut dq,
-                dk: &mut dk,
-            },
-        )
-        .unwrap();
-        let (mut dq64, mut dk64) = (vec![0.0; qd * n], vec![0.0; kvd * n]);
-        let scale = 1.0 / (hd as f64).sqrt();
-        for b in 0..d.batch {
-            for h in 0..d.n_heads {
-                let j = h / (d.n_heads / d.n_kv_heads);
-                for i in 0..s {
-                    let row = ((b * d.n_heads + h) * s + i) * s;
-                    let dot: f64 = (0..=i).map(|c| dp64[row + c] * p64[row + c]).sum();
-                    for c in 0..=i {
-                        let ds = p64[row + c] * (dp64[row + c] - dot) * scale;
-                        for e in 0..hd {
-                            dq64[(h * hd + e) * n + b * s + i] +=
-                                ds * k64[(j * hd + e) * n + b * s + c];
-                            dk64[(j * hd + e) * n + b * s + c] +=
-                                ds * q64[(h * hd + e) * n + b * s + i];
-                        }
-                    }
-                }
-            }
-        }
-        close("dq", &dq, &dq64, 1e-5);
-        close("dk", &dk, &dk64, 1e-5);
-    }
-
-    #[test]
-    fn ffn_and_qkv_kernels_match_naive() {
-        let d = dims();
-        let (n, dim, h, qd, kvd) = (d.n(), d.dim, d.hidden, d.q_dim(), d.kv_dim());
-        let x2 = rand_vec(dim * n, 21);
-        let g = rand_vec(dim, 22);
-        let (w1, w2, w3) = (
-            rand_vec(h * dim, 23),
-            rand_vec(dim * h, 24),
-            rand_vec(h * dim, 25),
-        );
-        let w = FfnWeights {
-            g: &g,
-            w1: &w1,
-            w2: &w2,
-            w3: &w3,
-        };
-        let mut bufs: Vec<Vec<f32>> = vec![
-            vec![0.0; dim * n],
-            vec![0.0; h * n],
-            vec![0.0; h * n],
-            vec![0.0; h * n],
-            vec![0.0; dim * n],
-        ];
-        let [x2n, h1, h3, gate, f] = bufs.get_disjoint_mut([0, 1, 2, 3, 4]).unwrap();
-        let mut kern = CpuKernels::new();
-        kern.fwd_ffn(
-            0,
-            &d,
-            &x2,
-            &w,
-            FfnFwd {
-                x2n,
-                h1,
-                h3,
-                gate,
-                f,
-            },
-        )
-        .unwrap();
-        let x2n64 = rmsnorm64(&x2, &g, n);
-        let h164 = mm(&w1, &x2n64, h, n);
-        let h364 = mm(&w3, &x2n64, h, n);
-        let sig = |a: f64| 1.0 / (1.0 + (-a).exp());
-        let gate64: Vec<f64> = h164
-            .iter()
-            .zip(&h364)
-            .map(|(a, b)| a * sig(*a) * b)
-            .collect();
-        close("x2n", &bufs[0], &x2n64, 1e-5);
-        close("h1", &bufs[1], &h164, 1e-5);
-        close("h3", &bufs[2], &h364, 1e-5);
-        close("gate", &bufs[3], &gate64, 1e-5);
-        close("f", &bufs[4], &mm(&w2, &gate64, dim, n), 1e-5);
-
-        let dy = rand_vec(dim * n, 26);
-        let (mut dx2n, mut dh1, mut dh3) = (vec![0.0; dim * n], vec![0.0; h * n], vec![0.0; h * n]);
-        kern.ffn_bwd(
-            0,
-            &d,
-            &dy,
-            &bufs[1],
-            &bufs[2],
-            &w,
-            FfnBwd {
-                dx2n: &mut dx2n,
-                dh1: &mut dh1,
-                dh3: &mut dh3,
-            },
-        )
-        .unwrap();
-        let dgate = mm_t(&w2, &f64s(&dy), h, n);
-        let dh164: Vec<f64> = (0..h * n)
-            .map(|i| {
-                let (a, s) = (h164[i], sig(h164[i]));
-                dgate[i] * h364[i] * s * (1.0 + a * (1.0 - s))
-            })
-            .collect();
-        let dh364: Vec<f64> = (0..h * n)
-            .map(|i| dgate[i] * h164[i] * sig(h164[i]))
-            .collect();
-        let dx2n64: Vec<f64> = mm_t(&w1, &dh164, dim, n)
-            .iter()
-            .zip(mm_t(&w3, &dh364, dim, n))
-            .map(|(a, b)| a + b)
-            .collect();
-        close("dh1", &dh1, &dh164, 1e-5);
-        close("dh3", &dh3, &dh364, 1e-5);
-        close("dx2n", &dx2n, &dx2n64, 1e-5);
-
-        let (dq, dk, dv) = (
-            rand_vec(qd * n, 31),
-            rand_vec(kvd * n, 32),
-            rand_vec(kvd * n, 33),
-        );
-        let (wq, wk, wv, wo) = (
-            rand_vec(qd * dim, 34),
-            rand_vec(kvd * dim, 35),
-            rand_vec(kvd * dim, 36),
-            rand_vec(dim * qd, 37),
-        );
-        let aw = AttnWeights {
-            g: &g,
-            wq: &wq,
-            wk: &wk,
-            wv: &wv,
-            wo: &wo,
-        };
-        let mut dxn = vec![f32::NAN; dim * n];
-        kern.qkv_bwd(0, &d, &dq, &dk, &dv, &aw, &mut dxn).unwrap();
-        let (a, b, c) = (
-            mm_t(&wq, &f64s(&dq), dim, n),
-            mm_t(&wk, &f64s(&dk), dim, n),
-            mm_t(&wv, &f64s(&dv), dim, n),
-        );
-        let want: Vec<f64> = (0..dim * n).map(|i| a[i] + b[i] + c[i]).collect();
-        close("dxn", &dxn, &want, 1e-5);
     }
 
     #[test]

@@ -1,22 +1,44 @@
 //! The kernel contract: the six per-layer kernels of the reference Neural Engine trainer
-//! (fwdAttn, fwdFFN, ffnBwd, sdpaBwd1, sdpaBwd2, qkvBwd) as one narrow trait, implemented by
-//! the `cpu` backend here and by the `ane`/`ane-sim` backends in [`crate::ane`].
+//! (fwdAttn, fwdFFN, ffnBwd, sdpaBwd1, sdpaBwd2, qkvBwd) as one narrow trait, [`Kernels`],
+//! implemented by the fp32 `cpu` backend ([`cpu`]), the plain-loop oracle ([`reference`])
+//! and the `ane`/`ane-sim` backends in [`crate::ane`]. Everything around the six —
+//! embedding, RMSNorm backward, RoPE backward, classifier and cross-entropy, the dW GEMMs —
+//! is written once above this seam ([`ops`], called by `train::step`).
 //!
 //! Layout: every activation is a channel-first matrix `[C, N]` (row-major, `a[c·N + t]`),
 //! N = B·S token columns, sequence b in columns `b·S..(b+1)·S` — exactly the Neural Engine's
 //! `[1, C, 1, S]` surface order. Weights are llama2.c's `W[out, in]`, so `Y = W·X`.
+//! D = dim, H = hidden, QD = n_heads·head_dim, KVD = n_kv_heads·head_dim.
 //!
-//! Attention probabilities and their gradients are `[B, NH, S, S]` (query row, key column).
-//! RoPE is applied inside fwdAttn (q, k taps are post-RoPE); its backward is a CPU op applied
-//! between sdpaBwd2 and qkvBwd. GQA: kv head `j` serves query heads `j·G..(j+1)·G`
-//! (llama2.c's `h / (n_heads / n_kv_heads)`).
+//! Which backward undoes which forward (shapes of every input; `train::step` wires them):
+//!
+//! | forward | its outputs | undone by | inputs of the backward | backward outputs |
+//! |---|---|---|---|---|
+//! | `fwd_ffn`: x2n = rmsnorm(x2)·g; h1 = W1·x2n; h3 = W3·x2n; gate = silu(h1)⊙h3; f = W2·gate | x2n `[D,N]`, h1 h3 gate `[H,N]`, f `[D,N]` | `ffn_bwd` | dy `[D,N]`, h1 h3 `[H,N]`, W1 W3 `[H,D]`, W2 `[D,H]` | dx2n `[D,N]`, dh1 dh3 `[H,N]` |
+//! | … its RMSNorm | | `ops::rmsnorm_bwd` (CPU) | dx2n, x2 `[D,N]`, g `[D]` | adds into dx2 `[D,N]`, dg `[D]` |
+//! | `fwd_attn`: o = Wo·attn | attn `[QD,N]`, o `[D,N]` | `sdpa_bwd1` (dattn = Woᵀ·dx2 fused) | dx2 `[D,N]`, q `[QD,N]`, k v `[KVD,N]`, Wo `[D,QD]` | dv `[KVD,N]`, dP P `[B,NH,S,S]` |
+//! | `fwd_attn`: P = causal softmax(qᵀk/√hd) | (P recomputed, not a tap) | `sdpa_bwd2` | P dP `[B,NH,S,S]`, q `[QD,N]`, k `[KVD,N]` | dq `[QD,N]`, dk `[KVD,N]` (post-RoPE) |
+//! | `fwd_attn`: RoPE(q), RoPE(k) | q `[QD,N]`, k `[KVD,N]` | `ops::rope_bwd` (CPU, in place) | dq, dk | dq, dk (pre-RoPE) |
+//! | `fwd_attn`: q,k,v = Wq,Wk,Wv·xn | xn `[D,N]`, v `[KVD,N]` | `qkv_bwd` | dq `[QD,N]`, dk dv `[KVD,N]`, Wq `[QD,D]`, Wk Wv `[KVD,D]` | dxn `[D,N]` |
+//! | `fwd_attn`: xn = rmsnorm(x)·g | | `ops::rmsnorm_bwd` (CPU) | dxn, x `[D,N]`, g `[D]` | adds into dx `[D,N]`, dg `[D]` |
+//!
+//! Weight gradients are not kernels: `dW += dY·Xᵀ` for each projection from the taps (xn,
+//! x2n, attn, gate) and the backward outputs (dq, dk, dv, dh1, dh3, dx2, dy), on the CPU.
+//!
+//! Attention probabilities and their gradients are `[B, NH, S, S]` (query row, key column,
+//! zero above the diagonal). RoPE is applied inside fwdAttn (the q, k taps are post-RoPE)
+//! with llama2.c's pairs `(2j, 2j+1)` of each head at position `t mod S`. GQA: kv head `j`
+//! serves query heads `j·G..(j+1)·G`, G = NH/NKV (llama2.c's `h / (n_heads / n_kv_heads)`);
+//! dk and dv of a kv head are summed over its G query heads. Every kernel overwrites its
+//! outputs (never accumulates into them).
 
 pub mod cpu;
 pub mod gemm;
 pub mod ops;
+pub mod reference;
 
 use crate::model::Config;
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
 /// Shapes of one kernel call: the model's dimensions and the batch geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +77,187 @@ impl Dims {
     /// Elements of the `[B, NH, S, S]` probability tensor.
     pub fn probs_len(&self) -> usize {
         self.batch * self.n_heads * self.seq * self.seq
+    }
+}
+
+/// Every argument's length against the shape the contract gives it, as `(name, got, want)`.
+fn check_lens(kernel: &str, args: &[(&str, usize, usize)]) -> Result<()> {
+    for &(what, got, want) in args {
+        ensure!(
+            got == want,
+            "{kernel}: {what} has {got} elements, expected {want}"
+        );
+    }
+    Ok(())
+}
+
+/// The shape checks of the six kernels, written once: every backend calls the one for its
+/// kernel before touching a slice (the `cpu` backend's loops index through raw pointers).
+impl Dims {
+    /// Head geometry of the attention kernels: whole GQA groups, RoPE pairs, a sequence.
+    fn check_heads(&self, kernel: &str) -> Result<()> {
+        ensure!(
+            self.n_kv_heads > 0
+                && self.n_heads.is_multiple_of(self.n_kv_heads)
+                && self.head_dim.is_multiple_of(2)
+                && self.seq > 0,
+            "{kernel}: invalid dims {self:?}"
+        );
+        Ok(())
+    }
+
+    pub fn check_fwd_attn(
+        &self,
+        rope: &ops::Rope,
+        x: &[f32],
+        w: &AttnWeights,
+        out: &AttnFwd,
+    ) -> Result<()> {
+        self.check_heads("fwd_attn")?;
+        let (dim, n, qd, kvd) = (self.dim, self.n(), self.q_dim(), self.kv_dim());
+        check_lens(
+            "fwd_attn",
+            &[
+                ("x", x.len(), dim * n),
+                ("g", w.g.len(), dim),
+                ("wq", w.wq.len(), qd * dim),
+                ("wk", w.wk.len(), kvd * dim),
+                ("wv", w.wv.len(), kvd * dim),
+                ("wo", w.wo.len(), dim * qd),
+                ("xn", out.xn.len(), dim * n),
+                ("q", out.q.len(), qd * n),
+                ("k", out.k.len(), kvd * n),
+                ("v", out.v.len(), kvd * n),
+                ("attn", out.attn.len(), qd * n),
+                ("o", out.o.len(), dim * n),
+            ],
+        )?;
+        ensure!(
+            rope.head_dim == self.head_dim && rope.len() >= self.seq,
+            "fwd_attn: RoPE table (head_dim {}, {} positions) does not cover head_dim {} × seq {}",
+            rope.head_dim,
+            rope.len(),
+            self.head_dim,
+            self.seq
+        );
+        Ok(())
+    }
+
+    pub fn check_fwd_ffn(&self, x2: &[f32], w: &FfnWeights, out: &FfnFwd) -> Result<()> {
+        let (dim, n, h) = (self.dim, self.n(), self.hidden);
+        check_lens(
+            "fwd_ffn",
+            &[
+                ("x2", x2.len(), dim * n),
+                ("g", w.g.len(), dim),
+                ("w1", w.w1.len(), h * dim),
+                ("w2", w.w2.len(), dim * h),
+                ("w3", w.w3.len(), h * dim),
+                ("x2n", out.x2n.len(), dim * n),
+                ("h1", out.h1.len(), h * n),
+                ("h3", out.h3.len(), h * n),
+                ("gate", out.gate.len(), h * n),
+                ("f", out.f.len(), dim * n),
+            ],
+        )
+    }
+
+    pub fn check_ffn_bwd(
+        &self,
+        dy: &[f32],
+        h1: &[f32],
+        h3: &[f32],
+        w: &FfnWeights,
+        out: &FfnBwd,
+    ) -> Result<()> {
+        let (dim, n, h) = (self.dim, self.n(), self.hidden);
+        check_lens(
+            "ffn_bwd",
+            &[
+                ("dy", dy.len(), dim * n),
+                ("h1", h1.len(), h * n),
+                ("h3", h3.len(), h * n),
+                ("w1", w.w1.len(), h * dim),
+                ("w2", w.w2.len(), dim * h),
+                ("w3", w.w3.len(), h * dim),
+                ("dx2n", out.dx2n.len(), dim * n),
+                ("dh1", out.dh1.len(), h * n),
+                ("dh3", out.dh3.len(), h * n),
+            ],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_sdpa_bwd1(
+        &self,
+        dx2: &[f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        wo: &[f32],
+        out: &SdpaBwd1,
+    ) -> Result<()> {
+        self.check_heads("sdpa_bwd1")?;
+        let (dim, n, qd, kvd) = (self.dim, self.n(), self.q_dim(), self.kv_dim());
+        check_lens(
+            "sdpa_bwd1",
+            &[
+                ("dx2", dx2.len(), dim * n),
+                ("q", q.len(), qd * n),
+                ("k", k.len(), kvd * n),
+                ("v", v.len(), kvd * n),
+                ("wo", wo.len(), dim * qd),
+                ("dv", out.dv.len(), kvd * n),
+                ("dp", out.dp.len(), self.probs_len()),
+                ("probs", out.probs.len(), self.probs_len()),
+            ],
+        )
+    }
+
+    pub fn check_sdpa_bwd2(
+        &self,
+        probs: &[f32],
+        dp: &[f32],
+        q: &[f32],
+        k: &[f32],
+        out: &SdpaBwd2,
+    ) -> Result<()> {
+        self.check_heads("sdpa_bwd2")?;
+        let (n, qd, kvd) = (self.n(), self.q_dim(), self.kv_dim());
+        check_lens(
+            "sdpa_bwd2",
+            &[
+                ("probs", probs.len(), self.probs_len()),
+                ("dp", dp.len(), self.probs_len()),
+                ("q", q.len(), qd * n),
+                ("k", k.len(), kvd * n),
+                ("dq", out.dq.len(), qd * n),
+                ("dk", out.dk.len(), kvd * n),
+            ],
+        )
+    }
+
+    pub fn check_qkv_bwd(
+        &self,
+        dq: &[f32],
+        dk: &[f32],
+        dv: &[f32],
+        w: &AttnWeights,
+        dxn: &[f32],
+    ) -> Result<()> {
+        let (dim, n, qd, kvd) = (self.dim, self.n(), self.q_dim(), self.kv_dim());
+        check_lens(
+            "qkv_bwd",
+            &[
+                ("dq", dq.len(), qd * n),
+                ("dk", dk.len(), kvd * n),
+                ("dv", dv.len(), kvd * n),
+                ("wq", w.wq.len(), qd * dim),
+                ("wk", w.wk.len(), kvd * dim),
+                ("wv", w.wv.len(), kvd * dim),
+                ("dxn", dxn.len(), dim * n),
+            ],
+        )
     }
 }
 
@@ -253,6 +456,13 @@ pub trait Kernels: Send {
 
     fn stats(&self) -> BackendStats {
         BackendStats::default()
+    }
+
+    /// Whether the backward pass stores gradients in a format that underflows without loss
+    /// scaling (fp16). The trainer then scales the loss dynamically
+    /// ([`crate::train::loss_scale`]); otherwise the scale stays fixed.
+    fn needs_loss_scaling(&self) -> bool {
+        false
     }
 
     /// Compiles this process may still perform (`None`: no limit).

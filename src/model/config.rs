@@ -229,21 +229,6 @@ impl Config {
     pub fn num_params(&self) -> usize {
         self.transformer_params() + self.embedding_params()
     }
-
-    /// Resolves `--model`: a preset name or a config file (`.toml`/`.json`).
-    pub fn resolve(spec: &str) -> Result<Config> {
-        if let Some(c) = Config::preset(spec) {
-            return Ok(c);
-        }
-        let p = Path::new(spec);
-        if p.extension().is_some_and(|e| e == "toml" || e == "json") {
-            return Config::from_file(p);
-        }
-        bail!(
-            "unknown model '{spec}': expected a preset ({}) or a .toml/.json config file",
-            PRESETS.join(", ")
-        )
-    }
 }
 
 /// FLOPs of one training step over `batch` sequences of `seq` tokens (multiply-add = 2).
@@ -342,6 +327,6 @@ mod tests {
         std::fs::write(&p, "dim=32\nhidden_dim=64\nn_layers=2\nn_heads=3\nn_kv_heads=2\nvocab_size=100\nseq_len=16\n").unwrap();
         let e = format!("{:#}", Config::from_file(&p).unwrap_err());
         assert!(e.contains("m.toml") && e.contains("multiple"), "{e}");
-        assert!(Config::resolve("nonsense").is_err());
+        assert!(super::super::source::ModelSource::resolve("nonsense").is_err());
     }
 }

@@ -298,11 +298,6 @@ impl Model {
     }
 }
 
-/// Loads parameters from `--model`: a llama2.c `.bin` file, or a preset/config for random init.
-pub fn is_model_file(spec: &str) -> bool {
-    spec.ends_with(".bin") && Path::new(spec).exists()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

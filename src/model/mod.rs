@@ -1,9 +1,13 @@
 //! The model: its shape ([`Config`]), its parameters as one arena ([`Params`], [`Layout`]),
-//! and llama2.c's model file formats ([`llama2c`]).
+//! what `--model X` names ([`ModelSource`]), llama2.c's model file formats ([`llama2c`]) and
+//! gradient/parameter dumps as safetensors ([`safetensors`]).
 
 pub mod config;
 pub mod llama2c;
 pub mod params;
+pub mod safetensors;
+pub mod source;
 
 pub use config::{Config, StepFlops};
 pub use params::{LayerTensor, Layout, Params};
+pub use source::ModelSource;

@@ -1,30 +1,48 @@
-//! Training: the model-level forward/backward over the kernel contract, AdamW, the learning
-//! rate schedule, checkpoints, the training loop, the event log and the efficiency report.
+//! Training: the model-level forward/backward over the kernel contract (`step`), the one
+//! optimizer step (`stepper`: accumulation, non-finite guard, clipping, AdamW, loss scaling),
+//! the learning-rate schedule, checkpoints, the loop (`trainer`) and its settings, backend
+//! construction, the benchmark, the event log and the reports; and loading what `--model`
+//! names.
 
+pub mod backend;
+pub mod bench;
 pub mod builtin;
 pub mod checkpoint;
+pub mod eval;
 pub mod log;
+pub mod loss_scale;
 pub mod optim;
 pub mod report;
+pub mod sampler;
+pub mod session;
+pub mod settings;
 pub mod step;
+pub mod stepper;
 pub mod timing;
 pub mod trainer;
 
-use crate::model::Config;
-use anyhow::Result;
+use crate::model::{llama2c, Config, ModelSource, Params};
+use anyhow::{Context, Result};
 
-/// The config named by `--model`: a preset, a config file, a llama2.c `.bin` model or a
-/// `.ckpt` checkpoint.
-pub fn resolve_config(spec: &str) -> Result<Config> {
-    if spec.ends_with(".ckpt") {
-        return Ok(checkpoint::read_header(std::path::Path::new(spec))?.config);
-    }
-    if spec.ends_with(".bin") {
-        return Ok(
-            crate::model::llama2c::Model::load(std::path::Path::new(spec))?
-                .config()
-                .clone(),
-        );
-    }
-    Config::resolve(spec)
+/// The shape of a model source; reads only a checkpoint's header, and a llama2.c file.
+pub fn load_config(src: &ModelSource) -> Result<Config> {
+    Ok(match src {
+        ModelSource::Preset(c) => c.clone(),
+        ModelSource::ConfigFile(p) => Config::from_file(p)?,
+        ModelSource::Llama2c(p) => llama2c::Model::load(p)?.config().clone(),
+        ModelSource::Checkpoint(p) => checkpoint::read_header(p)?.config,
+    })
+}
+
+/// The parameters of a model source: its weights (a checkpoint is verified first), or for a
+/// shape a random initialisation from `seed`.
+pub fn load_params(src: &ModelSource, seed: u64) -> Result<Params> {
+    Ok(match src {
+        ModelSource::Preset(c) => Params::init_random(c, seed),
+        ModelSource::ConfigFile(p) => {
+            Params::init_random(&Config::from_file(p).context("--model")?, seed)
+        }
+        ModelSource::Llama2c(p) => llama2c::Model::load(p)?.params,
+        ModelSource::Checkpoint(p) => checkpoint::load_or_explain(p)?.params,
+    })
 }

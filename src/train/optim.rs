@@ -105,12 +105,6 @@ multiversion! {
     }
 }
 
-multiversion! {
-    fn scale_piece(x: &mut [f32], s: f32) {
-        x.iter_mut().for_each(|v| *v *= s);
-    }
-}
-
 impl AdamW {
     pub fn new(layout: &Layout) -> AdamW {
         AdamW {
@@ -139,7 +133,7 @@ impl AdamW {
     }
 
     /// [`AdamW::step`] with every gradient multiplied by `grad_mult` as it is read: the
-    /// same result as [`scale`] then [`AdamW::step`], one pass over the arena fewer.
+    /// same result as scaling the gradients first, one pass over the arena fewer.
     pub fn step_scaled(
         &mut self,
         cfg: &AdamWConfig,
@@ -227,7 +221,7 @@ pub struct NonFinite {
 /// `grads` hold `loss_scale × the gradients`; the reported norm is of the unscaled ones;
 /// the gradients are clipped to `cfg.grad_clip` (0: no clipping). Returns that norm, or
 /// where the first non-finite gradient is (nothing updated then). Same arithmetic as
-/// [`grad_norm`], [`scale`] by `1/loss_scale·min(1, clip/norm)`, then [`AdamW::step`].
+/// [`grad_norm`], scaling by `1/loss_scale·min(1, clip/norm)`, then [`AdamW::step`].
 pub fn clip_and_step(
     opt: &mut AdamW,
     cfg: &AdamWConfig,
@@ -267,14 +261,6 @@ pub fn grad_norm(grads: &[f32]) -> f64 {
     parts.iter().sum::<f64>().sqrt()
 }
 
-/// Multiplies every gradient by `s` (unscaling and clipping in one pass).
-pub fn scale(grads: &mut [f32], s: f32) {
-    use rayon::prelude::*;
-    if s != 1.0 {
-        grads.par_chunks_mut(CHUNK).for_each(|c| scale_piece(c, s));
-    }
-}
-
 /// Sets every gradient to zero (in parallel: the first touch of each page is the costly
 /// part, and both cores share it).
 pub fn zero(grads: &mut [f32]) {
@@ -302,6 +288,11 @@ pub fn first_non_finite(xs: &[f32]) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::model::{Config, Params};
+
+    /// The separate scaling pass the fused step replaced: the arithmetic it must match.
+    fn scale(grads: &mut [f32], s: f32) {
+        grads.iter_mut().for_each(|v| *v *= s);
+    }
 
     #[test]
     fn schedule_warmup_then_cosine() {

@@ -1,10 +1,15 @@
-//! The efficiency report printed at the end of training (and by `bench`): steps, wall time,
-//! ms/step, time per component, FLOPs per step and achieved GFLOP/s against the measured peak.
+//! What runs report: [`Report`], the efficiency report printed (and logged) at the end of
+//! training — steps, wall time, ms/step, each component's share, FLOPs per step and GFLOP/s
+//! against the measured FMA peak; and [`BenchReport`], the table or JSON of `anetrain bench`
+//! (median/min/max ms per step and per sequence, tokens/s, MFU, page faults, memory, ms per
+//! component).
 
+use super::bench::{BenchRun, BenchSpec};
+use super::settings::Settings;
 use super::timing::{Component, Timings};
-use super::trainer::Settings;
 use crate::kernels::BackendStats;
 use crate::model::{Config, StepFlops};
+use crate::util::peak::Peak;
 
 pub struct Report {
     pub steps: u64,
@@ -116,5 +121,114 @@ impl Report {
             "compile_ms": self.backend.compile_ms,
             "io_ms": self.backend.io_ms,
         })
+    }
+}
+
+/// Median, min and max of a non-empty sample.
+fn median_min_max(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|x, y| x.total_cmp(y));
+    let n = s.len();
+    let med = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    };
+    (med, s[0], s[n - 1])
+}
+
+/// The figures of one `anetrain bench` run.
+pub struct BenchReport {
+    /// A `--json` object with every figure; [`BenchReport::print`] prints the table.
+    pub json: serde_json::Value,
+    table: Vec<String>,
+}
+
+impl BenchReport {
+    /// `model` and `backend` are labels for the output; `peak` the FMA peak measured with
+    /// the same thread count; `rss` the process's peak resident set if known.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        c: &Config,
+        model: &str,
+        backend: &str,
+        threads: usize,
+        spec: &BenchSpec,
+        run: &BenchRun,
+        peak: &Peak,
+        rss: Option<u64>,
+    ) -> BenchReport {
+        let (ms_step, min, max) = median_min_max(&run.step_ms);
+        let (accum, n) = (spec.accum, spec.batch * spec.seq);
+        let seqs = (accum * spec.batch) as f64;
+        let ms_seq = ms_step / seqs;
+        let flops = StepFlops::new(c, spec.batch, spec.seq).total() * accum as f64;
+        let gflops = flops / (ms_step * 1e6);
+        let tps = (n * accum) as f64 / (ms_step / 1e3);
+        let mfu = gflops / peak.gflops;
+        let steps_f = spec.steps as f64;
+        let faults = run.page_faults as f64 / steps_f;
+        let (mem_params, mem_acts) =
+            crate::model::config::training_memory_bytes(c, spec.batch, spec.seq);
+        let comps: serde_json::Map<String, serde_json::Value> = run
+            .timings
+            .entries()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v / steps_f)))
+            .collect();
+        let json = serde_json::json!({
+            "model": model, "backend": backend, "batch": spec.batch, "seq": spec.seq,
+            "accum": accum, "threads": threads, "steps": spec.steps, "warmup": spec.warmup,
+            "ms_per_step": ms_step, "ms_per_step_min": min, "ms_per_step_max": max,
+            "ms_per_seq": ms_seq, "ms_per_seq_min": min / seqs, "ms_per_seq_max": max / seqs,
+            "tokens_per_s": tps, "gflops": gflops, "flops_per_step": flops,
+            "peak_gflops": peak.gflops, "peak_isa": peak.isa, "mfu": mfu,
+            "timing_ms_per_step": comps, "page_faults_per_step": faults,
+            "peak_rss_bytes": rss, "memory_model_bytes": mem_params + mem_acts,
+        });
+        let mib = |b: u64| b as f64 / 1048576.0;
+        let mut table = vec![
+            format!(
+                "{model} batch {} x seq {} x accum {accum} on {backend} ({threads} threads)",
+                spec.batch, spec.seq
+            ),
+            format!(
+                "  ms/step   median {ms_step:.1}  min {min:.1}  max {max:.1}  ({} steps after {} warm-up)",
+                spec.steps, spec.warmup
+            ),
+            format!(
+                "  ms/seq    median {ms_seq:.1}  min {:.1}  max {:.1}",
+                min / seqs,
+                max / seqs
+            ),
+            format!("  tokens/s  {tps:.0}"),
+            format!("  page faults per step  {faults:.0}"),
+            format!(
+                "  GFLOP/s   {gflops:.1} ({:.2} GFLOP/step) = MFU {:.1}% of the measured FMA peak {peak}",
+                flops / 1e9,
+                100.0 * mfu
+            ),
+        ];
+        if let Some(r) = rss {
+            table.push(format!(
+                "  peak RSS  {:.0} MiB (model: {:.0} MiB = 16 B/param {:.0} + activations {:.0})",
+                mib(r),
+                mib(mem_params + mem_acts),
+                mib(mem_params),
+                mib(mem_acts)
+            ));
+        }
+        table.push("  time per component (ms/step):".to_string());
+        for (k, v) in run.timings.entries() {
+            table.push(format!("    {k:14} {:8.1}", v / steps_f));
+        }
+        BenchReport { json, table }
+    }
+
+    /// The table, to stdout.
+    pub fn print(&self) {
+        for line in &self.table {
+            println!("{line}");
+        }
     }
 }

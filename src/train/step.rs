@@ -278,10 +278,6 @@ impl Workspace {
         self.weights_version = v;
     }
 
-    pub fn weights_version(&self) -> u64 {
-        self.weights_version
-    }
-
     /// Worker threads for the step (0: back to the default of [`Workspace::new`]).
     pub fn set_threads(&mut self, threads: usize) {
         self.pool = build_pool(if threads == 0 {

@@ -1,61 +1,27 @@
-//! The training loop: sample windows, forward/backward over the kernel contract (with
-//! gradient accumulation), guard against non-finite values, clip, AdamW, then log, evaluate,
-//! checkpoint and sample on their intervals. A checkpoint holds everything the loop's state
+//! The training loop: one optimizer step ([`Stepper::step`]: sampled windows, forward and
+//! backward with gradient accumulation, the non-finite guard, clipping, AdamW, the loss
+//! scale), then log, evaluate, checkpoint and sample on their intervals; restart before the
+//! compile budget runs out. A checkpoint holds everything the loop's state
 //! depends on, so a resumed run reproduces an uninterrupted one bit for bit.
 
 use super::checkpoint::{self, Header};
+use super::eval::evaluate;
 use super::log::{now_unix, Event, LogWriter, RunHeader, StepRecord};
-use super::optim::{self, AdamW, AdamWConfig};
+use super::loss_scale::LossScaler;
+use super::optim::AdamW;
+use super::sampler::Sampler;
+use super::settings::Settings;
 use super::step::Workspace;
-use super::timing::{Component, Timings};
+use super::stepper::{StepOutcome, Stepper};
+use super::timing::Timings;
 use crate::data::TokenData;
-use crate::kernels::{BackendKind, Kernels};
+use crate::kernels::Kernels;
 use crate::model::{Config, Params, StepFlops};
 use crate::util::rng::Rng;
-use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
-/// How training windows are drawn from the token data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Sampling {
-    /// A uniformly random window start per sequence (the reference trainer's scheme).
-    Random,
-    /// Consecutive windows, wrapping at the end.
-    Sequential,
-}
-
-/// Everything that defines a training run.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Settings {
-    pub batch: usize,
-    pub seq: usize,
-    pub accum: usize,
-    pub steps: u64,
-    pub optim: AdamWConfig,
-    pub seed: u64,
-    pub sampling: Sampling,
-    pub backend: BackendKind,
-    pub ckpt: PathBuf,
-    pub ckpt_every: u64,
-    pub keep_ckpts: usize,
-    pub eval_every: u64,
-    pub eval_batches: usize,
-    pub sample_every: u64,
-    pub log: Option<PathBuf>,
-    pub tokenizer: Option<PathBuf>,
-    /// Consecutive non-finite steps tolerated before training stops.
-    pub max_bad_steps: u32,
-    /// Initial loss scale (fp16 backends use dynamic scaling from here; 1 for fp32).
-    pub loss_scale: f32,
-    pub quiet: bool,
-    /// Stop after this step (with a checkpoint) even though the schedule spans `steps`.
-    #[serde(default)]
-    pub until: Option<u64>,
-}
 
 /// Set by SIGINT/SIGTERM: the loop finishes the current step, checkpoints and reports.
 pub static STOP: AtomicBool = AtomicBool::new(false);
@@ -71,61 +37,6 @@ pub fn install_signal_handlers() {
         libc::signal(libc::SIGINT, h);
         libc::signal(libc::SIGTERM, h);
     }
-}
-
-/// Draws training windows: B sequences of S inputs and their S next-token targets.
-pub struct Sampler {
-    pub rng: Rng,
-    pub cursor: u64,
-    pub mode: Sampling,
-}
-
-impl Sampler {
-    pub fn fill(&mut self, data: &TokenData, seq: usize, inputs: &mut [u32], targets: &mut [u32]) {
-        let toks = data.tokens();
-        let span = (toks.len() - seq - 1) as u64 + 1;
-        for (inp, tgt) in inputs.chunks_mut(seq).zip(targets.chunks_mut(seq)) {
-            let pos = match self.mode {
-                Sampling::Random => self.rng.below(span) as usize,
-                Sampling::Sequential => {
-                    let p = (self.cursor % span) as usize;
-                    self.cursor += seq as u64;
-                    p
-                }
-            };
-            for i in 0..seq {
-                inp[i] = toks[pos + i] as u32;
-                tgt[i] = toks[pos + i + 1] as u32;
-            }
-        }
-    }
-}
-
-/// Mean loss over `batches` consecutive windows from the start of `data` (deterministic).
-pub fn evaluate(
-    k: &mut dyn Kernels,
-    ws: &mut Workspace,
-    params: &Params,
-    data: &TokenData,
-    batch: usize,
-    seq: usize,
-    batches: usize,
-) -> Result<f32> {
-    let mut s = Sampler {
-        rng: Rng::new(1),
-        cursor: 0,
-        mode: Sampling::Sequential,
-    };
-    let mut inputs = vec![0u32; batch * seq];
-    let mut targets = vec![0u32; batch * seq];
-    let mut t = Timings::default();
-    let n = batches.max(1);
-    let mut sum = 0f64;
-    for _ in 0..n {
-        s.fill(data, seq, &mut inputs, &mut targets);
-        sum += ws.forward_loss(k, params, &inputs, &targets, &mut t)? as f64;
-    }
-    Ok((sum / n as f64) as f32)
 }
 
 /// Turns the current parameters into a text sample (for the log's `sample` events).
@@ -144,41 +55,64 @@ pub struct Outcome {
     pub restart: bool,
 }
 
+/// What one call of [`Trainer::run`] tracks besides the trainer's own state.
+#[derive(Default)]
+struct RunState {
+    first_loss: Option<f32>,
+    val_loss: Option<f32>,
+    /// Non-finite steps in a row, and the reason of the first of them.
+    bad_run: u32,
+    first_bad: Option<String>,
+    interrupted: bool,
+    /// A checkpoint failed (disk full…) and is retried after the next step.
+    ckpt_pending: bool,
+}
+
+impl RunState {
+    fn outcome(&self, t: &Trainer, start_step: u64, restart: bool) -> Outcome {
+        Outcome {
+            steps_done: t.step - start_step,
+            last_loss: t.last_loss,
+            first_loss: self.first_loss,
+            val_loss: self.val_loss,
+            ckpt: t.s.ckpt.clone(),
+            interrupted: self.interrupted && !restart,
+            restart,
+        }
+    }
+}
+
 /// The state of a run between steps.
 pub struct Trainer {
     pub s: Settings,
-    pub params: Params,
-    pub grads: Params,
-    pub opt: AdamW,
+    /// Parameters, gradients, AdamW moments and the loss scale: what one step changes.
+    pub stepper: Stepper,
+    /// Optimizer steps taken, skipped ones included (they consume their data).
     pub step: u64,
     pub sampler: Sampler,
-    pub loss_scale: f32,
     pub cum: Timings,
     pub wall_s: f64,
     pub last_loss: f32,
     pub best_val: Option<f32>,
     pub data_desc: Option<String>,
     pub kernels: Box<dyn Kernels>,
-    weights_version: u64,
-    good_steps_at_scale: u64,
 }
 
 impl Trainer {
-    /// A fresh run from the given parameters.
+    /// A fresh run from the given parameters. The loss scale starts at `s.loss_scale` and
+    /// moves only if the backend needs loss scaling.
     pub fn new(s: Settings, params: Params, kernels: Box<dyn Kernels>) -> Trainer {
-        let grads = Params::zeros(params.config());
         let opt = AdamW::new(&params.layout);
+        let scaler = LossScaler::starting_at(s.loss_scale, kernels.needs_loss_scaling());
+        let stepper = Stepper::new(params, opt, scaler, s.batch * s.seq);
         let sampler = Sampler {
             rng: Rng::new(s.seed ^ 0x5EED_DA7A),
             cursor: 0,
             mode: s.sampling,
         };
         Trainer {
-            loss_scale: s.loss_scale,
             s,
-            params,
-            grads,
-            opt,
+            stepper,
             step: 0,
             sampler,
             cum: Timings::default(),
@@ -187,8 +121,6 @@ impl Trainer {
             best_val: None,
             data_desc: None,
             kernels,
-            weights_version: 1,
-            good_steps_at_scale: 0,
         }
     }
 
@@ -196,14 +128,14 @@ impl Trainer {
     pub fn resume(s: Settings, ck: checkpoint::Checkpoint, kernels: Box<dyn Kernels>) -> Trainer {
         let h = ck.header;
         let mut t = Trainer::new(s, ck.params, kernels);
-        t.opt = AdamW::from_state(&t.params.layout, ck.m, ck.v, h.adam_t);
+        t.stepper.opt = AdamW::from_state(&t.stepper.params.layout, ck.m, ck.v, h.adam_t);
         t.step = h.step;
         t.sampler.rng.state = h.sampler_rng;
         t.sampler.cursor = h.sampler_cursor;
         if h.loss_scale > 0.0 {
-            t.loss_scale = h.loss_scale;
+            t.stepper.scaler.scale = h.loss_scale;
         }
-        t.good_steps_at_scale = h.loss_scale_good_steps;
+        t.stepper.scaler.good_steps = h.loss_scale_good_steps;
         let mut ms = [0f64; 17];
         for (d, v) in ms.iter_mut().zip(h.timings_ms.iter()) {
             *d = *v;
@@ -215,8 +147,12 @@ impl Trainer {
         t
     }
 
+    pub fn params(&self) -> &Params {
+        &self.stepper.params
+    }
+
     pub fn config(&self) -> &Config {
-        self.params.config()
+        self.stepper.params.config()
     }
 
     fn header(&self) -> Header {
@@ -224,11 +160,11 @@ impl Trainer {
             config: self.config().clone(),
             step: self.step,
             total_steps: self.s.steps,
-            adam_t: self.opt.t,
+            adam_t: self.stepper.opt.t,
             sampler_rng: self.sampler.rng.state,
             sampler_cursor: self.sampler.cursor,
-            loss_scale: self.loss_scale,
-            loss_scale_good_steps: self.good_steps_at_scale,
+            loss_scale: self.stepper.scaler.scale,
+            loss_scale_good_steps: self.stepper.scaler.good_steps,
             timings_ms: self.cum.as_array().to_vec(),
             wall_s: self.wall_s,
             last_loss: self.last_loss,
@@ -245,79 +181,12 @@ impl Trainer {
         checkpoint::save(
             &self.s.ckpt,
             &self.header(),
-            &self.params.data,
-            &self.opt.m,
-            &self.opt.v,
+            &self.stepper.params.data,
+            &self.stepper.opt.m,
+            &self.stepper.opt.v,
             self.s.keep_ckpts.max(1),
         )?;
         Ok(t.elapsed().as_secs_f64() * 1e3)
-    }
-
-    /// Runs one optimizer step (all accumulation micro-steps). Returns the mean loss, or
-    /// `None` when the step was skipped because of a non-finite loss or gradient, together
-    /// with a description of where the non-finite value appeared.
-    #[allow(clippy::too_many_arguments)]
-    fn one_step(
-        &mut self,
-        ws: &mut Workspace,
-        data: &TokenData,
-        inputs: &mut [u32],
-        targets: &mut [u32],
-        t: &mut Timings,
-    ) -> Result<(Result<f32, String>, f64)> {
-        let (b, seq, accum) = (self.s.batch, self.s.seq, self.s.accum.max(1));
-        self.grads.data.iter_mut().for_each(|g| *g = 0.0);
-        ws.set_weights_version(self.weights_version);
-        let mut loss_sum = 0f64;
-        let scale = self.loss_scale;
-        for _ in 0..accum {
-            t.time(Component::Data, || {
-                self.sampler.fill(data, seq, inputs, targets)
-            });
-            let l = ws.forward_backward(
-                self.kernels.as_mut(),
-                &self.params,
-                &mut self.grads,
-                inputs,
-                targets,
-                scale / accum as f32,
-                t,
-            )?;
-            loss_sum += l as f64;
-        }
-        let _ = b;
-        let loss = (loss_sum / accum as f64) as f32;
-        if let Some(bad) = inject_non_finite(self.step) {
-            let n = self.grads.data.len();
-            self.grads.data[bad % n] = f32::NAN;
-        }
-        let t0 = Instant::now();
-        if !loss.is_finite() {
-            return Ok((Err(format!("loss is {loss}")), 0.0));
-        }
-        if let Some(i) = optim::first_non_finite(&self.grads.data) {
-            return Ok((
-                Err(format!(
-                    "gradient of {} is non-finite ({})",
-                    self.params.layout.name_of(i),
-                    self.grads.data[i]
-                )),
-                0.0,
-            ));
-        }
-        let norm = optim::grad_norm(&self.grads.data) / scale as f64;
-        let clip = self.s.optim.grad_clip as f64;
-        let mut mult = 1.0 / scale as f64;
-        if clip > 0.0 && norm > clip {
-            mult *= clip / norm;
-        }
-        optim::scale(&mut self.grads.data, mult as f32);
-        let lr = self.s.optim.lr_at(self.step);
-        self.opt
-            .step(&self.s.optim, lr, &mut self.params.data, &self.grads.data);
-        self.weights_version += 1;
-        t.add(Component::Optimizer, t0.elapsed().as_secs_f64() * 1e3);
-        Ok((Ok(loss), norm))
     }
 
     /// The loop. `val` is evaluated every `eval_every` steps; `sample` turns the current
@@ -336,10 +205,101 @@ impl Trainer {
             v.validate(seq, self.config().vocab_size)?;
         }
         let mut ws = Workspace::new(self.config(), b, seq);
-        let mut inputs = vec![0u32; b * seq];
-        let mut targets = vec![0u32; b * seq];
-        let flops = StepFlops::new(self.config(), b, seq).total() * self.s.accum.max(1) as f64;
         let tokens_per_step = (b * seq * self.s.accum.max(1)) as u64;
+        self.log_header(log, tokens_per_step, peak_gflops)?;
+
+        let progress = Progress::new(self.step, self.s.steps, self.s.quiet);
+        let start_step = self.step;
+        let mut r = RunState::default();
+        let run_start = Instant::now();
+        let wall_before = self.wall_s;
+
+        let stop_at = self.s.until.unwrap_or(u64::MAX).min(self.s.steps);
+        while self.step < stop_at {
+            if STOP.load(Ordering::SeqCst) {
+                r.interrupted = true;
+                break;
+            }
+            if self.compile_budget_spent(log, &progress)? {
+                return Ok(r.outcome(self, start_step, true));
+            }
+            let mut t = Timings::default();
+            let t_step = Instant::now();
+            let sampler = &mut self.sampler;
+            let outcome = self.stepper.step(
+                self.kernels.as_mut(),
+                &mut ws,
+                &self.s.optim,
+                self.step,
+                self.s.accum,
+                &mut |inputs, targets| sampler.fill(data, seq, inputs, targets),
+                &mut t,
+            )?;
+            let ms = t_step.elapsed().as_secs_f64() * 1e3;
+            self.cum.merge(&t);
+            self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
+            match outcome {
+                StepOutcome::Skipped { reason } => {
+                    self.skipped(&reason, &mut r, log, &progress)?;
+                    // A skipped step still consumes its data, so the run moves on.
+                    self.step += 1;
+                    continue;
+                }
+                StepOutcome::Applied { loss, grad_norm } => {
+                    r.bad_run = 0;
+                    r.first_bad = None;
+                    self.last_loss = loss;
+                    r.first_loss.get_or_insert(loss);
+                    self.step += 1;
+                    self.log_step(log, &progress, grad_norm, ms, tokens_per_step, &t);
+                }
+            }
+            if let Some(v) = val {
+                self.evaluate_if_due(&mut ws, v, &mut r, log, &progress)?;
+            }
+            if let Some(f) = sample {
+                self.sample_if_due(f, log);
+            }
+            let due = self.s.ckpt_every > 0 && self.step.is_multiple_of(self.s.ckpt_every);
+            if (due || r.ckpt_pending) && self.step < stop_at {
+                r.ckpt_pending = !self.checkpoint_logged(log, &progress)?;
+            }
+        }
+        self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
+        progress.finish();
+        if self.step > start_step || r.interrupted || !self.s.ckpt.exists() {
+            // The final checkpoint: failures here are fatal, the state must not be lost silently.
+            let ok = self.checkpoint_logged(log, &progress)?;
+            if !ok {
+                bail!(
+                    "could not write the final checkpoint {} (see the message above); the previous checkpoint is intact",
+                    self.s.ckpt.display()
+                );
+            }
+        }
+        let report = super::report::Report::new(
+            self.config(),
+            &self.s,
+            self.step - start_step,
+            run_start.elapsed().as_secs_f64(),
+            &self.cum,
+            self.kernels.stats(),
+            peak_gflops,
+        );
+        report.print();
+        log.emit(&Event::Report(report.to_json()));
+        Ok(r.outcome(self, start_step, false))
+    }
+
+    /// The `run` event that opens this process's part of the log.
+    fn log_header(
+        &self,
+        log: &mut LogWriter,
+        tokens_per_step: u64,
+        peak_gflops: f64,
+    ) -> Result<()> {
+        let (b, seq) = (self.s.batch, self.s.seq);
+        let flops = StepFlops::new(self.config(), b, seq).total() * self.s.accum.max(1) as f64;
         log.emit(&Event::Run(RunHeader {
             pid: std::process::id(),
             start_unix: now_unix(),
@@ -358,197 +318,144 @@ impl Trainer {
             tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
             args: serde_json::to_value(&self.s)?,
         }));
-
-        let progress = Progress::new(self.step, self.s.steps, self.s.quiet);
-        let start_step = self.step;
-        let mut first_loss = None;
-        let mut val_loss = None;
-        let mut bad_run = 0u32;
-        let mut first_bad: Option<String> = None;
-        let mut interrupted = false;
-        let run_start = Instant::now();
-        let wall_before = self.wall_s;
-        let mut ckpt_pending = false;
-
-        let stop_at = self.s.until.unwrap_or(u64::MAX).min(self.s.steps);
-        while self.step < stop_at {
-            if STOP.load(Ordering::SeqCst) {
-                interrupted = true;
-                break;
-            }
-            if let Some(left) = self.kernels.compiles_left() {
-                let need = self.kernels.compiles_per_update();
-                if need > 0 && left < need {
-                    progress.finish();
-                    if !self.checkpoint_logged(log, &progress)? {
-                        bail!("cannot checkpoint before the compile-budget restart");
-                    }
-                    progress.println(&format!(
-                        "compile budget: {left} compiles left, {need} needed per update; restarting the process from {}",
-                        self.s.ckpt.display()
-                    ));
-                    return Ok(Outcome {
-                        steps_done: self.step - start_step,
-                        last_loss: self.last_loss,
-                        first_loss,
-                        val_loss,
-                        ckpt: self.s.ckpt.clone(),
-                        interrupted: false,
-                        restart: true,
-                    });
-                }
-            }
-            let mut t = Timings::default();
-            let t_step = Instant::now();
-            let (res, norm) = self.one_step(&mut ws, data, &mut inputs, &mut targets, &mut t)?;
-            let ms = t_step.elapsed().as_secs_f64() * 1e3;
-            self.cum.merge(&t);
-            self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
-            match res {
-                Err(reason) => {
-                    bad_run += 1;
-                    first_bad.get_or_insert_with(|| reason.clone());
-                    let dynamic = self.s.backend != BackendKind::Cpu;
-                    if dynamic {
-                        self.loss_scale = (self.loss_scale / 2.0).max(1.0);
-                        self.good_steps_at_scale = 0;
-                    }
-                    progress.println(&format!(
-                        "step {}: skipped, {reason}{}",
-                        self.step + 1,
-                        if dynamic {
-                            format!("; loss scale now {}", self.loss_scale)
-                        } else {
-                            String::new()
-                        }
-                    ));
-                    log.emit(&Event::Skip {
-                        step: self.step + 1,
-                        reason: reason.clone(),
-                        time: now_unix(),
-                    });
-                    if bad_run >= self.s.max_bad_steps {
-                        progress.finish();
-                        bail!(
-                            "training stopped after {bad_run} consecutive non-finite steps (first: {}); the last good checkpoint {} is untouched",
-                            first_bad.unwrap_or_default(),
-                            self.s.ckpt.display()
-                        );
-                    }
-                    // A skipped step still consumes its data, so the run moves on.
-                    self.step += 1;
-                    continue;
-                }
-                Ok(loss) => {
-                    bad_run = 0;
-                    first_bad = None;
-                    self.good_steps_at_scale += 1;
-                    if self.s.backend != BackendKind::Cpu && self.good_steps_at_scale >= 1000 {
-                        self.loss_scale =
-                            (self.loss_scale * 2.0).min(crate::ane::loss_scale::MAX_SCALE);
-                        self.good_steps_at_scale = 0;
-                    }
-                    self.last_loss = loss;
-                    first_loss.get_or_insert(loss);
-                }
-            }
-            self.step += 1;
-            let lr = self.s.optim.lr_at(self.step - 1);
-            let tps = tokens_per_step as f64 / (ms / 1e3);
-            let compiles = self.kernels.stats().compiles;
-            log.emit(&Event::Step(StepRecord {
-                step: self.step,
-                loss: self.last_loss as f64,
-                lr: lr as f64,
-                grad_norm: norm,
-                ms,
-                tokens_per_s: tps,
-                timing: t.to_map(),
-                compiles,
-                time: now_unix(),
-            }));
-            progress.update(self.step, self.last_loss, ms, tps);
-
-            if let Some(v) = val {
-                if self.s.eval_every > 0
-                    && (self.step.is_multiple_of(self.s.eval_every) || self.step == self.s.steps)
-                {
-                    let vl = evaluate(
-                        self.kernels.as_mut(),
-                        &mut ws,
-                        &self.params,
-                        v,
-                        b,
-                        seq,
-                        self.s.eval_batches,
-                    )?;
-                    val_loss = Some(vl);
-                    if self.best_val.is_none_or(|bv| vl < bv) {
-                        self.best_val = Some(vl);
-                    }
-                    progress.println(&format!(
-                        "step {}: train loss {:.4}, val loss {vl:.4}",
-                        self.step, self.last_loss
-                    ));
-                    log.emit(&Event::Eval {
-                        step: self.step,
-                        val_loss: vl as f64,
-                        time: now_unix(),
-                    });
-                }
-            }
-            if let Some(f) = sample {
-                if self.s.sample_every > 0 && self.step.is_multiple_of(self.s.sample_every) {
-                    if let Ok(text) = f(&self.params) {
-                        log.emit(&Event::Sample {
-                            step: self.step,
-                            text,
-                            time: now_unix(),
-                        });
-                    }
-                }
-            }
-            let due = self.s.ckpt_every > 0 && self.step.is_multiple_of(self.s.ckpt_every);
-            if (due || ckpt_pending) && self.step < stop_at {
-                ckpt_pending = !self.checkpoint_logged(log, &progress)?;
-            }
-        }
-        self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
-        progress.finish();
-        if self.step > start_step || interrupted || !self.s.ckpt.exists() {
-            // The final checkpoint: failures here are fatal, the state must not be lost silently.
-            let ok = self.checkpoint_logged(log, &progress)?;
-            if !ok {
-                bail!(
-                    "could not write the final checkpoint {} (see the message above); the previous checkpoint is intact",
-                    self.s.ckpt.display()
-                );
-            }
-        }
-        let report = super::report::Report::new(
-            self.config(),
-            &self.s,
-            self.step - start_step,
-            run_start.elapsed().as_secs_f64(),
-            &self.cum_since(start_step),
-            self.kernels.stats(),
-            peak_gflops,
-        );
-        report.print();
-        log.emit(&Event::Report(report.to_json()));
-        Ok(Outcome {
-            steps_done: self.step - start_step,
-            last_loss: self.last_loss,
-            first_loss,
-            val_loss,
-            ckpt: self.s.ckpt.clone(),
-            interrupted,
-            restart: false,
-        })
+        Ok(())
     }
 
-    fn cum_since(&self, _start: u64) -> Timings {
-        self.cum.clone()
+    /// Whether the next update would exceed the Neural Engine's compile budget; then the
+    /// state is checkpointed for the `exec()` restart.
+    fn compile_budget_spent(&self, log: &mut LogWriter, progress: &Progress) -> Result<bool> {
+        let (Some(left), need) = (
+            self.kernels.compiles_left(),
+            self.kernels.compiles_per_update(),
+        ) else {
+            return Ok(false);
+        };
+        if need == 0 || left >= need {
+            return Ok(false);
+        }
+        progress.finish();
+        if !self.checkpoint_logged(log, progress)? {
+            bail!("cannot checkpoint before the compile-budget restart");
+        }
+        progress.println(&format!(
+            "compile budget: {left} compiles left, {need} needed per update; restarting the process from {}",
+            self.s.ckpt.display()
+        ));
+        Ok(true)
+    }
+
+    /// Reports a skipped step; stops the run after `max_bad_steps` in a row.
+    fn skipped(
+        &self,
+        reason: &str,
+        r: &mut RunState,
+        log: &mut LogWriter,
+        progress: &Progress,
+    ) -> Result<()> {
+        r.bad_run += 1;
+        r.first_bad.get_or_insert_with(|| reason.to_string());
+        let scaler = &self.stepper.scaler;
+        progress.println(&format!(
+            "step {}: skipped, {reason}{}",
+            self.step + 1,
+            if scaler.dynamic {
+                format!("; loss scale now {}", scaler.scale)
+            } else {
+                String::new()
+            }
+        ));
+        log.emit(&Event::Skip {
+            step: self.step + 1,
+            reason: reason.to_string(),
+            time: now_unix(),
+        });
+        if r.bad_run >= self.s.max_bad_steps {
+            progress.finish();
+            bail!(
+                "training stopped after {} consecutive non-finite steps (first: {}); the last good checkpoint {} is untouched",
+                r.bad_run,
+                r.first_bad.clone().unwrap_or_default(),
+                self.s.ckpt.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The `step` event and the progress line of the step just taken.
+    fn log_step(
+        &self,
+        log: &mut LogWriter,
+        progress: &Progress,
+        grad_norm: f64,
+        ms: f64,
+        tokens_per_step: u64,
+        t: &Timings,
+    ) {
+        let tps = tokens_per_step as f64 / (ms / 1e3);
+        log.emit(&Event::Step(StepRecord {
+            step: self.step,
+            loss: self.last_loss as f64,
+            lr: self.s.optim.lr_at(self.step - 1) as f64,
+            grad_norm,
+            ms,
+            tokens_per_s: tps,
+            timing: t.to_map(),
+            compiles: self.kernels.stats().compiles,
+            time: now_unix(),
+        }));
+        progress.update(self.step, self.last_loss, ms, tps);
+    }
+
+    /// Validation every `eval_every` steps and at the last one.
+    fn evaluate_if_due(
+        &mut self,
+        ws: &mut Workspace,
+        val: &TokenData,
+        r: &mut RunState,
+        log: &mut LogWriter,
+        progress: &Progress,
+    ) -> Result<()> {
+        let every = self.s.eval_every;
+        if every == 0 || !(self.step.is_multiple_of(every) || self.step == self.s.steps) {
+            return Ok(());
+        }
+        let (b, seq) = (self.s.batch, self.s.seq);
+        let vl = evaluate(
+            self.kernels.as_mut(),
+            ws,
+            &self.stepper.params,
+            val,
+            b,
+            seq,
+            self.s.eval_batches,
+        )?;
+        r.val_loss = Some(vl);
+        if self.best_val.is_none_or(|bv| vl < bv) {
+            self.best_val = Some(vl);
+        }
+        progress.println(&format!(
+            "step {}: train loss {:.4}, val loss {vl:.4}",
+            self.step, self.last_loss
+        ));
+        log.emit(&Event::Eval {
+            step: self.step,
+            val_loss: vl as f64,
+            time: now_unix(),
+        });
+        Ok(())
+    }
+
+    /// A text sample every `sample_every` steps (a failed sample is not an error).
+    fn sample_if_due(&self, f: SampleFn, log: &mut LogWriter) {
+        if self.s.sample_every > 0 && self.step.is_multiple_of(self.s.sample_every) {
+            if let Ok(text) = f(&self.stepper.params) {
+                log.emit(&Event::Sample {
+                    step: self.step,
+                    text,
+                    time: now_unix(),
+                });
+            }
+        }
     }
 
     /// Checkpoints and logs; on an I/O error (disk full, permissions) prints and logs a
@@ -576,14 +483,6 @@ impl Trainer {
             }
         }
     }
-}
-
-/// Test hook: `ANETRAIN_INJECT_NAN=STEP` makes every step from STEP (0-based) on produce a
-/// non-finite gradient, to exercise the non-finite guard end to end.
-fn inject_non_finite(step: u64) -> Option<usize> {
-    let v = std::env::var("ANETRAIN_INJECT_NAN").ok()?;
-    let from: u64 = v.parse().ok()?;
-    (step >= from).then_some(12345)
 }
 
 /// The progress display: an indicatif bar on a terminal, plain lines otherwise.
@@ -651,23 +550,4 @@ impl Progress {
             b.finish_and_clear();
         }
     }
-}
-
-/// Where a run's files go when not given explicitly.
-pub fn default_run_dir() -> PathBuf {
-    PathBuf::from("runs/default")
-}
-
-/// Loads initial parameters from `--model`: a preset or config file (random init from
-/// `seed`), a llama2.c `.bin` file, or a `.ckpt` (its parameters only).
-pub fn initial_params(spec: &str, seed: u64) -> Result<Params> {
-    let p = Path::new(spec);
-    if spec.ends_with(".ckpt") {
-        return Ok(checkpoint::load_or_explain(p)?.params);
-    }
-    if spec.ends_with(".bin") {
-        return Ok(crate::model::llama2c::Model::load(p)?.params);
-    }
-    let c = Config::resolve(spec).context("--model")?;
-    Ok(Params::init_random(&c, seed))
 }

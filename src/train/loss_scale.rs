@@ -13,29 +13,60 @@
 //! finite. On inf/NaN: skip the update, halve `s`. After `growth_interval` finite steps in a
 //! row: double `s`. `s` stays within `[1, 2^24]`. The scale is part of the training state
 //! (checkpoint it) so a restarted process continues with the same value.
+//!
+//! Whether a run scales at all is the backend's answer to
+//! [`crate::kernels::Kernels::needs_loss_scaling`]; an fp32 backend keeps `s = 1` fixed
+//! ([`LossScaler::fixed`]) and only counts the finite steps.
 
 /// The state of dynamic loss scaling.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossScaler {
     /// The factor to pass as `grad_scale`; divide the accumulated gradients by it.
     pub scale: f32,
-    /// Finite steps in a row since the last change.
-    pub good_steps: u32,
+    /// Finite steps in a row since the last change (a fixed scale never changes, so it
+    /// counts every finite step).
+    pub good_steps: u64,
     /// Finite steps in a row after which the scale doubles.
-    pub growth_interval: u32,
+    pub growth_interval: u64,
+    /// Whether the scale moves (fp16 backward); a fixed scaler never changes `scale`.
+    pub dynamic: bool,
 }
 
 /// The largest scale the scaler will use.
 pub const MAX_SCALE: f32 = (1u32 << 24) as f32;
 
+/// Finite steps in a row after which a dynamic scale doubles.
+pub const GROWTH_INTERVAL: u64 = 1000;
+
 impl LossScaler {
-    /// A scaler starting at `initial` (clamped to `[1, 2^24]`), doubling after 1000 finite
-    /// steps.
+    /// A dynamic scaler starting at `initial` (clamped to `[1, 2^24]`), doubling after
+    /// [`GROWTH_INTERVAL`] finite steps.
     pub fn new(initial: f32) -> LossScaler {
         LossScaler {
             scale: initial.clamp(1.0, MAX_SCALE),
             good_steps: 0,
-            growth_interval: 1000,
+            growth_interval: GROWTH_INTERVAL,
+            dynamic: true,
+        }
+    }
+
+    /// A scale that never changes (fp32 backward: nothing underflows).
+    pub fn fixed(scale: f32) -> LossScaler {
+        LossScaler {
+            scale,
+            good_steps: 0,
+            growth_interval: GROWTH_INTERVAL,
+            dynamic: false,
+        }
+    }
+
+    /// A scaler at exactly `scale` (no clamping: a run continues with the value it was
+    /// given or checkpointed), dynamic or fixed as the backend needs
+    /// ([`crate::kernels::Kernels::needs_loss_scaling`]).
+    pub fn starting_at(scale: f32, dynamic: bool) -> LossScaler {
+        LossScaler {
+            dynamic,
+            ..LossScaler::fixed(scale)
         }
     }
 
@@ -49,12 +80,14 @@ impl LossScaler {
     /// gradients (`false`: they overflowed, skip this update).
     pub fn update(&mut self, grads_finite: bool) -> bool {
         if !grads_finite {
-            self.scale = (self.scale * 0.5).max(1.0);
-            self.good_steps = 0;
+            if self.dynamic {
+                self.scale = (self.scale * 0.5).max(1.0);
+                self.good_steps = 0;
+            }
             return false;
         }
         self.good_steps += 1;
-        if self.good_steps >= self.growth_interval {
+        if self.dynamic && self.good_steps >= self.growth_interval {
             self.scale = (self.scale * 2.0).min(MAX_SCALE);
             self.good_steps = 0;
         }
@@ -64,9 +97,7 @@ impl LossScaler {
 
 /// Whether every value is finite (no inf, no NaN).
 pub fn all_finite(v: &[f32]) -> bool {
-    // Summing `x·0` is NaN exactly when some `x` is inf or NaN, and vectorises well.
-    v.chunks(4096)
-        .all(|c| c.iter().fold(0f32, |a, &x| a + x * 0.0) == 0.0)
+    super::optim::first_non_finite(v).is_none()
 }
 
 #[cfg(test)]
@@ -88,6 +119,15 @@ mod tests {
         t.update(false);
         assert_eq!(t.scale, 1.0);
         assert_eq!(LossScaler::new(1e30).scale, MAX_SCALE);
+    }
+
+    #[test]
+    fn a_fixed_scale_never_moves() {
+        let mut s = LossScaler::fixed(1.0);
+        s.growth_interval = 2;
+        assert!(!s.update(false));
+        assert!(s.update(true) && s.update(true) && s.update(true));
+        assert_eq!((s.scale, s.good_steps), (1.0, 3));
     }
 
     #[test]

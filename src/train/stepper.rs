@@ -1,0 +1,144 @@
+//! One optimizer step — the function both `anetrain train` ([`super::trainer`]) and
+//! `anetrain bench` ([`super::bench`]) run, so every published figure is of the step users
+//! run. In order, with the passes over the parameter arena it makes:
+//!
+//! 1. zero the gradient arena (one parallel pass);
+//! 2. `accum` micro-steps: draw a batch, forward + backward adding
+//!    `loss_scale/accum × ∂loss/∂θ` into the arena;
+//! 3. the non-finite guard and the global gradient norm, fused: one pass computes the norm,
+//!    which is non-finite exactly when some gradient is; only then a second pass names the
+//!    first bad gradient, and the step is skipped;
+//! 4. unscale, clip to `grad_clip` and AdamW in one pass ([`optim::clip_and_step`]: AdamW
+//!    reads every gradient through the combined factor);
+//! 5. the loss-scale update ([`LossScaler::update`]): halve after a skip, double after a run
+//!    of finite steps — only when the backend needs loss scaling.
+
+use super::loss_scale::LossScaler;
+use super::optim::{self, AdamW, AdamWConfig};
+use super::step::Workspace;
+use super::timing::{Component, Timings};
+use crate::kernels::Kernels;
+use crate::model::Params;
+use anyhow::Result;
+
+/// What one step did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepOutcome {
+    /// The update was applied: the mean loss over the micro-steps and the global norm of the
+    /// (unscaled, unclipped) gradients.
+    Applied { loss: f32, grad_norm: f64 },
+    /// A loss or gradient was not finite; nothing was updated. Says where.
+    Skipped { reason: String },
+}
+
+/// The state one step reads and writes: parameters, their gradients, the AdamW moments, the
+/// loss scale, and the token buffers of one micro-step.
+pub struct Stepper {
+    pub params: Params,
+    pub grads: Params,
+    pub opt: AdamW,
+    pub scaler: LossScaler,
+    /// Bumped after every applied update and handed to [`Kernels::prepare`], so that a
+    /// backend that bakes weights into programs recompiles exactly when they changed.
+    pub weights_version: u64,
+    /// `[B·S]` input ids of the current micro-step.
+    pub inputs: Vec<u32>,
+    /// `[B·S]` target ids.
+    pub targets: Vec<u32>,
+    /// Test hook (`ANETRAIN_INJECT_NAN=STEP`): from step STEP (0-based) on, a gradient is
+    /// made non-finite after the backward pass, to exercise the guard end to end.
+    inject_nan_from: Option<u64>,
+}
+
+impl Stepper {
+    /// `tokens` = B·S, the columns of one micro-step.
+    pub fn new(params: Params, opt: AdamW, scaler: LossScaler, tokens: usize) -> Stepper {
+        let grads = Params::zeros(params.config());
+        Stepper {
+            params,
+            grads,
+            opt,
+            scaler,
+            weights_version: 1,
+            inputs: vec![0; tokens],
+            targets: vec![0; tokens],
+            inject_nan_from: std::env::var("ANETRAIN_INJECT_NAN")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+
+    /// One optimizer step (the module doc lists its parts). `step` is the 0-based index of
+    /// this step in the schedule (it picks the learning rate); `next_batch` fills the inputs
+    /// and targets of one micro-step. Errors are the backend's; a non-finite loss or gradient
+    /// is not an error but [`StepOutcome::Skipped`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        k: &mut dyn Kernels,
+        ws: &mut Workspace,
+        cfg: &AdamWConfig,
+        step: u64,
+        accum: usize,
+        next_batch: &mut dyn FnMut(&mut [u32], &mut [u32]),
+        t: &mut Timings,
+    ) -> Result<StepOutcome> {
+        let accum = accum.max(1);
+        t.time(Component::Optimizer, || optim::zero(&mut self.grads.data));
+        ws.set_weights_version(self.weights_version);
+        let scale = self.scaler.scale;
+        let mut loss_sum = 0f64;
+        for _ in 0..accum {
+            t.time(Component::Data, || {
+                next_batch(&mut self.inputs, &mut self.targets)
+            });
+            loss_sum += ws.forward_backward(
+                k,
+                &self.params,
+                &mut self.grads,
+                &self.inputs,
+                &self.targets,
+                scale / accum as f32,
+                t,
+            )? as f64;
+        }
+        let loss = (loss_sum / accum as f64) as f32;
+        if self.inject_nan_from.is_some_and(|from| step >= from) {
+            let n = self.grads.data.len();
+            self.grads.data[12345 % n] = f32::NAN;
+        }
+
+        let t0 = std::time::Instant::now();
+        let outcome = if !loss.is_finite() {
+            StepOutcome::Skipped {
+                reason: format!("loss is {loss}"),
+            }
+        } else {
+            let lr = cfg.lr_at(step);
+            match optim::clip_and_step(
+                &mut self.opt,
+                cfg,
+                lr,
+                &mut self.params.data,
+                &self.grads.data,
+                scale,
+            ) {
+                Ok(grad_norm) => {
+                    self.weights_version += 1;
+                    StepOutcome::Applied { loss, grad_norm }
+                }
+                Err(bad) => StepOutcome::Skipped {
+                    reason: format!(
+                        "gradient of {} is non-finite ({})",
+                        self.params.layout.name_of(bad.index),
+                        self.grads.data[bad.index]
+                    ),
+                },
+            }
+        };
+        self.scaler
+            .update(matches!(outcome, StepOutcome::Applied { .. }));
+        t.add(Component::Optimizer, t0.elapsed().as_secs_f64() * 1e3);
+        Ok(outcome)
+    }
+}
