@@ -399,7 +399,7 @@ mod tests {
             weight_decay: 0.1,
             grad_clip: 1.0,
         };
-        // The separate passes, as the trainer wrote them: norm of the unscaled gradients,
+        // The separate passes the trainer once made: norm of the unscaled gradients,
         // unscale and clip, AdamW.
         let loss_scale = 64.0f32;
         let mut ga = g.clone();
