@@ -149,3 +149,120 @@ fn without_fallback_a_refusal_is_an_error_naming_the_kernel() {
     let msg = format!("{:#}", k.prepare(&p, 1).unwrap_err());
     assert!(msg.contains("fwdFFN"), "{msg}");
 }
+
+/// `anetrain train` on the simulator with `ANETRAIN_SIM_REJECT`; returns (success, stderr,
+/// step losses, fallback events, the report).
+fn train_rejecting(
+    dir: &std::path::Path,
+    name: &str,
+    reject: Option<&str>,
+    strict: bool,
+) -> (
+    bool,
+    String,
+    Vec<f64>,
+    Vec<String>,
+    Option<serde_json::Value>,
+) {
+    let out = dir.join(name);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_anetrain"));
+    cmd.current_dir(dir).args([
+        "train",
+        "--model",
+        "tiny.toml",
+        "--data",
+        "tokens.bin",
+        "--steps",
+        "20",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--eval-every",
+        "0",
+        "--lr",
+        "3e-3",
+        "--threads",
+        "2",
+        "--backend",
+    ]);
+    cmd.arg(if reject.is_some() || strict {
+        "ane-sim"
+    } else {
+        "cpu"
+    });
+    if strict {
+        cmd.arg("--ane-strict");
+    }
+    cmd.arg("--out").arg(&out);
+    match reject {
+        Some(r) => cmd.env(anetrain::ane::SIM_REJECT_ENV, r),
+        None => cmd.env_remove(anetrain::ane::SIM_REJECT_ENV),
+    };
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let ev = anetrain::train::log::read_log(&out.join("run.jsonl")).unwrap_or_default();
+    use anetrain::train::log::Event;
+    let losses = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) => Some(s.loss),
+            _ => None,
+        })
+        .collect();
+    let fb = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fallback { kernel, .. } => Some(kernel.clone()),
+            _ => None,
+        })
+        .collect();
+    let rep = ev.iter().rev().find_map(|e| match e {
+        Event::Report(v) => Some(v.clone()),
+        _ => None,
+    });
+    (o.status.success(), err, losses, fb, rep)
+}
+
+#[path = "common/mod.rs"]
+mod common;
+
+#[test]
+fn training_survives_a_refused_kernel_and_says_so() {
+    let d = tempfile::tempdir().unwrap();
+    common::tiny_model_and_data(d.path());
+    let (ok, _, cpu, _, _) = train_rejecting(d.path(), "cpu", None, false);
+    assert!(ok);
+    let (ok, err, sim, fb, rep) = train_rejecting(d.path(), "fb", Some("kernel:ffnBwdW13t"), false);
+    assert!(ok, "{err}");
+    // Warned once, naming the kernel, the error and the diagnosis command.
+    assert_eq!(
+        err.matches("the Neural Engine refused ffn_bwd").count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("anetrain ane check") && err.contains("injected"),
+        "{err}"
+    );
+    assert_eq!(fb, vec!["ffn_bwd".to_string()]);
+    let rep = rep.expect("a report");
+    assert_eq!(rep["on_cpu"], serde_json::json!(["ffn_bwd"]));
+    assert!(rep["fallback_cpu_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(rep["ane_times"], "cost model");
+    // Same training as the cpu run, within the fp16/fp32 difference.
+    assert_eq!(sim.len(), 20);
+    let worst = cpu
+        .iter()
+        .zip(&sim)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-2, "{worst}");
+    // --ane-strict stops instead, naming the kernel.
+    let (ok, err, _, _, _) = train_rejecting(d.path(), "strict", Some("kernel:ffnBwdW13t"), true);
+    assert!(!ok);
+    assert!(
+        err.contains("ffnBwdW13t") && err.contains("injected"),
+        "{err}"
+    );
+}

@@ -119,6 +119,8 @@ pub struct KernelStat {
     pub eval_ms: f64,
     /// Estimated Neural Engine time from the simulator's cost model; `None` on real hardware.
     pub est_ane_ms: Option<f64>,
+    pub compiles: u64,
+    pub compile_ms: f64,
 }
 
 /// An input or output region of a kernel call, with its f32 matrix: model row `r`, model
@@ -400,7 +402,12 @@ impl AneKernels {
             kernel: k.name(),
             message: format!("compile: {e:#}"),
         })?;
-        self.stats.compile_ms += t.elapsed().as_secs_f64() * 1e3;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        self.stats.compile_ms += ms;
+        if let Some(st) = self.kstats.get_mut(&k) {
+            st.compiles += 1;
+            st.compile_ms += ms;
+        }
         self.stats.compiles = self.dev.compiles();
         Ok(id)
     }
@@ -1242,6 +1249,20 @@ impl Kernels for AneKernels {
         let mut s = self.stats.clone();
         s.compiles = self.dev.compiles();
         s.fallback_cpu_ms = self.cpu_ms;
+        s.measured = self.dev.name() == "ane";
+        s.on_cpu = self.on_cpu.keys().map(|c| c.name()).collect();
+        s.programs = self
+            .kernel_report()
+            .into_iter()
+            .map(|k| crate::kernels::ProgramStat {
+                name: k.name,
+                compiles: k.compiles,
+                compile_ms: k.compile_ms,
+                evals: k.evals,
+                eval_ms: k.eval_ms,
+                est_ms: k.est_ane_ms,
+            })
+            .collect();
         s
     }
 

@@ -41,7 +41,9 @@ pub fn open_device(
 ) -> anyhow::Result<Box<dyn Device>> {
     let budget = budget.unwrap_or(profile.compile_budget);
     Ok(if sim {
-        Box::new(sim::SimDevice::with_profile(profile.clone()).budget(budget))
+        let mut d = sim::SimDevice::with_profile(profile.clone()).budget(budget);
+        inject_from_env(&mut d)?;
+        Box::new(d)
     } else {
         availability().map_err(|why| {
             anyhow::anyhow!(
@@ -50,6 +52,26 @@ pub fn open_device(
         })?;
         Box::new(private::PrivateDevice::new()?.with_budget(budget))
     })
+}
+
+/// The test knob of the simulated device: `ANETRAIN_SIM_REJECT=kernel:fwdAttn,op:concat`
+/// makes it refuse every program whose label contains `fwdAttn` and every program using
+/// `concat`, as a chip that rejects them would — how the CPU fallback of a training run is
+/// exercised without hardware.
+pub const SIM_REJECT_ENV: &str = "ANETRAIN_SIM_REJECT";
+
+fn inject_from_env(d: &mut sim::SimDevice) -> anyhow::Result<()> {
+    let Ok(spec) = std::env::var(SIM_REJECT_ENV) else {
+        return Ok(());
+    };
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.split_once(':') {
+            Some(("kernel", k)) => d.reject_kernel(k, &format!("{SIM_REJECT_ENV}={spec}")),
+            Some(("op", o)) => d.reject_op(o),
+            _ => anyhow::bail!("{SIM_REJECT_ENV}: {item:?} is neither kernel:NAME nor op:NAME"),
+        }
+    }
+    Ok(())
 }
 
 /// Whether the real Neural Engine can be used here, and if not, why.

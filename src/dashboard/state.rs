@@ -120,6 +120,8 @@ pub struct RunState {
     pub report: Option<serde_json::Value>,
     pub skipped_steps: u64,
     pub errors: u64,
+    /// Kernels the backend moved to the CPU (`fallback` events), in order.
+    pub on_cpu: Vec<String>,
     pub log_lines: VecDeque<LogLine>,
     smooth: f64,
     ema: Ema,
@@ -137,6 +139,7 @@ impl RunState {
             last_sample: None,
             report: None,
             skipped_steps: 0,
+            on_cpu: Vec::new(),
             errors: 0,
             log_lines: VecDeque::new(),
             smooth,
@@ -234,6 +237,20 @@ impl RunState {
             Event::Error { step, message, .. } => {
                 self.errors += 1;
                 self.note(LineKind::Error, format!("error {step:>7}  {message}"));
+            }
+            Event::Fallback {
+                step,
+                kernel,
+                error,
+                ..
+            } => {
+                self.note(
+                    LineKind::Warning,
+                    format!("cpu   {step:>7}  {kernel} falls back to the CPU: {error}"),
+                );
+                if !self.on_cpu.contains(&kernel) {
+                    self.on_cpu.push(kernel);
+                }
             }
             Event::Report(v) => {
                 let ms = v.get("ms_per_step").and_then(|x| x.as_f64());
@@ -546,6 +563,30 @@ mod tests {
         for (p, e) in s.steps.iter().zip(ema) {
             assert!((p.ema - e).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn fallback_events_say_which_kernels_run_on_the_cpu() {
+        let fb = |k: &str| Event::Fallback {
+            step: 1,
+            kernel: k.into(),
+            error: "refused".into(),
+            time: 0.0,
+        };
+        let s = RunState::from_events(
+            vec![
+                step(1, 5.0, 0.0),
+                fb("ffn_bwd"),
+                fb("qkv_bwd"),
+                fb("ffn_bwd"),
+            ],
+            0.5,
+        );
+        assert_eq!(s.on_cpu, vec!["ffn_bwd".to_string(), "qkv_bwd".to_string()]);
+        assert!(s
+            .log_lines
+            .iter()
+            .any(|l| l.text.contains("ffn_bwd falls back to the CPU")));
     }
 
     #[test]

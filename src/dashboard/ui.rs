@@ -641,6 +641,18 @@ fn render_system(f: &mut Frame, area: Rect, app: &App) {
     let compiles = s.last_step().map(|p| p.compiles).unwrap_or(0);
     if backend.contains("ane") || compiles > 0 {
         lines.push(Line::from(format!("ANE compiles {compiles}")));
+        lines.push(Line::from(if s.on_cpu.is_empty() {
+            vec![Span::raw("Kernels "), dim(format!("all on {backend}"))]
+        } else {
+            vec![
+                Span::raw("Kernels "),
+                Span::styled(
+                    format!("{} on the CPU (fallback)", s.on_cpu.join(", ")),
+                    Style::default().fg(Color::Yellow),
+                ),
+                dim(format!(" · rest on {backend}")),
+            ]
+        }));
     } else {
         lines.push(Line::from(vec![
             Span::raw("ANE compiles "),

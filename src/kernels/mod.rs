@@ -357,6 +357,99 @@ pub struct BackendStats {
     pub io_ms: f64,
     /// Time spent in kernels that fell back to the CPU (Neural Engine backends).
     pub fallback_cpu_ms: f64,
+    /// Per program type (Neural Engine backends): evaluations and their time.
+    pub programs: Vec<ProgramStat>,
+    /// Whether program times are measured on the device (`ane`) rather than interpreted by
+    /// the simulator, whose Neural Engine figures are then the cost model's (`est_ms`).
+    pub measured: bool,
+    /// Contract kernels running on the CPU after a refusal.
+    pub on_cpu: Vec<&'static str>,
+}
+
+/// One Neural Engine program type's counters.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ProgramStat {
+    pub name: &'static str,
+    pub compiles: u64,
+    pub compile_ms: f64,
+    pub evals: u64,
+    /// Wall time of the evaluations (on the simulator: its interpretation time).
+    pub eval_ms: f64,
+    /// The simulator's cost-model estimate of the Neural Engine time; `None` on hardware.
+    pub est_ms: Option<f64>,
+}
+
+impl BackendStats {
+    /// The counters accumulated since `earlier` (a snapshot of the same backend).
+    pub fn since(&self, earlier: &BackendStats) -> BackendStats {
+        let mut d = self.clone();
+        d.compiles -= earlier.compiles.min(d.compiles);
+        d.compile_ms -= earlier.compile_ms;
+        d.io_ms -= earlier.io_ms;
+        d.fallback_cpu_ms -= earlier.fallback_cpu_ms;
+        for p in d.programs.iter_mut() {
+            if let Some(e) = earlier.programs.iter().find(|e| e.name == p.name) {
+                p.compiles -= e.compiles.min(p.compiles);
+                p.compile_ms -= e.compile_ms;
+                p.evals -= e.evals.min(p.evals);
+                p.eval_ms -= e.eval_ms;
+                p.est_ms = p.est_ms.map(|x| x - e.est_ms.unwrap_or(0.0));
+            }
+        }
+        d
+    }
+
+    /// The Neural Engine / CPU split as report lines (empty for backends without programs).
+    pub fn device_lines(&self, steps: f64) -> Vec<String> {
+        if self.programs.is_empty() {
+            return Vec::new();
+        }
+        let steps = steps.max(1.0);
+        let eval: f64 = self.programs.iter().map(|p| p.eval_ms).sum();
+        let est: Option<f64> = self.programs.iter().map(|p| p.est_ms).sum();
+        let mut v = vec!["time by device (ms/step)".to_string()];
+        v.push(if self.measured {
+            format!(
+                "  Neural Engine  evaluate {:.2} (measured), surface I/O {:.2}, compile {:.2}",
+                eval / steps,
+                self.io_ms / steps,
+                self.compile_ms / steps
+            )
+        } else {
+            format!(
+                "  Neural Engine  evaluate {} (cost-model estimate; the simulator took {:.2}), \
+                 surface I/O {:.2}, compile {:.2} (simulator)",
+                est.map_or("n/a".into(), |e| format!("{:.2}", e / steps)),
+                eval / steps,
+                self.io_ms / steps,
+                self.compile_ms / steps
+            )
+        });
+        v.push(if self.on_cpu.is_empty() {
+            "  CPU fallback   none".to_string()
+        } else {
+            format!(
+                "  CPU fallback   {:.2} ({})",
+                self.fallback_cpu_ms / steps,
+                self.on_cpu.join(", ")
+            )
+        });
+        v.push(format!(
+            "  per program: {:<11} {:>7} {:>11} {:>11} {:>11}",
+            "", "evals", "eval ms", "est. ms", "compile ms"
+        ));
+        for p in &self.programs {
+            v.push(format!(
+                "               {:<11} {:>7} {:>11.2} {:>11} {:>11.1}",
+                p.name,
+                p.evals,
+                p.eval_ms,
+                p.est_ms.map_or("—".into(), |e| format!("{e:.2}")),
+                p.compile_ms
+            ));
+        }
+        v
+    }
 }
 
 /// A kernel a backend moved to the CPU because the device refused its program.

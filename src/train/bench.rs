@@ -61,6 +61,8 @@ pub struct BenchRun {
     pub page_faults: u64,
     /// The state after the last step (parameters, moments).
     pub stepper: Stepper,
+    /// The backend's counters over the measured steps (per-program Neural Engine times).
+    pub backend: crate::kernels::BackendStats,
 }
 
 /// Runs `spec.warmup + spec.steps` optimizer steps of `params` on backend `k`, drawing token
@@ -94,7 +96,11 @@ pub fn measure(
     let mut step_ms = Vec::with_capacity(spec.steps);
     let mut timings = Timings::default();
     let mut page_faults = 0u64;
+    let mut before = k.stats();
     for it in 0..spec.warmup + spec.steps {
+        if it == spec.warmup {
+            before = k.stats();
+        }
         let mut t = Timings::default();
         let f0 = minor_faults();
         let t0 = std::time::Instant::now();
@@ -124,6 +130,7 @@ pub fn measure(
         timings,
         page_faults,
         stepper,
+        backend: k.stats().since(&before),
     })
 }
 

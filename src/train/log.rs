@@ -61,6 +61,15 @@ pub enum Event {
         #[serde(default)]
         time: f64,
     },
+    /// A kernel of the contract moved from the Neural Engine to the CPU because the device
+    /// refused its program (the run goes on, slower).
+    Fallback {
+        step: u64,
+        kernel: String,
+        error: String,
+        #[serde(default)]
+        time: f64,
+    },
     Report(serde_json::Value),
 }
 

@@ -100,6 +100,9 @@ impl Report {
                 self.backend.compiles, self.backend.compile_ms, self.backend.io_ms
             );
         }
+        for line in self.backend.device_lines(self.steps as f64) {
+            eprintln!("{line}");
+        }
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -120,6 +123,10 @@ impl Report {
             "compiles": self.backend.compiles,
             "compile_ms": self.backend.compile_ms,
             "io_ms": self.backend.io_ms,
+            "fallback_cpu_ms": self.backend.fallback_cpu_ms,
+            "on_cpu": self.backend.on_cpu,
+            "ane_times": if self.backend.measured { "measured" } else { "cost model" },
+            "programs": self.backend.programs,
         })
     }
 }
@@ -221,6 +228,19 @@ impl BenchReport {
         table.push("  time per component (ms/step):".to_string());
         for (k, v) in run.timings.entries() {
             table.push(format!("    {k:14} {:8.1}", v / steps_f));
+        }
+        for line in run.backend.device_lines(steps_f) {
+            table.push(format!("  {line}"));
+        }
+        let mut json = json;
+        if !run.backend.programs.is_empty() {
+            json["ane_times"] = serde_json::json!(if run.backend.measured {
+                "measured"
+            } else {
+                "cost model"
+            });
+            json["programs"] = serde_json::json!(run.backend.programs);
+            json["on_cpu"] = serde_json::json!(run.backend.on_cpu);
         }
         BenchReport { json, table }
     }

@@ -236,6 +236,7 @@ impl Trainer {
                 &mut t,
             )?;
             let ms = t_step.elapsed().as_secs_f64() * 1e3;
+            self.report_fallbacks(log, &progress);
             self.cum.merge(&t);
             self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
             match outcome {
@@ -342,6 +343,25 @@ impl Trainer {
             self.s.ckpt.display()
         ));
         Ok(true)
+    }
+
+    /// Kernels the backend moved to the CPU during this step: a warning once each (naming the
+    /// kernel, the device's error and `anetrain ane check`) and a `fallback` event.
+    fn report_fallbacks(&mut self, log: &mut LogWriter, progress: &Progress) {
+        for f in self.kernels.take_fallbacks() {
+            progress.warn(&format!(
+                "warning: the Neural Engine refused {}; it runs on the CPU from now on \
+                 (results unchanged beyond fp16 vs fp32; `anetrain ane check` diagnoses it, \
+                 --ane-strict stops instead): {}",
+                f.kernel, f.error
+            ));
+            log.emit(&Event::Fallback {
+                step: self.step + 1,
+                kernel: f.kernel.to_string(),
+                error: f.error,
+                time: now_unix(),
+            });
+        }
     }
 
     /// Reports a skipped step; stops the run after `max_bad_steps` in a row.
