@@ -137,3 +137,67 @@ fn a_refused_geometry_is_reported_before_anything_compiles() {
         "{out}"
     );
 }
+
+#[test]
+fn mil_all_writes_every_program_and_check_prints_each_rule() {
+    let d = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_anetrain"))
+        .args([
+            "mil",
+            "--all",
+            "--model",
+            "stories260k",
+            "--batch",
+            "8",
+            "--pipeline",
+            "static",
+            "--ane-profile",
+            "m1",
+            "--out",
+        ])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let profile = Profile::named("m1").unwrap();
+    let mut n = 0;
+    for k in anetrain::ane::mil::kernels::kernel_set(Pipeline::Static) {
+        let dir = d.path().join(k.name());
+        let text = std::fs::read_to_string(dir.join("model.mil")).unwrap();
+        assert!(
+            text.starts_with("program(1.0)"),
+            "m1 takes the typed dialect"
+        );
+        let mut weights = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(dir.join("weights")).unwrap() {
+            let e = e.unwrap();
+            weights.insert(
+                format!("@model_path/weights/{}", e.file_name().to_string_lossy()),
+                std::fs::read(e.path()).unwrap(),
+            );
+        }
+        // What was written compiles back on the strict simulator for that chip.
+        anetrain::ane::sim::compile_text_for(&text, &weights, Some(&profile))
+            .unwrap_or_else(|e| panic!("{}: {e:#}", k.name()));
+        n += 1;
+    }
+    assert_eq!(n, 6);
+    let o = Command::new(env!("CARGO_BIN_EXE_anetrain"))
+        .args([
+            "mil",
+            "--kernel",
+            "fwdAttn",
+            "--model",
+            "stories260k",
+            "--check",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    let rules = anetrain::ane::check::Rule::ALL;
+    for r in rules {
+        assert!(out.contains(r.name()), "{out}");
+    }
+    assert_eq!(out.matches(" pass ").count(), rules.len(), "{out}");
+}

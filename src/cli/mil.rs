@@ -23,6 +23,9 @@ pub struct Args {
     /// conservative).
     #[arg(long)]
     pub ane_profile: Option<String>,
+    /// Print each checker rule's verdict for every program generated (instead of the text).
+    #[arg(long)]
+    pub check: bool,
     /// A preset, a config file (.toml/.json) or a llama2.c model file (.bin, whose weights
     /// are baked into static-pipeline programs).
     #[arg(long, short, default_value = "stories110m")]
@@ -122,7 +125,9 @@ pub fn run(a: Args) -> Result<()> {
             .filter(|_| bakes && k.has_weights())
             .map(|p| LayerWeights::from_params(p, a.layer));
         let prog = generate(a.pipeline, k, &plan.geo, w.as_ref(), &rope)?;
-        if !a.all {
+        if a.check {
+            print_verdicts(&prog, &profile)?;
+        } else if !a.all {
             print!("{}", prog.text);
         }
         eprintln!(
@@ -152,6 +157,34 @@ pub fn run(a: Args) -> Result<()> {
                     eprintln!("  {path} ({} bytes; pass --out DIR to write)", blob.len());
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Every checker rule's verdict for one program under `profile`.
+fn print_verdicts(prog: &Program, profile: &crate::ane::Profile) -> Result<()> {
+    use crate::ane::check::{self, Rule};
+    let ast = crate::ane::sim::parse::parse(&prog.text)?;
+    let v = check::check(&ast, profile);
+    println!("{} under profile {}:", prog.label, profile.name);
+    for &r in Rule::ALL {
+        let mine: Vec<_> = v.iter().filter(|x| x.rule == r).collect();
+        let verdict = if !r.applies(profile) {
+            "n/a on this profile".to_string()
+        } else if mine.is_empty() {
+            "pass".to_string()
+        } else {
+            format!("FAIL ({})", mine.len())
+        };
+        println!(
+            "  {:<4} {:<24} {verdict:<22} {}",
+            r.code(),
+            r.name(),
+            r.source()
+        );
+        for x in mine {
+            println!("       line {}: {}", x.line, x.detail);
         }
     }
     Ok(())
