@@ -84,6 +84,14 @@ pub struct Profile {
     pub throughput_decay_evals: Option<u64>,
 }
 
+/// C14: about this many in-memory compiles into a process, the compiler starts failing (it
+/// leaks resources); profiles plan [`Profile::compile_budget`] = 100 below it. The lenient
+/// simulator and a bare private device default to this limit.
+pub const COMPILE_LIMIT: u64 = 119;
+
+/// C2: the magnitude above which a nonzero-offset W slice saturates on M1/M2.
+pub const W_SLICE_SATURATION: f32 = 4094.0;
+
 /// The profile names `--ane-profile` accepts.
 pub const NAMES: &[&str] = &[
     "conservative",

@@ -21,7 +21,7 @@ pub struct SurfaceId(pub usize);
 
 /// The hardware's per-process compile budget: after about this many in-memory compiles the
 /// compiler fails (it leaks resources); a process must restart itself to compile more.
-pub const DEFAULT_COMPILE_BUDGET: u64 = 119;
+pub const DEFAULT_COMPILE_BUDGET: u64 = crate::ane::chip::COMPILE_LIMIT;
 
 /// A Neural Engine, real or simulated.
 pub trait Device: Send {

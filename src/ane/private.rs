@@ -2,7 +2,7 @@
 //! run time with `dlopen`/`dlsym` and driven with `objc_msgSend`, so this file compiles (and
 //! reports "unavailable") on every platform.
 //!
-//! Call order (ANE_FACTS §1.4), per program:
+//! Call order (docs/ANE.md, "The private runtime"), per program:
 //! 1. `[_ANEInMemoryModelDescriptor modelWithMILText:(NSData) weights:(NSDictionary) optionsPlist:nil]`
 //!    — weight dictionary `{ "@model_path/weights/x.bin": { "offset": 0, "data": NSData } }`,
 //!    an empty dictionary (never nil) for weight-free programs;
@@ -416,7 +416,7 @@ impl PrivateDevice {
     fn compile_inner(&mut self, p: &Program) -> Result<Model> {
         let a = self.api;
         // SAFETY: every message below is sent with the signature the method declares
-        // (ANE_FACTS §1.3); objects kept beyond the pool are retained.
+        // (docs/ANE.md, "The private runtime"); objects kept beyond the pool are retained.
         unsafe {
             let mut weights: Vec<(&str, Id)> = Vec::new();
             for (path, blob) in &p.weights {
@@ -639,7 +639,7 @@ impl Device for PrivateDevice {
             Some(r) => *r,
             None => {
                 let r = pooled(a, || unsafe {
-                    // SAFETY: the seven-object factory of _ANERequest (ANE_FACTS §1.3 #10).
+                    // SAFETY: the seven-object factory of _ANERequest (docs/ANE.md, "The private runtime").
                     let f: unsafe extern "C" fn(Id, Sel, Id, Id, Id, Id, Id, Id, Id) -> Id =
                         std::mem::transmute(a.msg_send);
                     let idx = a.array(&[a.nsnumber_u64(0)]);

@@ -1251,7 +1251,7 @@ mod tests {
     #[test]
     fn stories110m_static_surface_sizes_match_the_reference() {
         // The reference's fwdAttn output is 6D = 4608 channels, sdpaBwd1's D + 2·SC = 6912,
-        // sdpaBwd2's input 2·SC + 2D = 7680 (ANE_FACTS §4.2, S = 256).
+        // sdpaBwd2's input 2·SC + 2D = 7680 (docs/ANE.md static pipeline table, S = 256).
         let c = Config::preset("stories110m").unwrap();
         let g = Geometry::new(&c, 1, 256);
         let ch = |k| spec(Pipeline::Static, k, &g).unwrap();

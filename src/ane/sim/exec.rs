@@ -46,7 +46,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
 /// C2 (docs/ANE_HARDWARE.md): on chips whose profile has `w_slice_saturates`, a W-axis slice
 /// that begins at a nonzero offset turns values with |x| above this into ±inf (ANEForge
 /// `predict_fp16_divergence`, bit-exact on M1 and M2).
-pub const W_SLICE_SATURATION: f32 = 4094.0;
+pub const W_SLICE_SATURATION: f32 = crate::ane::chip::W_SLICE_SATURATION;
 
 /// Behaviour of the simulated chip that changes results, not acceptance.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! weight dictionary into a plan and executes it with fp16 storage semantics ([`exec`]),
 //! behind the same [`Device`] trait as the real runtime.
 //!
-//! What it enforces, because the hardware does (ANE_FACTS §1.6, §6.1, §9):
+//! What it enforces, because the hardware does (docs/ANE.md, "The simulated device"; docs/ANE_HARDWARE.md):
 //! - one input and one output surface per request (the hardware's error `0x1d`);
 //! - fp16 surfaces `[1, C, 1, W]`, sized exactly to the program's declared tensors;
 //! - either MIL dialect, consistently: `program(1.3)` with `main<ios18>`, or `program(1.0)`
@@ -103,7 +103,7 @@ fn strict_refusal(p: &Profile, v: &[check::Violation]) -> String {
 ///
 /// Defaults, with their sources:
 /// - `dispatch_ms` 0.07: average evaluation time of a tiny (8.4 MFLOP) program on M5
-///   (ANE_FACTS §6.1 #18, `training/m5result.md`) — per-request overhead;
+///   (docs/ANE.md, "Cost model"; the reference's `training/m5result.md`) — per-request overhead;
 /// - `compute_tflops` 5.0: what the reference's static Stories110M forward kernels achieve
 ///   on an M4 Pro (≈45 GFLOP of forward linears and attention in ≈8.9 ms, §6.3), well below
 ///   the ≈10–12.5 TFLOPS of large chained 1×1 convolutions (§6.4);

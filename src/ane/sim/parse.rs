@@ -1,7 +1,7 @@
 //! A parser for MIL program text: tokens → syntax tree, with line numbers in every error.
 //!
 //! Accepts the grammar the Neural Engine's in-memory compiler is fed by the reference
-//! trainers (ANE_FACTS §2): `program(<ver>)`, an optional attribute block
+//! trainers (docs/ANE.md, "The simulated device"): `program(<ver>)`, an optional attribute block
 //! (`[buildInfo = dict<string, string>({{"k", "v"}, …})]`), one `func name<opset>(typed
 //! params) { statements } -> (outputs);`. Both MIL dialects (docs/ANE_HARDWARE.md C9) parse
 //! to the same tree: the shorthand one (`string("x")`, `fp16(0.5)`, `uint64(64)`, scalar types
