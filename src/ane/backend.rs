@@ -121,6 +121,8 @@ pub struct KernelStat {
     pub est_ane_ms: Option<f64>,
     pub compiles: u64,
     pub compile_ms: f64,
+    /// Packing and unpacking this kernel's surfaces (f32 ↔ fp16).
+    pub io_ms: f64,
 }
 
 /// An input or output region of a kernel call, with its f32 matrix: model row `r`, model
@@ -452,7 +454,7 @@ impl AneKernels {
         let t = Instant::now();
         let s = self.input(k, layer);
         pack(self.dev.as_mut(), s, &self.specs[&k].input, srcs)?;
-        self.stats.io_ms += t.elapsed().as_secs_f64() * 1e3;
+        self.io_done(k, t);
         Ok(())
     }
 
@@ -460,8 +462,16 @@ impl AneKernels {
         let t = Instant::now();
         let s = self.io[&k].output;
         unpack(self.dev.as_mut(), s, &self.specs[&k].output, dsts)?;
-        self.stats.io_ms += t.elapsed().as_secs_f64() * 1e3;
+        self.io_done(k, t);
         Ok(())
+    }
+
+    fn io_done(&mut self, k: Kernel, t: Instant) {
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        self.stats.io_ms += ms;
+        if let Some(st) = self.kstats.get_mut(&k) {
+            st.io_ms += ms;
+        }
     }
 
     fn eval(&mut self, k: Kernel, layer: usize) -> Result<()> {
@@ -541,7 +551,7 @@ impl AneKernels {
                 buf[o..o + cols].copy_from_slice(&tmp[c * cols..(c + 1) * cols]);
             }
         })?;
-        self.stats.io_ms += t.elapsed().as_secs_f64() * 1e3;
+        self.io_done(b, t);
         Ok(())
     }
 
@@ -1261,6 +1271,7 @@ impl Kernels for AneKernels {
                 evals: k.evals,
                 eval_ms: k.eval_ms,
                 est_ms: k.est_ane_ms,
+                io_ms: k.io_ms,
             })
             .collect();
         s

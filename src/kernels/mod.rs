@@ -377,6 +377,8 @@ pub struct ProgramStat {
     pub eval_ms: f64,
     /// The simulator's cost-model estimate of the Neural Engine time; `None` on hardware.
     pub est_ms: Option<f64>,
+    /// Surface packing and unpacking (f32 ↔ fp16) for this program.
+    pub io_ms: f64,
 }
 
 impl BackendStats {
@@ -394,6 +396,7 @@ impl BackendStats {
                 p.evals -= e.evals.min(p.evals);
                 p.eval_ms -= e.eval_ms;
                 p.est_ms = p.est_ms.map(|x| x - e.est_ms.unwrap_or(0.0));
+                p.io_ms -= e.io_ms;
             }
         }
         d
@@ -435,16 +438,22 @@ impl BackendStats {
             )
         });
         v.push(format!(
-            "  per program: {:<11} {:>7} {:>11} {:>11} {:>11}",
-            "", "evals", "eval ms", "est. ms", "compile ms"
+            "  {:<11} {:>7} {:>11} {:>11} {:>11} {:>11}",
+            "program",
+            "evals",
+            if self.measured { "eval ms" } else { "sim ms" },
+            "est. ms",
+            "I/O ms",
+            "compile ms"
         ));
         for p in &self.programs {
             v.push(format!(
-                "               {:<11} {:>7} {:>11.2} {:>11} {:>11.1}",
+                "  {:<11} {:>7} {:>11.2} {:>11} {:>11.2} {:>11.1}",
                 p.name,
                 p.evals,
                 p.eval_ms,
                 p.est_ms.map_or("—".into(), |e| format!("{e:.2}")),
+                p.io_ms,
                 p.compile_ms
             ));
         }
