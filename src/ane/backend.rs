@@ -838,6 +838,7 @@ impl AneKernels {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn ane_ffn_bwd(
         &mut self,
         layer: usize,
@@ -895,6 +896,7 @@ impl AneKernels {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn ane_sdpa_bwd1(
         &mut self,
         layer: usize,
@@ -979,6 +981,7 @@ impl AneKernels {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn ane_sdpa_bwd2(
         &mut self,
         layer: usize,
@@ -1039,6 +1042,7 @@ impl AneKernels {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn ane_qkv_bwd(
         &mut self,
         layer: usize,

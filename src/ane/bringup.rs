@@ -246,20 +246,22 @@ fn alternatives(k: Kernel, profile: &Profile, plan: &Plan) -> Vec<(String, Strin
     v
 }
 
-/// Generates, checks and compiles `k` under `profile`; `Ok(ms)` when the device accepted it.
+/// A program the device accepted, with the device that holds it.
+struct Compiled {
+    prog: crate::ane::mil::Program,
+    ms: f64,
+    dev: Box<dyn Device>,
+    id: crate::ane::device::ProgramId,
+}
+
+/// Generates and compiles `k` under `profile` on a fresh device.
 fn try_compile(
     spec: &CheckSpec,
     k: Kernel,
     profile: &Profile,
     params: &Params,
     rope: &Rope,
-) -> Result<(
-    Plan,
-    crate::ane::mil::Program,
-    f64,
-    Box<dyn Device>,
-    crate::ane::device::ProgramId,
-)> {
+) -> Result<Compiled> {
     let budget = spec.budget.unwrap_or(profile.compile_budget);
     let plan = fit::plan(
         &spec.cfg,
@@ -275,7 +277,12 @@ fn try_compile(
     let mut dev = (spec.device)(profile)?;
     let t = Instant::now();
     let id = dev.compile(&prog)?;
-    Ok((plan, prog, t.elapsed().as_secs_f64() * 1e3, dev, id))
+    Ok(Compiled {
+        prog,
+        ms: t.elapsed().as_secs_f64() * 1e3,
+        dev,
+        id,
+    })
 }
 
 /// Runs the check. `progress` receives one line per step of the work.
@@ -357,7 +364,12 @@ pub fn run(spec: &CheckSpec, progress: &mut dyn FnMut(&str)) -> Result<CheckRepo
             Err(e) => pr.violations.push(format!("does not parse: {e:#}")),
         }
         match try_compile(spec, k, &profile, &params, &rope) {
-            Ok((_, prog, ms, mut dev, id)) => {
+            Ok(Compiled {
+                prog,
+                ms,
+                mut dev,
+                id,
+            }) => {
                 pr.compiled = true;
                 pr.compile_ms = Some(ms);
                 progress(&format!("{}: evaluate ×{}", k.name(), spec.evals));

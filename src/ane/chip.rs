@@ -201,23 +201,15 @@ impl Profile {
                 p.dialect = Dialect::Ios18;
                 p.width_multiple = 32;
             }
-            "m4" => {
+            "m4" | "m5" => {
                 p.max_axis = 65536;
                 // C18: the reference's dynamic Qwen3-0.6B `ffnFused` input (19.9 MB) ran on M4.
                 p.max_surface_bytes = 20 * MB;
                 p.w_slice_saturates = false;
                 p.rope = RopeForm::PairsConcat;
                 p.dialect = Dialect::Ios18;
-                p.width_multiple = 32;
-            }
-            "m5" => {
-                p.max_axis = 65536;
-                p.max_surface_bytes = 20 * MB;
-                p.w_slice_saturates = false;
-                p.rope = RopeForm::PairsConcat;
-                p.dialect = Dialect::Ios18;
-                // C24: 128-byte rows.
-                p.width_multiple = 64;
+                // C24: 128-byte rows on M5.
+                p.width_multiple = if gen == "m5" { 64 } else { 32 };
             }
             _ => bail!(
                 "unknown Neural Engine profile {name:?}; known: {}",

@@ -72,7 +72,7 @@ pub fn plan(
             cfg.seq_len
         );
     }
-    if cfg.head_dim % 2 != 0 {
+    if !cfg.head_dim.is_multiple_of(2) {
         bail!(
             "Neural Engine plan: head_dim {} is odd (RoPE pairs)",
             cfg.head_dim
@@ -98,7 +98,7 @@ pub fn plan(
     let hidden = round_up(cfg.hidden_dim.max(min_ch), cm);
     let nh = cfg.n_heads;
     let mut hd = cfg.head_dim;
-    while (nh * hd) % cm != 0 || nh * hd < min_ch {
+    while !(nh * hd).is_multiple_of(cm) || nh * hd < min_ch {
         hd += 2;
     }
     let base = Geometry {
@@ -221,7 +221,7 @@ pub fn plan(
     // The largest chunk of sequences per attention-free evaluation that fits.
     let mut chosen = None;
     let mut last_problem = None;
-    for c in (1..=batch).rev().filter(|c| batch % c == 0) {
+    for c in (1..=batch).rev().filter(|c| batch.is_multiple_of(*c)) {
         let mut g = base.clone();
         g.chunk = c;
         let problem = kernels

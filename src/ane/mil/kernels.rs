@@ -213,10 +213,7 @@ impl AxisMap {
     }
     /// Whether slot `i` is the first copy of its model entry (tiled maps).
     pub fn first_copy(&self, i: usize) -> bool {
-        (i / self.blk_p) % self.group == 0
-    }
-    pub fn is_identity(&self) -> bool {
-        self.n * self.blk_p == self.blk * self.n / self.group && self.group == 1
+        (i / self.blk_p).is_multiple_of(self.group)
     }
 }
 
