@@ -182,17 +182,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn widest_isa_is_used_and_is_not_slower() {
+    fn widest_isa_is_used() {
         let p = measure_fma(1);
         assert_eq!(p.isa, fma_isa());
         assert!(p.gflops > 0.5, "{p}");
         #[cfg(target_arch = "x86_64")]
         if p.isa == "avx512f" {
-            // 512-bit FMAs do at least the work of 256-bit ones per second (twice on
-            // full-width units such as Zen 5's; some cores split them in two).
+            // The narrower loop can still be asked for by name. Which is faster is a
+            // benchmark's question (`anetrain bench` prints the peak), not a timed test's.
             let narrow = measure_fma_isa(1, "avx2+fma");
             assert_eq!(narrow.isa, "avx2+fma");
-            assert!(p.gflops > 0.5 * narrow.gflops, "{p} vs {narrow}");
         }
         assert!(p.to_string().contains(p.isa));
     }
