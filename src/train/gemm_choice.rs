@@ -373,6 +373,17 @@ pub fn apply(choice: &GemmChoice, c: &Config, batch: usize, seq: usize) -> Resul
             Ok(chosen(blas_split(b), "asked for".into()))
         }
         GemmChoice::Auto => {
+            let gemms = step_gemms(c, batch, seq);
+            let flop: f64 = gemms.iter().map(StepGemm::flops).sum();
+            if flop < CALIBRATE_MIN_FLOP && !cfg!(target_os = "macos") {
+                return Ok(chosen(
+                    Selection::NATIVE,
+                    format!(
+                        "auto: native, the step's GEMMs ({:.2} GFLOP) are too small to calibrate",
+                        flop / 1e9
+                    ),
+                ));
+            }
             let b = match Blas::system() {
                 Ok(b) => b,
                 Err(why) => {
@@ -384,17 +395,6 @@ pub fn apply(choice: &GemmChoice, c: &Config, batch: usize, seq: usize) -> Resul
             };
             if cfg!(target_os = "macos") {
                 return Ok(chosen(blas_split(b), "auto: Accelerate on macOS".into()));
-            }
-            let gemms = step_gemms(c, batch, seq);
-            let flop: f64 = gemms.iter().map(StepGemm::flops).sum();
-            if flop < CALIBRATE_MIN_FLOP {
-                return Ok(chosen(
-                    Selection::NATIVE,
-                    format!(
-                        "auto: native, the step's GEMMs ({:.2} GFLOP) are too small to calibrate",
-                        flop / 1e9
-                    ),
-                ));
             }
             let mut candidates = vec![Selection::NATIVE, blas_split(b)];
             if b.has_thread_control() && gemm::threads() > 1 {
@@ -508,5 +508,14 @@ mod tests {
         .to_string();
         assert!(e.contains("unavailable") && e.contains("libfoo"), "{e}");
         assert_eq!(gemm::selected().label(), "native");
+    }
+
+    #[test]
+    #[cfg(not(target_os = "macos"))]
+    fn auto_on_a_tiny_step_is_native_without_timing() {
+        let c = Config::preset("stories260k").unwrap();
+        let got = apply(&GemmChoice::Auto, &c, 1, 8).unwrap();
+        assert_eq!(got.label, "native");
+        assert!(got.how.contains("too small"), "{}", got.how);
     }
 }
