@@ -8,8 +8,14 @@
 //! Tolerances: each entry must satisfy |g − fd| ≤ 5e-4·|fd| + 5e-6·max|fd| (max over the
 //! whole model), and each tensor ‖g − fd‖ ≤ 1e-4·‖fd‖ (measured: ≤ 3e-6). The f64 differences themselves are
 //! accurate to ~1e-9 relative; what the tolerance absorbs is fp32 rounding in the step.
+//!
+//! The `cpu` kernels run twice: on the native GEMM and on the system BLAS (`--gemm blas`)
+//! when one loads; without one the BLAS run prints SKIP, and under `CI=true` it fails. The
+//! GEMM engine is process-wide, so the steps of the tests here take turns ([`ENGINE`]).
 
+use anetrain::kernels::blas;
 use anetrain::kernels::cpu::CpuKernels;
+use anetrain::kernels::gemm::{self, Engine, Selection, Threading};
 use anetrain::kernels::reference::ReferenceKernels;
 use anetrain::kernels::Kernels;
 use anetrain::model::{Config, LayerTensor, Layout, Params};
@@ -145,6 +151,9 @@ fn random_params(c: &Config, seed: u64) -> Params {
     p
 }
 
+/// Held while a test selects a GEMM engine and runs steps on it.
+static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `ce_chunk`: classifier token columns per chunk (0: the default, one chunk here).
 fn check(
     name: &str,
@@ -181,13 +190,29 @@ fn check(
         fd[i] = (lp - lm) / (2.0 * h);
     }
     let p64 = p64;
-    let backends: [Box<dyn Kernels>; 2] = [
-        Box::new(CpuKernels::new()),
-        Box::new(ReferenceKernels::default()),
+    let mut runs: Vec<(Box<dyn Kernels>, Selection, &str)> = vec![
+        (Box::new(CpuKernels::new()), Selection::NATIVE, "native"),
+        (
+            Box::new(ReferenceKernels::default()),
+            Selection::NATIVE,
+            "native",
+        ),
     ];
-    for mut kb in backends {
+    if let Some(b) = blas::system_or_skip(&format!("{name}/cpu on BLAS")) {
+        runs.push((
+            Box::new(CpuKernels::new()),
+            Selection {
+                engine: Engine::Blas(b),
+                threading: Threading::Split,
+            },
+            "blas",
+        ));
+    }
+    let _turn = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    for (mut kb, engine, engine_name) in runs {
+        gemm::select(engine);
         let k = kb.as_mut();
-        let name = format!("{name}/{}", k.name());
+        let name = format!("{name}/{}/{engine_name}", k.name());
         let name = name.as_str();
         let mut ws = Workspace::new(&c, batch, seq);
         if ce_chunk > 0 {

@@ -34,6 +34,10 @@ pub struct Args {
     /// Random seed (run.c's xorshift state); default, or 0: the current time.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// (Generation runs matrix-vector products of its own, src/generate/matvec.rs; this
+    /// selects the library of any GEMM, and checks that `blas` loads.)
+    #[command(flatten)]
+    pub gemm: crate::train::gemm_choice::GemmArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -54,6 +58,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let params = generate::load_model_params(&a.model)?;
     let c = params.config();
+    crate::train::backend::select_gemm(&a.gemm.gemm, c, 1, 1)?;
     let tokenizer = a.tokenizer.clone().or_else(|| {
         if let Some(ck) = crate::model::ModelSource::with_weights(&a.model).checkpoint() {
             crate::train::checkpoint::read_header(ck)

@@ -8,6 +8,7 @@ use crate::train::backend::{make_kernels, set_threads, BackendChoice};
 use crate::train::bench::{self, BenchSpec};
 
 use crate::train::eval;
+use crate::train::gemm_choice::GemmArgs;
 use crate::train::optim::AdamWConfig;
 use crate::train::report::BenchReport;
 use crate::train::session::{self, DataChoice, Finished, Plan};
@@ -142,6 +143,8 @@ pub struct TrainArgs {
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub gemm: GemmArgs,
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
@@ -168,6 +171,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             compile_budget: a.compile_budget,
             ane_profile: a.ane_profile.clone(),
             ane_strict: a.ane_strict,
+            gemm: a.gemm.gemm.clone(),
         },
         seq: a.seq,
         loss_scale: a.loss_scale,
@@ -317,12 +321,15 @@ pub struct EvalArgs {
     pub batches: Option<usize>,
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub gemm: GemmArgs,
 }
 
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     set_threads(a.threads);
     let params = crate::train::load_params(&ModelSource::with_weights(&a.model), 0)?;
     let seq = a.seq.unwrap_or(settings::default_seq(params.config()));
+    crate::train::backend::select_gemm(&a.gemm.gemm, params.config(), a.batch, seq)?;
     let data = TokenData::open(&a.data)?;
     let t = std::time::Instant::now();
     let (loss, windows) = eval::eval_file(&params, &data, a.batch, seq, a.batches)?;
@@ -352,11 +359,14 @@ pub struct GradArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub gemm: GemmArgs,
 }
 
 pub fn run_grad(a: GradArgs) -> Result<()> {
     set_threads(a.threads);
     let params = crate::train::load_params(&ModelSource::with_weights(&a.model), 0)?;
+    crate::train::backend::select_gemm(&a.gemm.gemm, params.config(), 1, a.seq)?;
     let data = TokenData::open(&a.data)?;
     let (grads, loss) = eval::window_gradients(&params, &data, a.offset, a.seq)?;
     crate::model::safetensors::write(&a.out, &grads, &[("loss", format!("{loss}"))])?;
@@ -407,6 +417,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub gemm: GemmArgs,
 }
 
 pub fn run_bench(a: BenchArgs) -> Result<()> {
@@ -427,7 +439,12 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         compile_budget: None,
         ane_profile: a.ane_profile.clone(),
         ane_strict: false,
+        gemm: a.gemm.gemm.clone(),
     };
+    let gemm = crate::train::backend::select_gemm(&backend.gemm, &c, a.batch, a.seq)?;
+    if !a.json {
+        eprintln!("{}", gemm.line());
+    }
     let mut k = make_kernels(&backend, &c, a.batch, a.seq)?;
     let run = bench::measure(k.as_mut(), params, &spec, &mut |measured, ms| {
         if !a.json {
@@ -437,7 +454,10 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     })?;
     let backend = a.backend.to_string();
     let rss = bench::peak_rss_bytes();
-    let report = BenchReport::new(&c, &a.model, &backend, threads, &spec, &run, &peak, rss);
+    let ceiling_ms = crate::train::gemm_choice::ceiling_ms(&c, a.batch, a.seq, a.accum);
+    let report = BenchReport::new(
+        &c, &a.model, &backend, threads, &spec, &run, &peak, rss, &gemm, ceiling_ms,
+    );
     if a.json {
         println!("{}", report.json);
     } else {

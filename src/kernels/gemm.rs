@@ -8,8 +8,18 @@
 //! wide, else by columns) and runs them with `rayon::join`; [`sgemm_serial`] never splits.
 //! The training step uses the serial form where it already runs independent work on each
 //! core (weight gradients beside the input-gradient chain).
+//!
+//! Engine: every product runs on the `gemm` crate ([`Engine::Native`], the default) or, once
+//! [`select`]ed, on the system BLAS's `cblas_sgemm` ([`Engine::Blas`], found at run time by
+//! [`super::blas`]). With BLAS, threads are either still ours (the library runs one thread
+//! per call and the splits above stay, [`Threading::Split`]) or the library's
+//! ([`Threading::Library`]: no splitting here, the library's thread count set to
+//! [`threads`]). A product CBLAS cannot express (a dimension above `i32::MAX`, an operand
+//! with no unit stride) runs natively.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use super::blas::{self, Blas};
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 /// Whether an operand is used as stored (`N`) or transposed (`T`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +29,139 @@ pub enum Op {
 }
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// The library that computes the products.
+#[derive(Clone, Copy)]
+pub enum Engine {
+    /// The `gemm` crate, single-threaded per call.
+    Native,
+    /// The system BLAS's `cblas_sgemm`.
+    Blas(&'static Blas),
+}
+
+/// Who runs a product on several cores (with [`Engine::Blas`]; native products always split
+/// here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threading {
+    /// [`sgemm`] splits C over [`threads`] blocks, each one single-threaded library call.
+    Split,
+    /// One call per product; the library uses [`threads`] threads of its own.
+    Library,
+}
+
+/// The engine and threading of every product from now on.
+#[derive(Clone, Copy)]
+pub struct Selection {
+    pub engine: Engine,
+    pub threading: Threading,
+}
+
+impl Selection {
+    pub const NATIVE: Selection = Selection {
+        engine: Engine::Native,
+        threading: Threading::Split,
+    };
+
+    /// `native`, `blas`, or `blas-threads` (what logs and cache files call it).
+    pub fn label(&self) -> &'static str {
+        match (self.engine, self.threading) {
+            (Engine::Native, _) => "native",
+            (Engine::Blas(_), Threading::Split) => "blas",
+            (Engine::Blas(_), Threading::Library) => "blas-threads",
+        }
+    }
+
+    /// One line for run headers: engine, library, threading.
+    pub fn describe(&self) -> String {
+        let t = threads();
+        match (self.engine, self.threading) {
+            (Engine::Native, _) => format!("native (gemm crate; products split over {t} threads)"),
+            (Engine::Blas(b), Threading::Split) => format!(
+                "blas {} [{}] (one library thread per call; products split over {t} threads)",
+                b.path, b.about
+            ),
+            (Engine::Blas(b), Threading::Library) => {
+                format!(
+                    "blas {} [{}] ({t} library threads per call)",
+                    b.path, b.about
+                )
+            }
+        }
+    }
+}
+
+/// The active BLAS (null: native).
+static BLAS: AtomicPtr<Blas> = AtomicPtr::new(std::ptr::null_mut());
+/// Whether the active BLAS threads each call itself ([`Threading::Library`]).
+static LIBRARY_THREADS: AtomicBool = AtomicBool::new(false);
+
+/// Makes `s` the engine of every later product in this process, and sets the library's
+/// thread count: 1 for [`Threading::Split`], [`threads`] for [`Threading::Library`] (call
+/// [`set_threads`] first). Products already running finish on the engine they started on.
+pub fn select(s: Selection) {
+    match s.engine {
+        Engine::Native => {
+            BLAS.store(std::ptr::null_mut(), Ordering::Release);
+            LIBRARY_THREADS.store(false, Ordering::Release);
+        }
+        Engine::Blas(b) => {
+            let lib = s.threading == Threading::Library;
+            b.set_threads(if lib { threads() } else { 1 });
+            LIBRARY_THREADS.store(lib, Ordering::Release);
+            BLAS.store(b as *const Blas as *mut Blas, Ordering::Release);
+        }
+    }
+}
+
+/// The selection in force.
+pub fn selected() -> Selection {
+    Selection {
+        engine: engine(),
+        threading: if LIBRARY_THREADS.load(Ordering::Acquire) {
+            Threading::Library
+        } else {
+            Threading::Split
+        },
+    }
+}
+
+fn engine() -> Engine {
+    let p = BLAS.load(Ordering::Acquire);
+    if p.is_null() {
+        Engine::Native
+    } else {
+        // SAFETY: only `select` stores here, from a `&'static Blas`.
+        Engine::Blas(unsafe { &*p })
+    }
+}
+
+/// Blocks [`sgemm`] splits a product into under the current selection.
+fn split_parts() -> usize {
+    if LIBRARY_THREADS.load(Ordering::Acquire) {
+        1
+    } else {
+        threads()
+    }
+}
+
+/// An operand seen through `op` as `rows x cols` with element (i, j) at `i·rs + j·cs`, as
+/// CBLAS row-major takes it: (transpose flag, leading dimension), if it can.
+fn cblas_operand(rows: usize, cols: usize, rs: isize, cs: isize) -> Option<(c_int, c_int)> {
+    let ld = if cs == 1 && (rows == 1 || rs >= cols as isize) {
+        (
+            blas::NO_TRANS,
+            if rows == 1 { cols.max(1) as isize } else { rs },
+        )
+    } else if rs == 1 && (cols == 1 || cs >= rows as isize) {
+        (
+            blas::TRANS,
+            if cols == 1 { rows.max(1) as isize } else { cs },
+        )
+    } else {
+        return None;
+    };
+    Some((ld.0, c_int::try_from(ld.1).ok()?))
+}
 
 /// Sets how many blocks [`sgemm`] splits one product into (1 = never split). 0 restores the
 /// default, the number of threads of the current rayon pool.
@@ -137,6 +280,14 @@ impl Raw {
     /// The pointers and strides must describe valid, in-bounds matrices (see `check`), and C
     /// must not be written by anyone else meanwhile.
     unsafe fn run(self) {
+        self.run_on(engine())
+    }
+
+    /// [`Raw::run`] on engine `e`.
+    ///
+    /// # Safety
+    /// As [`Raw::run`].
+    unsafe fn run_on(self, e: Engine) {
         if self.m == 0 || self.n == 0 {
             return;
         }
@@ -151,6 +302,11 @@ impl Raw {
                 }
             }
             return;
+        }
+        if let Engine::Blas(b) = e {
+            if self.run_blas(b) {
+                return;
+            }
         }
         // The gemm crate computes dst = alpha·dst + beta·lhs·rhs (reading dst only when
         // asked): our beta is its alpha and our alpha its beta.
@@ -177,6 +333,44 @@ impl Raw {
         );
     }
 
+    /// The product through `cblas_sgemm`; false (nothing done) when CBLAS cannot express it.
+    ///
+    /// # Safety
+    /// As [`Raw::run`]; m, n, k > 0.
+    unsafe fn run_blas(self, b: &Blas) -> bool {
+        let dims = (
+            c_int::try_from(self.m),
+            c_int::try_from(self.n),
+            c_int::try_from(self.k),
+        );
+        let (Ok(m), Ok(n), Ok(k)) = dims else {
+            return false;
+        };
+        let (Some((ta, lda)), Some((tb, ldb))) = (
+            cblas_operand(self.m, self.k, self.a_rs, self.a_cs),
+            cblas_operand(self.k, self.n, self.b_rs, self.b_cs),
+        ) else {
+            return false;
+        };
+        let ldc = if self.m == 1 {
+            self.n as isize
+        } else {
+            self.c_rs
+        };
+        let Ok(ldc) = c_int::try_from(ldc) else {
+            return false;
+        };
+        if (ldc as usize) < self.n {
+            return false;
+        }
+        // CBLAS with op = T reads the stored matrix [cols, rows] of what op shows: the
+        // (trans, ld) pair above says exactly that.
+        b.sgemm(
+            ta, tb, m, n, k, self.alpha, self.a, lda, self.b, ldb, self.beta, self.c, ldc,
+        );
+        true
+    }
+
     /// Splits into two blocks of C: by rows when C is at least as tall as wide.
     fn halves(self) -> (Raw, Raw) {
         let (mut x, mut y) = (self, self);
@@ -199,20 +393,24 @@ impl Raw {
         (x, y)
     }
 
-    /// Runs the product as up to `parts` blocks in parallel.
-    fn run_split(self, parts: usize) {
+    /// Runs the product on engine `e` as up to `parts` blocks in parallel.
+    fn run_split(self, parts: usize, e: Engine) {
         if parts <= 1 || self.m * self.n * self.k < MIN_SPLIT_MACS || self.m.max(self.n) < 32 {
             // SAFETY: validated by `check`; C is exclusively ours.
-            unsafe { self.run() };
+            unsafe { self.run_on(e) };
             return;
         }
         let (x, y) = self.halves();
         let px = parts / 2;
-        rayon::join(move || x.run_split(px), move || y.run_split(parts - px));
+        rayon::join(
+            move || x.run_split(px, e),
+            move || y.run_split(parts - px, e),
+        );
     }
 }
 
-/// Row-major `C[m,n] = alpha·op(A)·op(B) + beta·C`, split over [`threads`] blocks.
+/// Row-major `C[m,n] = alpha·op(A)·op(B) + beta·C`, split over [`threads`] blocks (not
+/// split when the selected BLAS threads each call itself).
 ///
 /// `op(A)` is `[m,k]`: A is stored `[m,k]` (`Op::N`) or `[k,m]` (`Op::T`) with row stride
 /// `lda`; likewise `op(B)` is `[k,n]`; C is `[m,n]` with row stride `ldc`. With `beta = 0`
@@ -235,7 +433,7 @@ pub fn sgemm(
     ldc: usize,
 ) {
     let raw = check(op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    raw.run_split(threads());
+    raw.run_split(split_parts(), engine());
 }
 
 /// [`sgemm`] on the calling thread only.
@@ -278,8 +476,46 @@ pub fn sgemm_parts(
     c: &mut [f32],
     ldc: usize,
 ) {
+    sgemm_parts_on(
+        engine(),
+        parts,
+        op_a,
+        op_b,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+        c,
+        ldc,
+    )
+}
+
+/// [`sgemm_parts`] on engine `e`, whatever is selected (calibration, tests).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_parts_on(
+    e: Engine,
+    parts: usize,
+    op_a: Op,
+    op_b: Op,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
     let raw = check(op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    raw.run_split(parts);
+    raw.run_split(parts, e);
 }
 
 /// Serial product over raw strided operands, for callers that write interleaved blocks of
@@ -372,6 +608,87 @@ mod tests {
         out
     }
 
+    /// Native, and the system BLAS when one loads (SKIP printed otherwise).
+    fn engines() -> Vec<Engine> {
+        let mut v = vec![Engine::Native];
+        if let Some(b) = blas::system_or_skip("gemm unit tests on BLAS") {
+            b.set_threads(1);
+            v.push(Engine::Blas(b));
+        }
+        v
+    }
+
+    fn name(e: Engine) -> &'static str {
+        match e {
+            Engine::Native => "native",
+            Engine::Blas(_) => "blas",
+        }
+    }
+
+    #[test]
+    fn cblas_operand_maps_strides() {
+        // [3x4] stored row-major, ld 5: as stored.
+        assert_eq!(cblas_operand(3, 4, 5, 1), Some((blas::NO_TRANS, 5)));
+        // [3x4] seen through a transpose of a stored [4x3] with ld 7.
+        assert_eq!(cblas_operand(3, 4, 1, 7), Some((blas::TRANS, 7)));
+        // One row: any row stride; one column: any column stride.
+        assert_eq!(cblas_operand(1, 4, 0, 1), Some((blas::NO_TRANS, 4)));
+        assert_eq!(cblas_operand(4, 1, 1, 0), Some((blas::TRANS, 4)));
+        // No unit stride, or overlapping rows: not expressible.
+        assert_eq!(cblas_operand(3, 4, 8, 2), None);
+        assert_eq!(cblas_operand(3, 4, 2, 1), None);
+    }
+
+    /// The attention form: operands that are column blocks of a `[C, N]` activation, read
+    /// transposed through strides, on every engine, against the f64 loop.
+    #[test]
+    fn raw_strided_blocks_match_naive_on_every_engine() {
+        let (c_rows, n_cols) = (16usize, 40usize);
+        let act = rand_vec(c_rows * n_cols, 9);
+        // scores[i, j] = Σ_d q[d, 3 + i]·k[d, 5 + j], i < 7, j < 9, d < 16: op(A) = q block ᵀ.
+        let (m, n, k) = (7usize, 9usize, c_rows);
+        let mut want = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] = (0..k)
+                    .map(|d| act[d * n_cols + 3 + i] as f64 * act[d * n_cols + 5 + j] as f64)
+                    .sum();
+            }
+        }
+        for e in engines() {
+            let ldc = n + 1;
+            let mut out = vec![f32::NAN; m * ldc];
+            let raw = Raw {
+                m,
+                n,
+                k,
+                alpha: 1.0,
+                beta: 0.0,
+                a: act.as_ptr().wrapping_add(3),
+                a_rs: 1,
+                a_cs: n_cols as isize,
+                b: act.as_ptr().wrapping_add(5),
+                b_rs: n_cols as isize,
+                b_cs: 1,
+                c: out.as_mut_ptr(),
+                c_rs: ldc as isize,
+            };
+            // SAFETY: every addressed element lies in `act` / `out`.
+            unsafe { raw.run_on(e) };
+            for i in 0..m {
+                for j in 0..n {
+                    let (g, w) = (out[i * ldc + j] as f64, want[i * n + j]);
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()) * 4.0,
+                        "{} [{i},{j}] {g} vs {w}",
+                        name(e)
+                    );
+                }
+                assert!(out[i * ldc + n].is_nan(), "padding written");
+            }
+        }
+    }
+
     fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
         let mut r = crate::util::rng::Rng::new(seed);
         (0..len).map(|_| r.next_f32() - 0.5).collect()
@@ -399,18 +716,22 @@ mod tests {
                         let c0 = rand_vec(m * ldc, 3 + k as u64);
                         let want =
                             naive(op_a, op_b, m, n, k, alpha, &a, lda, &b, ldb, beta, &c0, ldc);
-                        for parts in [1, 2, 3] {
+                        for (e, parts) in engines()
+                            .into_iter()
+                            .flat_map(|e| [1, 2, 3].map(|p| (e, p)))
+                        {
                             let mut c = c0.clone();
-                            sgemm_parts(
-                                parts, op_a, op_b, m, n, k, alpha, &a, lda, &b, ldb, beta, &mut c,
-                                ldc,
+                            sgemm_parts_on(
+                                e, parts, op_a, op_b, m, n, k, alpha, &a, lda, &b, ldb, beta,
+                                &mut c, ldc,
                             );
                             for i in 0..m {
                                 for j in 0..n {
                                     let (g, w) = (c[i * ldc + j] as f64, want[i * n + j]);
                                     assert!(
                                         (g - w).abs() <= 1e-4 * (1.0 + w.abs()) * (k as f64).sqrt(),
-                                        "{op_a:?}{op_b:?} {m}x{n}x{k} parts {parts} [{i},{j}]: {g} vs {w}"
+                                        "{} {op_a:?}{op_b:?} {m}x{n}x{k} parts {parts} [{i},{j}]: {g} vs {w}",
+                                        name(e)
                                     );
                                 }
                                 // Padding columns of C are untouched.
@@ -429,9 +750,27 @@ mod tests {
     fn beta_zero_ignores_nan_and_k_zero_scales() {
         let a = [1.0f32, 2.0];
         let b = [3.0f32, 4.0];
-        let mut c = [f32::NAN];
-        sgemm_serial(Op::N, Op::N, 1, 1, 2, 1.0, &a, 2, &b, 1, 0.0, &mut c, 1);
-        assert_eq!(c[0], 11.0);
+        for e in engines() {
+            let mut c = [f32::NAN];
+            sgemm_parts_on(
+                e,
+                1,
+                Op::N,
+                Op::N,
+                1,
+                1,
+                2,
+                1.0,
+                &a,
+                2,
+                &b,
+                1,
+                0.0,
+                &mut c,
+                1,
+            );
+            assert_eq!(c[0], 11.0, "{}", name(e));
+        }
         let mut c = [2.0f32, 4.0];
         sgemm_serial(Op::N, Op::N, 1, 2, 0, 1.0, &[], 0, &[], 2, 0.5, &mut c, 2);
         assert_eq!(c, [1.0, 2.0]);

@@ -32,6 +32,7 @@
 //! dk and dv of a kv head are summed over its G query heads. Every kernel overwrites its
 //! outputs (never accumulates into them).
 
+pub mod blas;
 pub mod cpu;
 pub mod gemm;
 pub mod ops;

@@ -2,6 +2,7 @@
 //! Above both `kernels/` (the `cpu` backend) and `ane/` (`ane`, `ane-sim`), so neither of
 //! them knows about the other.
 
+use super::gemm_choice::{Chosen, GemmChoice};
 use crate::ane::{AneKernels, Pipeline, Profile};
 use crate::kernels::{BackendKind, Kernels};
 use crate::model::Config;
@@ -34,6 +35,8 @@ pub struct BackendChoice {
     pub ane_profile: Option<String>,
     /// Stop when the device refuses a program instead of running that kernel on the CPU.
     pub ane_strict: bool,
+    /// The GEMM library of the CPU side (`--gemm`), selected by [`select_gemm`].
+    pub gemm: GemmChoice,
 }
 
 impl BackendChoice {
@@ -45,8 +48,15 @@ impl BackendChoice {
             compile_budget: None,
             ane_profile: None,
             ane_strict: false,
+            gemm: GemmChoice::Native,
         }
     }
+}
+
+/// Selects the process's GEMM engine for `choice` and the step shapes of `c` at
+/// `batch × seq` (see [`super::gemm_choice`]); call after [`set_threads`].
+pub fn select_gemm(choice: &GemmChoice, c: &Config, batch: usize, seq: usize) -> Result<Chosen> {
+    super::gemm_choice::apply(choice, c, batch, seq)
 }
 
 /// Builds the backend `b` for config `c` and `batch × seq` token columns. The Neural Engine

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod builtin;
 pub mod checkpoint;
 pub mod eval;
+pub mod gemm_choice;
 pub mod log;
 pub mod loss_scale;
 pub mod optim;

@@ -5,6 +5,7 @@
 //! component).
 
 use super::bench::{BenchRun, BenchSpec};
+use super::gemm_choice::Chosen;
 use super::settings::Settings;
 use super::timing::{Component, Timings};
 use crate::kernels::BackendStats;
@@ -164,6 +165,8 @@ impl BenchReport {
         run: &BenchRun,
         peak: &Peak,
         rss: Option<u64>,
+        gemm: &Chosen,
+        ceiling_ms: f64,
     ) -> BenchReport {
         let (ms_step, min, max) = median_min_max(&run.step_ms);
         let (accum, n) = (spec.accum, spec.batch * spec.seq);
@@ -192,6 +195,8 @@ impl BenchReport {
             "peak_gflops": peak.gflops, "peak_isa": peak.isa, "mfu": mfu,
             "timing_ms_per_step": comps, "page_faults_per_step": faults,
             "peak_rss_bytes": rss, "memory_model_bytes": mem_params + mem_acts,
+            "gemm": gemm.label, "gemm_detail": gemm.describe, "gemm_how": gemm.how,
+            "gemm_ceiling_ms_per_step": ceiling_ms, "step_over_gemm_ceiling": ms_step / ceiling_ms,
         });
         let mib = |b: u64| b as f64 / 1048576.0;
         let mut table = vec![
@@ -209,6 +214,12 @@ impl BenchReport {
                 max / seqs
             ),
             format!("  tokens/s  {tps:.0}"),
+            format!(
+                "  GEMM ceiling  {ceiling_ms:.1} ms/step (the step's GEMMs alone on {}): step = {:.2}x the ceiling",
+                gemm.label,
+                ms_step / ceiling_ms
+            ),
+            format!("  gemm      {}", gemm.describe),
             format!("  page faults per step  {faults:.0}"),
             format!(
                 "  GFLOP/s   {gflops:.1} ({:.2} GFLOP/step) = MFU {:.1}% of the measured FMA peak {peak}",

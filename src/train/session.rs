@@ -108,6 +108,7 @@ pub fn run(plan: Plan) -> Result<Finished> {
     if s.batch == 0 || s.accum == 0 || s.seq == 0 {
         bail!("--batch, --accum and --seq must be positive");
     }
+    let gemm = super::backend::select_gemm(&plan.backend.gemm, &c, s.batch, s.seq)?;
     let kernels = make_kernels(&plan.backend, &c, s.batch, s.seq)?;
     s.loss_scale = settings::initial_loss_scale(
         kernels.needs_loss_scaling(),
@@ -147,6 +148,7 @@ pub fn run(plan: Plan) -> Result<Finished> {
     let peak = crate::util::peak::measure_fma_gflops(threads);
     if !quiet {
         eprintln!("{summary}");
+        eprintln!("{}", gemm.line());
     }
     let mut log = LogWriter::open(&log_path)?;
     let tokenizer = match &tokenizer_path {
