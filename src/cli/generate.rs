@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
     /// Top-p (nucleus) sampling threshold; 0 or 1 samples from the whole distribution.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = super::probability)]
     pub top_p: f32,
     /// Random seed (run.c's xorshift state); default, or 0: the current time.
     #[arg(long)]
