@@ -533,3 +533,59 @@ fn arguments_are_validated_before_the_builtin_corpus_is_generated() {
         );
     }
 }
+
+/// Item 7: a new run into a folder that holds one is refused (exit 1, naming the checkpoint
+/// and both ways on), leaving the checkpoint and log as they were; `--overwrite` replaces
+/// the run: no rotated copy of the old one, a log with only the new run.
+#[test]
+fn a_new_run_does_not_silently_replace_the_last_one() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let out = d.path().join("r");
+    let out_s = out.to_str().unwrap();
+    let args = train(
+        cfg,
+        data,
+        out_s,
+        &["--steps", "3", "--batch", "1", "--seq", "16", "-q"],
+    );
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = out.join("model.ckpt");
+    let log = out.join("run.jsonl");
+    let (ck0, log0) = (std::fs::read(&ckpt).unwrap(), std::fs::read(&log).unwrap());
+
+    let o = run(&args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("model.ckpt holds a run (step 3 of 3)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&ckpt).unwrap(), ck0);
+    assert_eq!(std::fs::read(&log).unwrap(), log0);
+    assert!(!out.join("model.ckpt.1").exists());
+
+    let mut again = args.clone();
+    again.push("--overwrite");
+    let o = run(&again);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!out.join("model.ckpt.1").exists());
+    assert_eq!(headers(&log).len(), 1);
+    assert_eq!(
+        anetrain::train::checkpoint::read_header(&ckpt)
+            .unwrap()
+            .step,
+        3
+    );
+
+    // --overwrite with --resume is a usage error.
+    let mut both = args.clone();
+    both.extend(["--overwrite", "--resume"]);
+    assert_eq!(run(&both).status.code(), Some(2));
+}

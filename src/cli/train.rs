@@ -97,6 +97,10 @@ pub struct TrainArgs {
     /// intervals and tokenizer unless given.
     #[arg(long)]
     pub resume: bool,
+    /// Start a new run even though --ckpt holds one: the old checkpoint, its older copies
+    /// and the log are replaced (without this, a new run into a run's folder is refused).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Stop after this step with a checkpoint (the schedule still spans --steps); continue
     /// later with --resume.
     #[arg(long, value_parser = super::at_least_one_u64)]
@@ -164,6 +168,7 @@ pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
         },
         out: a.out.clone(),
         resume: a.resume,
+        overwrite: a.overwrite,
         given: given.clone(),
         threads: a.threads,
         backend: BackendChoice {

@@ -41,6 +41,9 @@ pub struct Plan {
     pub out: PathBuf,
     /// Continue exactly from the checkpoint at `settings.ckpt`.
     pub resume: bool,
+    /// Replace the run at `settings.ckpt` (its checkpoints and the log) if there is one;
+    /// without this or `resume`, a checkpoint there is an error.
+    pub overwrite: bool,
     /// Worker threads (default: every core).
     pub threads: Option<usize>,
     /// The backend (`settings.backend` is set from it).
@@ -88,6 +91,16 @@ pub fn run(plan: Plan) -> Result<Finished> {
     };
 
     // The checkpoint to resume, and the settings it records.
+    if !plan.resume && s.ckpt.exists() && !plan.overwrite {
+        let at = checkpoint::read_header(&s.ckpt)
+            .map(|h| format!(" (step {} of {})", h.step, h.total_steps))
+            .unwrap_or_default();
+        bail!(
+            "{} holds a run{at}: continue it with --resume, replace it with --overwrite, or \
+             give another --out (or --ckpt)",
+            s.ckpt.display()
+        );
+    }
     let resume_ck = if plan.resume {
         if !s.ckpt.exists() {
             bail!(
@@ -244,6 +257,14 @@ pub fn run(plan: Plan) -> Result<Finished> {
         None => Trainer::new(s, fresh_params.context("no parameters")?, kernels),
     };
     tr.data_desc = Some(data.path.display().to_string());
+    if plan.overwrite && !plan.resume && tr.s.ckpt.exists() {
+        replace_run(&tr.s.ckpt, &log_path)?;
+        note(&format!(
+            "--overwrite: the run at {} and its log {} are replaced",
+            tr.s.ckpt.display(),
+            log_path.display()
+        ));
+    }
     let peak = crate::util::peak::measure_fma_gflops(threads);
     note(&summary);
     let mut log = LogWriter::open(&log_path)?;
@@ -261,6 +282,23 @@ pub fn run(plan: Plan) -> Result<Finished> {
         data,
         tokenizer,
     })
+}
+
+/// Removes a run's checkpoint, its older copies and its log (`--overwrite`).
+fn replace_run(ckpt: &Path, log: &Path) -> Result<()> {
+    for p in checkpoint::older_copies(ckpt)
+        .into_iter()
+        .chain([ckpt.to_path_buf(), log.to_path_buf()])
+    {
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e)
+                    .with_context(|| format!("--overwrite: cannot remove {}", p.display()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A model's shape in one phrase, for messages and the banner.
