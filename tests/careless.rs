@@ -589,3 +589,101 @@ fn a_new_run_does_not_silently_replace_the_last_one() {
     both.extend(["--overwrite", "--resume"]);
     assert_eq!(run(&both).status.code(), Some(2));
 }
+
+/// Item 10: SIGINT exits 130 and prints the command that continues the run; so does a stop
+/// at --until (exit 0, the command without --until); -q prints no report; generate says why
+/// it prints ids; export names the tokenizer.
+#[test]
+fn interruptions_print_the_resume_command_and_quiet_is_quiet() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let out = d.path().join("r");
+    let out_s = out.to_str().unwrap();
+    let child = bin()
+        .args(train(
+            cfg,
+            data,
+            out_s,
+            &["--steps", "1000000", "--batch", "1", "--seq", "16"],
+        ))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = out.join("run.jsonl");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|s| s.contains("\"step\"")) {
+        assert!(t0.elapsed().as_secs() < 60, "no step logged");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted at step") && err.contains("continue with: anetrain train"),
+        "{err}"
+    );
+    assert!(err.contains("--resume"), "{err}");
+    assert!(out.join("model.ckpt").exists());
+
+    // --until: the command to continue drops --until.
+    let out2 = d.path().join("u");
+    let o = run(&train(
+        cfg,
+        data,
+        out2.to_str().unwrap(),
+        &[
+            "--steps", "6", "--batch", "1", "--seq", "16", "--until", "2",
+        ],
+    ));
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("continue with:"))
+        .expect(&err);
+    assert!(
+        line.contains("stopped at step 2 of 6") && line.ends_with("--resume"),
+        "{line}"
+    );
+    let cmd = line.split("continue with: ").nth(1).unwrap();
+    assert!(
+        !cmd.contains("--until") && cmd.contains("--steps 6"),
+        "{line}"
+    );
+
+    // -q: nothing but what must be said.
+    let out3 = d.path().join("q");
+    let o = run(&train(
+        cfg,
+        data,
+        out3.to_str().unwrap(),
+        &["--steps", "2", "--batch", "1", "--seq", "16", "-q"],
+    ));
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.trim().is_empty(), "-q printed: {err}");
+
+    // generate without a tokenizer says why it prints ids; export names the tokenizer.
+    let ck = out3.join("model.ckpt");
+    let o = run(&["generate", "--model", ck.to_str().unwrap(), "-n", "4"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("no tokenizer, so token ids are printed"),
+        "{err}"
+    );
+    let m = d.path().join("m.bin");
+    let o = run(&[
+        "export",
+        "--ckpt",
+        ck.to_str().unwrap(),
+        "-o",
+        m.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("tokenizer: none recorded"), "{err}");
+}

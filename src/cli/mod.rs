@@ -87,6 +87,9 @@ pub fn main() -> i32 {
     };
     match r {
         Ok(()) => 0,
+        Err(e) if e.downcast_ref::<ExitStatus>().is_some() => {
+            e.downcast_ref::<ExitStatus>().map_or(1, |s| s.0)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             1
@@ -180,3 +183,16 @@ pub fn probability(s: &str) -> Result<f32, String> {
         Err("must be a number in [0, 1]".into())
     }
 }
+
+/// A command's outcome that is not a success but has been reported already: `main` exits
+/// with this status and prints nothing more (130 after SIGINT, as shells expect).
+#[derive(Debug)]
+pub struct ExitStatus(pub i32);
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitStatus {}

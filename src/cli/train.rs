@@ -146,7 +146,8 @@ pub struct TrainArgs {
     /// halves on overflow and skips the update, doubles after 1000 finite steps).
     #[arg(long, value_parser = super::positive)]
     pub loss_scale: Option<f32>,
-    /// No progress output.
+    /// No progress, banner, summary or report (warnings, errors and, after a stop, the
+    /// command that continues the run still print).
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -220,10 +221,58 @@ pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
     if !a.quiet {
         print_summary(&done, builtin, a.seed)?;
     }
-    match done.outcome.failure() {
-        Some(why) => anyhow::bail!("{why}"),
-        None => Ok(()),
+    if let Some(why) = done.outcome.failure() {
+        anyhow::bail!("{why}");
     }
+    let (step, steps) = (done.trainer.step, done.trainer.s.steps);
+    if done.outcome.interrupted {
+        eprintln!(
+            "interrupted at step {step} of {steps}; continue with: {}",
+            resume_command()
+        );
+        // Ctrl-C: 128 + SIGINT, as shells expect of an interrupted command. SIGTERM is the
+        // supervisor's (the dashboard's) request for a clean stop, which this is: 0.
+        let sig = crate::train::trainer::STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst);
+        if sig == libc::SIGINT {
+            return Err(super::ExitStatus(130).into());
+        }
+    }
+    if step < steps {
+        eprintln!(
+            "stopped at step {step} of {steps} (--until); continue with: {}",
+            resume_command()
+        );
+    }
+    Ok(())
+}
+
+/// The command that continues this run: this one without `--until` and with `--resume`.
+fn resume_command() -> String {
+    let mut out = vec!["anetrain".to_string()];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--until" {
+            args.next();
+            continue;
+        }
+        if a.starts_with("--until=") || a == "--overwrite" {
+            continue;
+        }
+        out.push(a);
+    }
+    if !out.iter().any(|a| a == "--resume") {
+        out.push("--resume".into());
+    }
+    out.iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$\\".contains(c)) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What a finished run prints: the loss, the corpus's entropy floor, a story, where the
@@ -266,9 +315,7 @@ fn print_summary(done: &Finished, builtin: bool, seed: u64) -> Result<()> {
     if let Some(t) = &s.tokenizer {
         eprintln!("tokenizer:  {}", t.display());
     }
-    if out.interrupted {
-        eprintln!("interrupted: continue with the same command plus --resume");
-    } else {
+    if !out.interrupted {
         eprintln!(
             "next: anetrain generate{}   |   anetrain export --ckpt {} -o model.bin",
             if out.ckpt == Path::new(DEFAULT_CKPT) {
@@ -316,6 +363,13 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         m.config().num_params() as f64 / 1e6,
         ck.header.step
     );
+    match &ck.header.tokenizer {
+        Some(t) => eprintln!(
+            "tokenizer: {t} (the one it was trained with; run.c: `run {} -z {t}`)",
+            a.out.display()
+        ),
+        None => eprintln!("tokenizer: none recorded in {}", a.ckpt.display()),
+    }
     Ok(())
 }
 

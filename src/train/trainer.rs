@@ -20,15 +20,19 @@ use crate::model::{Config, Params, StepFlops};
 use crate::util::rng::Rng;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Instant;
 
 /// Set by SIGINT/SIGTERM: the loop finishes the current step, checkpoints and reports.
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
+/// The signal that set [`STOP`] (0: none yet).
+pub static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
 /// Installs the SIGINT/SIGTERM handlers that request a clean stop.
 pub fn install_signal_handlers() {
-    extern "C" fn on_signal(_sig: libc::c_int) {
+    extern "C" fn on_signal(sig: libc::c_int) {
+        STOP_SIGNAL.store(sig, Ordering::SeqCst);
         STOP.store(true, Ordering::SeqCst);
     }
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -317,7 +321,11 @@ impl Trainer {
             self.kernels.stats(),
             peak_gflops,
         );
-        report.print();
+        // --quiet silences the report of a run that ended as planned; a run stopped by a
+        // signal reports where its time went (on stderr), whoever asked for the stop.
+        if !self.s.quiet || r.interrupted {
+            report.print();
+        }
         log.emit(&Event::Report(report.to_json()));
         Ok(r.outcome(self, start_step, false))
     }
