@@ -687,3 +687,65 @@ fn interruptions_print_the_resume_command_and_quiet_is_quiet() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("tokenizer: none recorded"), "{err}");
 }
+
+/// Item 11: training from a trained checkpoint picks fine-tuning defaults (a tenth of the
+/// learning rate, a warm-up), says so, and does not undo what the model learned.
+#[test]
+fn training_from_trained_weights_uses_fine_tuning_defaults() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let base = d.path().join("base");
+    let o = run(&train(
+        cfg,
+        data,
+        base.to_str().unwrap(),
+        &[
+            "--steps", "60", "--batch", "4", "--seq", "16", "--lr", "3e-3", "-q",
+        ],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ck = base.join("model.ckpt");
+    let ft = d.path().join("ft");
+    let o = run(&[
+        "train",
+        "--model",
+        ck.to_str().unwrap(),
+        "--data",
+        data,
+        "--out",
+        ft.to_str().unwrap(),
+        "--steps",
+        "10",
+        "--batch",
+        "4",
+        "--seq",
+        "16",
+        "--threads",
+        "1",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("fine-tuning") && err.contains("lr 0.0001, warm-up 5 steps"),
+        "{err}"
+    );
+    let h = &headers(&ft.join("run.jsonl"))[0];
+    assert_eq!(h.args["optim"]["lr"].as_f64().unwrap() as f32, 1e-4);
+    assert_eq!(h.args["optim"]["warmup"].as_u64(), Some(5));
+    let losses: Vec<f64> = anetrain::train::log::read_log(&ft.join("run.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            anetrain::train::log::Event::Step(s) => Some(s.loss),
+            _ => None,
+        })
+        .collect();
+    let base_last = anetrain::train::checkpoint::read_header(&ck)
+        .unwrap()
+        .last_loss as f64;
+    assert!(
+        losses.iter().all(|&l| l < base_last + 0.3),
+        "fine-tuning undid training: {base_last} then {losses:?}"
+    );
+}

@@ -54,13 +54,15 @@ pub struct TrainArgs {
     /// Optimizer steps.
     #[arg(long, default_value_t = 1000, value_parser = super::at_least_one_u64)]
     pub steps: u64,
-    /// Peak learning rate (default: 1e-3; 3e-3 for the built-in corpus run).
+    /// Peak learning rate (default: 1e-3; 3e-3 for the built-in corpus run; a tenth of
+    /// that when --model holds trained weights).
     #[arg(long, value_parser = super::learning_rate)]
     pub lr: Option<f32>,
     /// Final learning rate of the cosine decay (default: lr/10).
     #[arg(long, value_parser = super::non_negative)]
     pub min_lr: Option<f32>,
-    /// Linear warm-up steps (default: 5% of --steps).
+    /// Linear warm-up steps (default: 5% of --steps; when --model holds trained weights,
+    /// 10% and at least 5).
     #[arg(long)]
     pub warmup: Option<u64>,
     #[arg(long, default_value_t = 0.1, value_parser = super::unit_interval)]
@@ -154,7 +156,25 @@ pub struct TrainArgs {
 
 pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
     let builtin = a.data.is_none();
-    let lr = a.lr.unwrap_or(settings::default_lr(builtin));
+    // Starting from trained weights (not resuming): fine-tuning defaults.
+    let fine_tune = !a.resume && ModelSource::resolve(&a.model).is_ok_and(|src| src.has_weights());
+    let lr = a.lr.unwrap_or(if fine_tune {
+        settings::default_fine_tune_lr(builtin)
+    } else {
+        settings::default_lr(builtin)
+    });
+    let warmup = a.warmup.unwrap_or(if fine_tune {
+        settings::default_fine_tune_warmup(a.steps)
+    } else {
+        settings::default_warmup(a.steps)
+    });
+    if fine_tune && !a.quiet && (a.lr.is_none() || a.warmup.is_none()) {
+        eprintln!(
+            "fine-tuning {}: lr {lr}, warm-up {warmup} steps (defaults for trained weights; \
+             --lr and --warmup override them)",
+            a.model
+        );
+    }
     let plan = Plan {
         model: a.model.clone(),
         data: match &a.data {
@@ -189,7 +209,7 @@ pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
             optim: AdamWConfig {
                 lr,
                 min_lr: a.min_lr.unwrap_or(settings::default_min_lr(lr)),
-                warmup: a.warmup.unwrap_or(settings::default_warmup(a.steps)),
+                warmup,
                 total_steps: a.steps,
                 beta1: a.beta1,
                 beta2: a.beta2,

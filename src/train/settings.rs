@@ -67,6 +67,22 @@ pub fn default_lr(builtin_corpus: bool) -> f32 {
     }
 }
 
+/// Peak learning rate when `--model` holds trained weights: a tenth of [`default_lr`], so
+/// that the first steps do not undo what the model knows.
+pub fn default_fine_tune_lr(builtin_corpus: bool) -> f32 {
+    if builtin_corpus {
+        3e-4
+    } else {
+        1e-4
+    }
+}
+
+/// Warm-up when fine-tuning: 10% of the steps, at least 5 (never more than the run), so
+/// that AdamW's first, noisy moments do not move trained weights at the full rate.
+pub fn default_fine_tune_warmup(steps: u64) -> u64 {
+    (steps / 10).max(5).min(steps)
+}
+
 /// Final learning rate of the cosine decay: a tenth of the peak.
 pub fn default_min_lr(lr: f32) -> f32 {
     lr / 10.0
