@@ -36,7 +36,7 @@ pub struct DownloadArgs {
     #[arg(long, default_value = "data")]
     pub dir: PathBuf,
     /// Extract shards 0..N (each pretokenized shard is ~41 MB, ~20 M tokens; at most 50).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]
     pub shards: usize,
     /// The original JSON stories (TinyStories_all_data.tar.gz) instead of token ids.
     #[arg(long)]
@@ -58,7 +58,7 @@ pub struct InfoArgs {
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// How many of the most frequent ids to list.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::at_least_one)]
     pub top: usize,
 }
 

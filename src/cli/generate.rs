@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
     /// Top-p (nucleus) sampling threshold; 0 or 1 samples from the whole distribution.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = super::probability)]
     pub top_p: f32,
     /// Random seed (run.c's xorshift state); default, or 0: the current time.
     #[arg(long)]
@@ -86,7 +86,20 @@ pub fn run(a: Args) -> Result<()> {
             }
             Some(fitted)
         }
-        None => None,
+        None => {
+            let recorded = crate::model::ModelSource::with_weights(&a.model)
+                .checkpoint()
+                .and_then(|ck| crate::train::checkpoint::read_header(ck).ok())
+                .and_then(|h| h.tokenizer);
+            eprintln!(
+                "note: no tokenizer, so token ids are printed: {} (give --tokenizer FILE)",
+                match recorded {
+                    Some(p) => format!("{} records {p}, which does not exist", a.model.display()),
+                    None => format!("none given, and {} records none", a.model.display()),
+                }
+            );
+            None
+        }
     };
     let prompt: Vec<u32> = match (&a.prompt, &a.prompt_ids, &tok) {
         (Some(text), _, Some(t)) => t.encode(text, true, false),

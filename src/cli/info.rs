@@ -12,10 +12,10 @@ pub struct Args {
     #[arg(long, short, default_value = "stories110m")]
     pub model: String,
     /// Sequences per step, for the FLOP and memory figures.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]
     pub batch: usize,
     /// Tokens per sequence (default: 256, or the model's seq_len if smaller).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub seq: Option<usize>,
     /// With ane or ane-sim: also print the Neural Engine plan (padding, tiles, programs,
     /// compiles per update, exec() restarts).

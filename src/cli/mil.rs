@@ -36,10 +36,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub layer: usize,
     /// Tokens per sequence (default: 256, or the model's seq_len if smaller).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub seq: Option<usize>,
     /// Sequences per call (the width of the attention-free kernels is batch·seq).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]
     pub batch: usize,
     /// Seed of the random weights used when --model is not a model file.
     #[arg(long, default_value_t = 1)]

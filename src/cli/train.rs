@@ -15,6 +15,7 @@ use crate::train::session::{self, DataChoice, Finished, Plan};
 use crate::train::settings::{self, Sampling, Settings, DEFAULT_CKPT, DEFAULT_OUT};
 use crate::train::{builtin, checkpoint};
 use anyhow::Result;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 pub use crate::ane::Pipeline;
@@ -37,48 +38,50 @@ pub struct TrainArgs {
     #[arg(long)]
     pub val_data: Option<PathBuf>,
     /// Fraction of --data held out as the validation tail when --val-data is absent (0 = none).
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.02, value_parser = super::fraction)]
     pub val_fraction: f64,
     /// How windows are drawn from the data.
     #[arg(long, value_enum, default_value_t = Sampling::Random)]
     pub sampling: Sampling,
     /// Sequences per micro-step.
-    #[arg(long, short, default_value_t = 8)]
+    #[arg(long, short, default_value_t = 8, value_parser = super::at_least_one)]
     pub batch: usize,
     /// Tokens per sequence (default: min(256, the model's seq_len)).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub seq: Option<usize>,
     /// Micro-steps accumulated per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]
     pub accum: usize,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = super::at_least_one_u64)]
     pub steps: u64,
-    /// Peak learning rate (default: 1e-3; 3e-3 for the built-in corpus run).
-    #[arg(long)]
+    /// Peak learning rate (default: 1e-3; 3e-3 for the built-in corpus run; a tenth of
+    /// that when --model holds trained weights).
+    #[arg(long, value_parser = super::learning_rate)]
     pub lr: Option<f32>,
     /// Final learning rate of the cosine decay (default: lr/10).
-    #[arg(long)]
+    #[arg(long, value_parser = super::non_negative)]
     pub min_lr: Option<f32>,
-    /// Linear warm-up steps (default: 5% of --steps).
+    /// Linear warm-up steps (default: 5% of --steps; when --model holds trained weights,
+    /// 10% and at least 5).
     #[arg(long)]
     pub warmup: Option<u64>,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = super::unit_interval)]
     pub weight_decay: f32,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = super::unit_interval)]
     pub beta1: f32,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = super::unit_interval)]
     pub beta2: f32,
-    #[arg(long, default_value_t = 1e-8)]
+    #[arg(long, default_value_t = 1e-8, value_parser = super::positive)]
     pub eps: f32,
     /// Clip the global gradient norm (0 disables).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::non_negative)]
     pub grad_clip: f32,
     /// Seed for initialisation and data sampling.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
     /// Worker threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub threads: Option<usize>,
     /// Folder for the checkpoint, log, and (built-in corpus) tokenizer and data.
     #[arg(long, default_value = DEFAULT_OUT)]
@@ -90,20 +93,26 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 100)]
     pub ckpt_every: u64,
     /// Checkpoints kept: the newest plus K−1 older copies (NAME.1, NAME.2, …).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::at_least_one)]
     pub keep_ckpts: usize,
-    /// Continue exactly from the checkpoint at --ckpt.
+    /// Continue exactly from the checkpoint at --ckpt: its batch, seq, accum, steps,
+    /// optimizer, seed and sampling (a flag that would change them is refused), and its
+    /// intervals and tokenizer unless given.
     #[arg(long)]
     pub resume: bool,
+    /// Start a new run even though --ckpt holds one: the old checkpoint, its older copies
+    /// and the log are replaced (without this, a new run into a run's folder is refused).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Stop after this step with a checkpoint (the schedule still spans --steps); continue
     /// later with --resume.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one_u64)]
     pub until: Option<u64>,
     /// Validation every N steps (0 disables).
     #[arg(long, default_value_t = 100)]
     pub eval_every: u64,
     /// Batches per validation.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::at_least_one)]
     pub eval_batches: usize,
     /// Log a generated sample every N steps (needs a tokenizer; 0 disables).
     #[arg(long, default_value_t = 0)]
@@ -134,22 +143,41 @@ pub struct TrainArgs {
     #[arg(long)]
     pub ane_strict: bool,
     /// Consecutive non-finite steps tolerated before stopping.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_bad_steps: u32,
     /// Initial loss scale for the fp16 backends (default: 2^⌈log2(batch·seq)⌉; dynamic:
     /// halves on overflow and skips the update, doubles after 1000 finite steps).
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     pub loss_scale: Option<f32>,
-    /// No progress output.
+    /// No progress, banner, summary or report (warnings, errors and, after a stop, the
+    /// command that continues the run still print).
     #[arg(long, short)]
     pub quiet: bool,
     #[command(flatten)]
     pub gemm: GemmArgs,
 }
 
-pub fn run_train(a: TrainArgs) -> Result<()> {
+pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
     let builtin = a.data.is_none();
-    let lr = a.lr.unwrap_or(settings::default_lr(builtin));
+    // Starting from trained weights (not resuming): fine-tuning defaults.
+    let fine_tune = !a.resume && ModelSource::resolve(&a.model).is_ok_and(|src| src.has_weights());
+    let lr = a.lr.unwrap_or(if fine_tune {
+        settings::default_fine_tune_lr(builtin)
+    } else {
+        settings::default_lr(builtin)
+    });
+    let warmup = a.warmup.unwrap_or(if fine_tune {
+        settings::default_fine_tune_warmup(a.steps)
+    } else {
+        settings::default_warmup(a.steps)
+    });
+    if fine_tune && !a.quiet && (a.lr.is_none() || a.warmup.is_none()) {
+        eprintln!(
+            "fine-tuning {}: lr {lr}, warm-up {warmup} steps (defaults for trained weights; \
+             --lr and --warmup override them)",
+            a.model
+        );
+    }
     let plan = Plan {
         model: a.model.clone(),
         data: match &a.data {
@@ -164,6 +192,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         },
         out: a.out.clone(),
         resume: a.resume,
+        overwrite: a.overwrite,
+        given: given.clone(),
         threads: a.threads,
         backend: BackendChoice {
             kind: a.backend,
@@ -183,7 +213,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             optim: AdamWConfig {
                 lr,
                 min_lr: a.min_lr.unwrap_or(settings::default_min_lr(lr)),
-                warmup: a.warmup.unwrap_or(settings::default_warmup(a.steps)),
+                warmup,
                 total_steps: a.steps,
                 beta1: a.beta1,
                 beta2: a.beta2,
@@ -215,7 +245,58 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     if !a.quiet {
         print_summary(&done, builtin, a.seed)?;
     }
+    if let Some(why) = done.outcome.failure() {
+        anyhow::bail!("{why}");
+    }
+    let (step, steps) = (done.trainer.step, done.trainer.s.steps);
+    if done.outcome.interrupted {
+        eprintln!(
+            "interrupted at step {step} of {steps}; continue with: {}",
+            resume_command()
+        );
+        // Ctrl-C: 128 + SIGINT, as shells expect of an interrupted command. SIGTERM is the
+        // supervisor's (the dashboard's) request for a clean stop, which this is: 0.
+        let sig = crate::train::trainer::STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst);
+        if sig == libc::SIGINT {
+            return Err(super::ExitStatus(130).into());
+        }
+    }
+    if step < steps {
+        eprintln!(
+            "stopped at step {step} of {steps} (--until); continue with: {}",
+            resume_command()
+        );
+    }
     Ok(())
+}
+
+/// The command that continues this run: this one without `--until` and with `--resume`.
+fn resume_command() -> String {
+    let mut out = vec!["anetrain".to_string()];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--until" {
+            args.next();
+            continue;
+        }
+        if a.starts_with("--until=") || a == "--overwrite" {
+            continue;
+        }
+        out.push(a);
+    }
+    if !out.iter().any(|a| a == "--resume") {
+        out.push("--resume".into());
+    }
+    out.iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$\\".contains(c)) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What a finished run prints: the loss, the corpus's entropy floor, a story, where the
@@ -224,11 +305,19 @@ fn print_summary(done: &Finished, builtin: bool, seed: u64) -> Result<()> {
     let (out, s) = (&done.outcome, &done.trainer.s);
     if let Some(first) = out.first_loss {
         eprintln!(
-            "loss {first:.4} -> {:.4}{}",
+            "loss {first:.4} -> {:.4}{}{}",
             out.last_loss,
             out.val_loss
                 .map(|v| format!(" (validation {v:.4})"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if out.skipped > 0 {
+                format!(
+                    "; {} of {} steps skipped (non-finite)",
+                    out.skipped, out.steps_done
+                )
+            } else {
+                String::new()
+            }
         );
     }
     if builtin {
@@ -250,9 +339,7 @@ fn print_summary(done: &Finished, builtin: bool, seed: u64) -> Result<()> {
     if let Some(t) = &s.tokenizer {
         eprintln!("tokenizer:  {}", t.display());
     }
-    if out.interrupted {
-        eprintln!("interrupted: continue with the same command plus --resume");
-    } else {
+    if !out.interrupted {
         eprintln!(
             "next: anetrain generate{}   |   anetrain export --ckpt {} -o model.bin",
             if out.ckpt == Path::new(DEFAULT_CKPT) {
@@ -300,6 +387,13 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         m.config().num_params() as f64 / 1e6,
         ck.header.step
     );
+    match &ck.header.tokenizer {
+        Some(t) => eprintln!(
+            "tokenizer: {t} (the one it was trained with; run.c: `run {} -z {t}`)",
+            a.out.display()
+        ),
+        None => eprintln!("tokenizer: none recorded in {}", a.ckpt.display()),
+    }
     Ok(())
 }
 
@@ -311,15 +405,15 @@ pub struct EvalArgs {
     /// Token data (uint16 ids).
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, short, default_value_t = 8)]
+    #[arg(long, short, default_value_t = 8, value_parser = super::at_least_one)]
     pub batch: usize,
     /// Tokens per window (default: min(256, seq_len)).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub seq: Option<usize>,
     /// Batches of consecutive windows to evaluate (default: the whole file).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub batches: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub threads: Option<usize>,
     #[command(flatten)]
     pub gemm: GemmArgs,
@@ -352,12 +446,12 @@ pub struct GradArgs {
     /// First token of the window: inputs are tokens[O..O+S], targets tokens[O+1..O+S+1].
     #[arg(long, default_value_t = 0)]
     pub offset: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::at_least_one)]
     pub seq: usize,
     /// Output safetensors file (tensor names as llama2.c's PyTorch model).
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub threads: Option<usize>,
     #[command(flatten)]
     pub gemm: GemmArgs,
@@ -392,15 +486,15 @@ pub struct BenchArgs {
     /// Model: a preset or config file (random weights), or a llama2.c .bin / .ckpt.
     #[arg(long, short, default_value = "stories110m")]
     pub model: String,
-    #[arg(long, short, default_value_t = 1)]
+    #[arg(long, short, default_value_t = 1, value_parser = super::at_least_one)]
     pub batch: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::at_least_one)]
     pub seq: usize,
     /// Sequences accumulated per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]
     pub accum: usize,
     /// Measured optimizer steps (after the warm-up).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::at_least_one)]
     pub steps: usize,
     /// Unmeasured optimizer steps first (first touch of every buffer, caches, clocks).
     #[arg(long, default_value_t = 1)]
@@ -412,7 +506,7 @@ pub struct BenchArgs {
     /// Neural Engine chip profile (default: the chip this runs on, else conservative).
     #[arg(long)]
     pub ane_profile: Option<String>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub threads: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]

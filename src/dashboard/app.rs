@@ -298,18 +298,30 @@ impl App {
         self.power.sample();
     }
 
-    /// Resolves a checkpoint path from the log: absolute as is; relative to the current folder
-    /// when it exists there (the dashboard runs where the trainer ran), else to the log's
-    /// folder.
+    /// Resolves a checkpoint path from the log: absolute as is (what the trainer logs now);
+    /// a relative one (older logs) against the log's folder and its ancestors, the first that
+    /// exists, else as given.
     pub fn resolve_checkpoint(&self, logged: &str) -> PathBuf {
         let p = PathBuf::from(logged);
-        if p.is_absolute() || p.exists() {
+        if p.is_absolute() {
             return p;
         }
-        match self.cfg.log.parent() {
-            Some(d) if d.join(&p).exists() => d.join(&p),
-            _ => p,
-        }
+        // A relative path is relative to the trainer's working folder, which is the log's
+        // folder or one of its ancestors (`runs/default/model.ckpt` beside
+        // `runs/default/run.jsonl`); the dashboard's own working folder is only the last
+        // resort (it may hold another run under the same relative name).
+        let log_dir = self
+            .cfg
+            .log
+            .parent()
+            .map(|d| d.to_path_buf())
+            .unwrap_or_default();
+        let log_dir = std::path::absolute(&log_dir).unwrap_or(log_dir);
+        log_dir
+            .ancestors()
+            .map(|d| d.join(&p))
+            .find(|c| c.exists())
+            .unwrap_or(p)
     }
 
     /// The checkpoint a story should come from: the newest one the log announced, else the

@@ -67,9 +67,12 @@ struct AdamWConsts {
 multiversion! {
     /// The AdamW update of one contiguous piece, all slices the same length: reads p, g, m,
     /// v once and writes p, m, v once (28 bytes per parameter, the memory-bound minimum).
-    fn adamw_piece(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamWConsts) {
+    /// Returns whether every updated parameter is finite (a branch-free test of the exponent
+    /// bits of the value just written, so the check costs no pass of its own).
+    fn adamw_piece(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamWConsts) -> bool {
         let n = p.len();
         let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        let mut finite = true;
         for i in 0..n {
             let gi = g[i] * k.grad_mult;
             let mi = k.b1 * m[i] + (1.0 - k.b1) * gi;
@@ -78,7 +81,9 @@ multiversion! {
             v[i] = vi;
             let denom = vi.sqrt() * k.inv_sqrt_bc2 + k.eps;
             p[i] -= k.step_size * mi / denom + k.wd * p[i];
+            finite &= p[i].to_bits() & 0x7f80_0000 != 0x7f80_0000;
         }
+        finite
     }
 }
 
@@ -128,12 +133,14 @@ impl AdamW {
     /// One AdamW update of `params` with gradients `grads` (already unscaled and clipped):
     /// `m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; p ← p − lr·(m̂/(√v̂+ε) + wd·p)`, with decoupled
     /// weight decay on every tensor except the RMSNorm gains.
-    pub fn step(&mut self, cfg: &AdamWConfig, lr: f32, params: &mut [f32], grads: &[f32]) {
-        self.step_scaled(cfg, lr, params, grads, 1.0);
+    /// Returns whether every updated parameter is finite.
+    pub fn step(&mut self, cfg: &AdamWConfig, lr: f32, params: &mut [f32], grads: &[f32]) -> bool {
+        self.step_scaled(cfg, lr, params, grads, 1.0)
     }
 
     /// [`AdamW::step`] with every gradient multiplied by `grad_mult` as it is read: the
-    /// same result as scaling the gradients first, one pass over the arena fewer.
+    /// same result as scaling the gradients first, one pass over the arena fewer. Returns
+    /// whether every updated parameter is finite (checked as each is written).
     pub fn step_scaled(
         &mut self,
         cfg: &AdamWConfig,
@@ -141,7 +148,7 @@ impl AdamW {
         params: &mut [f32],
         grads: &[f32],
         grad_mult: f32,
-    ) {
+    ) -> bool {
         use rayon::prelude::*;
         assert!(
             params.len() == grads.len() && params.len() == self.m.len(),
@@ -170,11 +177,12 @@ impl AdamW {
             .zip(self.m.par_chunks_mut(CHUNK))
             .zip(self.v.par_chunks_mut(CHUNK))
             .enumerate()
-            .for_each(|(ci, (((p, g), m), v))| {
+            .map(|(ci, (((p, g), m), v))| {
                 // Walk the chunk in pieces cut at the borders of the gains (few, short
                 // ranges), each piece one branch-free loop with its own decay.
                 let (start, end) = (ci * CHUNK, ci * CHUNK + p.len());
                 let mut a = start;
+                let mut finite = true;
                 while a < end {
                     let (b, decayed) = match no_decay.iter().find(|r| r.contains(&a)) {
                         Some(r) => (r.end.min(end), false),
@@ -193,7 +201,7 @@ impl AdamW {
                         ..base
                     };
                     let r = a - start..b - start;
-                    adamw_piece(
+                    finite &= adamw_piece(
                         &mut p[r.clone()],
                         &g[r.clone()],
                         &mut m[r.clone()],
@@ -202,15 +210,21 @@ impl AdamW {
                     );
                     a = b;
                 }
-            });
+                finite
+            })
+            .reduce(|| true, |x, y| x & y)
     }
 }
 
 /// Why [`clip_and_step`] did not update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NonFinite {
-    /// Arena index of the first non-finite gradient.
+    /// Arena index of the first non-finite gradient, or with `after_update` of the first
+    /// non-finite parameter.
     pub index: usize,
+    /// The gradients were finite but the update made a parameter non-finite: the parameters
+    /// are lost (the caller must stop without checkpointing them).
+    pub after_update: bool,
 }
 
 /// Everything the trainer does between the last backward pass and the next step, in the
@@ -233,14 +247,23 @@ pub fn clip_and_step(
     let norm = grad_norm(grads) / loss_scale as f64;
     if !norm.is_finite() {
         let index = first_non_finite(grads).unwrap_or(0);
-        return Err(NonFinite { index });
+        return Err(NonFinite {
+            index,
+            after_update: false,
+        });
     }
     let clip = cfg.grad_clip as f64;
     let mut mult = 1.0 / loss_scale as f64;
     if clip > 0.0 && norm > clip {
         mult *= clip / norm;
     }
-    opt.step_scaled(cfg, lr, params, grads, mult as f32);
+    if !opt.step_scaled(cfg, lr, params, grads, mult as f32) {
+        let index = first_non_finite(params).unwrap_or(0);
+        return Err(NonFinite {
+            index,
+            after_update: true,
+        });
+    }
     Ok(norm)
 }
 
@@ -421,7 +444,13 @@ mod tests {
         bad[n - 1] = f32::INFINITY;
         let before = (pb.clone(), b.m.clone(), b.t);
         let e = clip_and_step(&mut b, &c, 0.01, &mut pb, &bad, loss_scale).unwrap_err();
-        assert_eq!(e, NonFinite { index: n - 3 });
+        assert_eq!(
+            e,
+            NonFinite {
+                index: n - 3,
+                after_update: false
+            }
+        );
         assert_eq!((pb, b.m, b.t), before);
     }
 

@@ -10,10 +10,11 @@ use super::settings::{self, Settings};
 use super::trainer::{self, Outcome, Trainer};
 use super::{builtin, checkpoint};
 use crate::data::TokenData;
-use crate::model::{ModelSource, Params};
+use crate::model::{Config, ModelSource, Params};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 /// Where the token data comes from.
 #[derive(Clone, Debug)]
@@ -32,13 +33,17 @@ pub enum DataChoice {
 /// What a run was asked to do.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// `--model`: see [`ModelSource::resolve`] (ignored when resuming).
+    /// `--model`: see [`ModelSource::resolve`] (when resuming, only checked against the
+    /// checkpoint).
     pub model: String,
     pub data: DataChoice,
     /// The run's folder (the built-in corpus goes there).
     pub out: PathBuf,
     /// Continue exactly from the checkpoint at `settings.ckpt`.
     pub resume: bool,
+    /// Replace the run at `settings.ckpt` (its checkpoints and the log) if there is one;
+    /// without this or `resume`, a checkpoint there is an error.
+    pub overwrite: bool,
     /// Worker threads (default: every core).
     pub threads: Option<usize>,
     /// The backend (`settings.backend` is set from it).
@@ -48,6 +53,10 @@ pub struct Plan {
     /// Initial loss scale for backends that need one (default:
     /// [`settings::initial_loss_scale`]).
     pub loss_scale: Option<f32>,
+    /// The options given on the command line (clap ids, `min_lr`), as opposed to left at
+    /// their defaults: a resumed run takes the others from its checkpoint
+    /// ([`Settings::resumed`]).
+    pub given: BTreeSet<String>,
     /// The rest; `seq`, `loss_scale`, `backend` and (for the built-in corpus) `tokenizer`
     /// are overwritten by [`run`].
     pub settings: Settings,
@@ -64,10 +73,130 @@ pub struct Finished {
 }
 
 /// Runs the plan (see the module doc). Status lines go to stderr unless `settings.quiet`.
+///
+/// Everything that can be checked without training is checked before the first step, and
+/// before any file is written: the settings, the checkpoint to resume and the flags against
+/// it, the model against the data and the tokenizer, and that the checkpoint and log folders
+/// can be written.
 pub fn run(plan: Plan) -> Result<Finished> {
     let mut s = plan.settings;
     s.backend = plan.backend.kind;
+    // First: the global thread pool is built once, by whoever uses it first.
     let threads = set_threads(plan.threads);
+    let quiet = s.quiet;
+    let note = |m: &str| {
+        if !quiet {
+            eprintln!("{m}")
+        }
+    };
+
+    // The checkpoint to resume, and the settings it records.
+    if !plan.resume && s.ckpt.exists() && !plan.overwrite {
+        let at = checkpoint::read_header(&s.ckpt)
+            .map(|h| format!(" (step {} of {})", h.step, h.total_steps))
+            .unwrap_or_default();
+        bail!(
+            "{} holds a run{at}: continue it with --resume, replace it with --overwrite, or \
+             give another --out (or --ckpt)",
+            s.ckpt.display()
+        );
+    }
+    let resume_ck = if plan.resume {
+        if !s.ckpt.exists() {
+            bail!(
+                "--resume: no checkpoint at {} (start without --resume, or pass --ckpt)",
+                s.ckpt.display()
+            );
+        }
+        Some(checkpoint::load_or_explain(&s.ckpt)?)
+    } else {
+        None
+    };
+    let mut fresh_params = None;
+    let (c, what) = match &resume_ck {
+        Some(ck) => {
+            s.seq = plan.seq.unwrap_or(0);
+            match serde_json::from_value::<Settings>(ck.header.settings.clone()) {
+                Ok(recorded) => {
+                    s = s.resumed(&recorded, &plan.given)?;
+                    if recorded.backend != s.backend {
+                        note(&format!(
+                            "note: the checkpoint's run used backend {}; it continues on {}",
+                            recorded.backend, s.backend
+                        ));
+                    }
+                }
+                Err(_) => {
+                    s.seq = plan.seq.unwrap_or(settings::default_seq(&ck.header.config));
+                    eprintln!(
+                        "warning: {} records no settings this build can read; the run continues \
+                         with the flags given",
+                        s.ckpt.display()
+                    );
+                }
+            }
+            let c = ck.header.config.clone();
+            if plan.given.contains("model") {
+                let asked = super::load_config(&ModelSource::resolve(&plan.model)?)
+                    .with_context(|| format!("--model {}", plan.model))?;
+                if asked != c {
+                    bail!(
+                        "--model {} ({}) is not the model in the checkpoint {} ({}): drop --model \
+                         to resume, or pass the --ckpt of that model's run",
+                        plan.model,
+                        shape(&asked),
+                        s.ckpt.display(),
+                        shape(&c)
+                    );
+                }
+                note(&format!(
+                    "note: --model {} has the checkpoint's shape; the weights come from {}",
+                    plan.model,
+                    s.ckpt.display()
+                ));
+            }
+            let what = format!("{} (from step {})", s.ckpt.display(), ck.header.step);
+            (c, what)
+        }
+        None => {
+            let src = ModelSource::resolve(&plan.model).context("--model")?;
+            let p = super::load_params(&src, s.seed)
+                .with_context(|| format!("--model {}", plan.model))?;
+            s.seq = plan.seq.unwrap_or(settings::default_seq(p.config()));
+            fresh_params = Some(p);
+            (
+                fresh_params.as_ref().unwrap().config().clone(),
+                plan.model.clone(),
+            )
+        }
+    };
+    if s.seq > c.seq_len {
+        bail!("--seq {} exceeds the model's seq_len {}", s.seq, c.seq_len);
+    }
+    s.validate()?;
+    if matches!(plan.data, DataChoice::Builtin { .. }) && c.vocab_size < builtin::VOCAB {
+        bail!(
+            "the built-in corpus has {} token ids but the model ({}) has a vocabulary of {}: \
+             give --data with ids below {}, or a model with vocab_size ≥ {}",
+            builtin::VOCAB,
+            what,
+            c.vocab_size,
+            c.vocab_size,
+            builtin::VOCAB
+        );
+    }
+    let gemm = super::backend::select_gemm(&plan.backend.gemm, &c, s.batch, s.seq)?;
+    let kernels = make_kernels(&plan.backend, &c, s.batch, s.seq)?;
+    s.loss_scale = settings::initial_loss_scale(
+        kernels.needs_loss_scaling(),
+        plan.loss_scale,
+        s.batch * s.seq,
+    );
+    s.validate()?;
+    check_writable(&s.ckpt, "--ckpt")?;
+    let log_path = s.log.clone().context("the settings name no log file")?;
+    check_writable(&log_path, "--log")?;
+
     trainer::install_signal_handlers();
     let (data, val) = match &plan.data {
         DataChoice::Files {
@@ -84,43 +213,28 @@ pub fn run(plan: Plan) -> Result<Finished> {
     };
     // Absolute, so that `generate` finds the tokenizer recorded in the checkpoint from anywhere.
     s.tokenizer = s.tokenizer.map(|p| p.canonicalize().unwrap_or(p));
-
-    let resume_ck = if plan.resume {
-        if !s.ckpt.exists() {
-            bail!(
-                "--resume: no checkpoint at {} (start without --resume, or pass --ckpt)",
-                s.ckpt.display()
-            );
+    // The data against the model: `Trainer::run` checks every id before its first step.
+    let tokenizer = match &s.tokenizer {
+        Some(p) => {
+            let t = Tokenizer::load(p)?;
+            if t.vocab_size() != c.vocab_size {
+                bail!(
+                    "the tokenizer {} has {} pieces but the model {} has a vocabulary of {}: \
+                     give the --tokenizer the model was trained with",
+                    p.display(),
+                    t.vocab_size(),
+                    what,
+                    c.vocab_size
+                );
+            }
+            Some(t)
         }
-        Some(checkpoint::load_or_explain(&s.ckpt)?)
-    } else {
-        None
+        None => None,
     };
-    let params = match &resume_ck {
-        Some(ck) => ck.params.clone(),
-        None => super::load_params(&ModelSource::resolve(&plan.model)?, s.seed)?,
-    };
-    let c = params.config().clone();
-    s.seq = plan.seq.unwrap_or(settings::default_seq(&c));
-    if s.seq > c.seq_len {
-        bail!("--seq {} exceeds the model's seq_len {}", s.seq, c.seq_len);
-    }
-    if s.batch == 0 || s.accum == 0 || s.seq == 0 {
-        bail!("--batch, --accum and --seq must be positive");
-    }
-    let gemm = super::backend::select_gemm(&plan.backend.gemm, &c, s.batch, s.seq)?;
-    let kernels = make_kernels(&plan.backend, &c, s.batch, s.seq)?;
-    s.loss_scale = settings::initial_loss_scale(
-        kernels.needs_loss_scaling(),
-        plan.loss_scale,
-        s.batch * s.seq,
-    );
-    let tokenizer_path = s.tokenizer.clone();
-    let log_path = s.log.clone().context("the settings name no log file")?;
-    let quiet = s.quiet;
+
     let summary = format!(
-        "training {} ({:.2}M params) on {} ({} tokens), backend {}, batch {} x seq {} x accum {}, {} steps, {threads} threads",
-        plan.model,
+        "training {what}: {} ({:.2}M params) on {} ({} tokens), backend {}, batch {} x seq {} x accum {}, {} steps, lr {}, {threads} threads",
+        shape(&c),
         c.num_params() as f64 / 1e6,
         data.path.display(),
         data.len(),
@@ -129,32 +243,33 @@ pub fn run(plan: Plan) -> Result<Finished> {
         s.seq,
         s.accum,
         s.steps,
+        s.optim.lr,
     );
     let mut tr = match resume_ck {
         Some(ck) => {
-            if !quiet {
-                eprintln!(
-                    "resuming {} at step {} of {}",
-                    s.ckpt.display(),
-                    ck.header.step,
-                    s.steps
-                );
-            }
+            note(&format!(
+                "resuming {} at step {} of {}",
+                s.ckpt.display(),
+                ck.header.step,
+                s.steps
+            ));
             Trainer::resume(s, ck, kernels)
         }
-        None => Trainer::new(s, params, kernels),
+        None => Trainer::new(s, fresh_params.context("no parameters")?, kernels),
     };
     tr.data_desc = Some(data.path.display().to_string());
-    let peak = crate::util::peak::measure_fma_gflops(threads);
-    if !quiet {
-        eprintln!("{summary}");
-        eprintln!("{}", gemm.line());
+    if plan.overwrite && !plan.resume && tr.s.ckpt.exists() {
+        replace_run(&tr.s.ckpt, &log_path)?;
+        note(&format!(
+            "--overwrite: the run at {} and its log {} are replaced",
+            tr.s.ckpt.display(),
+            log_path.display()
+        ));
     }
+    let peak = crate::util::peak::measure_fma_gflops(threads);
+    note(&summary);
+    note(&gemm.line());
     let mut log = LogWriter::open(&log_path)?;
-    let tokenizer = match &tokenizer_path {
-        Some(p) => Some(Tokenizer::load(p)?),
-        None => None,
-    };
     let sample_text = |p: &Params| -> Result<String> {
         match &tokenizer {
             Some(t) => crate::generate::generate_text(p, t, "", 200, 0.8, 0.9, 42),
@@ -169,6 +284,61 @@ pub fn run(plan: Plan) -> Result<Finished> {
         data,
         tokenizer,
     })
+}
+
+/// Removes a run's checkpoint, its older copies and its log (`--overwrite`).
+fn replace_run(ckpt: &Path, log: &Path) -> Result<()> {
+    for p in checkpoint::older_copies(ckpt)
+        .into_iter()
+        .chain([ckpt.to_path_buf(), log.to_path_buf()])
+    {
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e)
+                    .with_context(|| format!("--overwrite: cannot remove {}", p.display()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A model's shape in one phrase, for messages and the banner.
+fn shape(c: &Config) -> String {
+    format!(
+        "dim {}, {} layers, {} heads ({} kv), vocab {}, seq_len {}",
+        c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len
+    )
+}
+
+/// Creates `path`'s folder and probes that a file can be created in it, so that a run does
+/// not train for an hour and then fail to save. Leaves nothing behind but the folder.
+fn check_writable(path: &Path, flag: &str) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| {
+        format!(
+            "{flag} {}: cannot create the folder {}",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    let probe = dir.join(format!(".anetrain-write-probe-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "{flag} {}: the folder {} is not writable; choose another {flag} or --out",
+                path.display(),
+                dir.display()
+            )
+        }),
+    }
 }
 
 /// Replaces this process by a fresh copy of itself with `--resume` added (the Neural

@@ -9,7 +9,8 @@
 //!    which is non-finite exactly when some gradient is; only then a second pass names the
 //!    first bad gradient, and the step is skipped;
 //! 4. unscale, clip to `grad_clip` and AdamW in one pass ([`optim::clip_and_step`]: AdamW
-//!    reads every gradient through the combined factor);
+//!    reads every gradient through the combined factor, and tests each parameter it writes
+//!    for finiteness — a non-finite parameter is an error, never a checkpoint);
 //! 5. the loss-scale update ([`LossScaler::update`]): halve after a skip, double after a run
 //!    of finite steps — only when the backend needs loss scaling.
 
@@ -127,6 +128,14 @@ impl Stepper {
                     self.weights_version += 1;
                     StepOutcome::Applied { loss, grad_norm }
                 }
+                Err(bad) if bad.after_update => anyhow::bail!(
+                    "step {}: the update made {} non-finite ({}) although every gradient was \
+                     finite (learning rate {lr}): the parameters are lost and are not \
+                     checkpointed; lower --lr and resume from the last checkpoint",
+                    step + 1,
+                    self.params.layout.name_of(bad.index),
+                    self.params.data[bad.index]
+                ),
                 Err(bad) => StepOutcome::Skipped {
                     reason: format!(
                         "gradient of {} is non-finite ({})",

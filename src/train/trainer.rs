@@ -20,15 +20,19 @@ use crate::model::{Config, Params, StepFlops};
 use crate::util::rng::Rng;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Instant;
 
 /// Set by SIGINT/SIGTERM: the loop finishes the current step, checkpoints and reports.
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
+/// The signal that set [`STOP`] (0: none yet).
+pub static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
 /// Installs the SIGINT/SIGTERM handlers that request a clean stop.
 pub fn install_signal_handlers() {
-    extern "C" fn on_signal(_sig: libc::c_int) {
+    extern "C" fn on_signal(sig: libc::c_int) {
+        STOP_SIGNAL.store(sig, Ordering::SeqCst);
         STOP.store(true, Ordering::SeqCst);
     }
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -50,9 +54,29 @@ pub struct Outcome {
     pub val_loss: Option<f32>,
     pub ckpt: PathBuf,
     pub interrupted: bool,
+    /// Steps of this process skipped for a non-finite loss or gradient (their update not
+    /// applied).
+    pub skipped: u64,
+    /// Whether the backend scales the loss (fp16): a skipped step is then the loss scale
+    /// backing off, not a sign that the run is failing.
+    pub loss_scaling: bool,
     /// The compile budget is nearly spent: the caller must re-exec the process with
     /// `--resume` (the checkpoint has been written).
     pub restart: bool,
+}
+
+impl Outcome {
+    /// Why a run that reached its end did not train as asked, if it did not: steps were
+    /// skipped on a backend without loss scaling (an fp32 run skips only when it diverges).
+    pub fn failure(&self) -> Option<String> {
+        (self.skipped > 0 && !self.loss_scaling).then(|| {
+            format!(
+                "{} of {} steps were skipped (non-finite loss or gradients; their updates were \
+                 not applied): the run diverged — lower --lr or --grad-clip",
+                self.skipped, self.steps_done
+            )
+        })
+    }
 }
 
 /// What one call of [`Trainer::run`] tracks besides the trainer's own state.
@@ -63,6 +87,8 @@ struct RunState {
     /// Non-finite steps in a row, and the reason of the first of them.
     bad_run: u32,
     first_bad: Option<String>,
+    /// Skipped steps in all.
+    skipped: u64,
     interrupted: bool,
     /// A checkpoint failed (disk full…) and is retried after the next step.
     ckpt_pending: bool,
@@ -77,6 +103,8 @@ impl RunState {
             val_loss: self.val_loss,
             ckpt: t.s.ckpt.clone(),
             interrupted: self.interrupted && !restart,
+            skipped: self.skipped,
+            loss_scaling: t.stepper.scaler.dynamic,
             restart,
         }
     }
@@ -270,11 +298,17 @@ impl Trainer {
         progress.finish();
         if self.step > start_step || r.interrupted || !self.s.ckpt.exists() {
             // The final checkpoint: failures here are fatal, the state must not be lost silently.
+            let existed = self.s.ckpt.exists();
             let ok = self.checkpoint_logged(log, &progress)?;
             if !ok {
                 bail!(
-                    "could not write the final checkpoint {} (see the message above); the previous checkpoint is intact",
-                    self.s.ckpt.display()
+                    "could not write the final checkpoint {} (see the message above); {}",
+                    self.s.ckpt.display(),
+                    if existed {
+                        "the previous checkpoint is intact"
+                    } else {
+                        "no checkpoint of this run exists"
+                    }
                 );
             }
         }
@@ -287,7 +321,11 @@ impl Trainer {
             self.kernels.stats(),
             peak_gflops,
         );
-        report.print();
+        // --quiet silences the report of a run that ended as planned; a run stopped by a
+        // signal reports where its time went (on stderr), whoever asked for the stop.
+        if !self.s.quiet || r.interrupted {
+            report.print();
+        }
         log.emit(&Event::Report(report.to_json()));
         Ok(r.outcome(self, start_step, false))
     }
@@ -315,7 +353,7 @@ impl Trainer {
             tokens_per_step,
             flops_per_step: flops,
             peak_gflops,
-            ckpt: Some(self.s.ckpt.display().to_string()),
+            ckpt: Some(absolute(&self.s.ckpt)),
             tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
             args: serde_json::to_value(&self.s)?,
         }));
@@ -373,6 +411,7 @@ impl Trainer {
         progress: &Progress,
     ) -> Result<()> {
         r.bad_run += 1;
+        r.skipped += 1;
         r.first_bad.get_or_insert_with(|| reason.to_string());
         let scaler = &self.stepper.scaler;
         progress.println(&format!(
@@ -485,7 +524,7 @@ impl Trainer {
             Ok(ms) => {
                 log.emit(&Event::Checkpoint {
                     step: self.step,
-                    path: self.s.ckpt.display().to_string(),
+                    path: absolute(&self.s.ckpt),
                     ms,
                     time: now_unix(),
                 });
@@ -503,6 +542,15 @@ impl Trainer {
             }
         }
     }
+}
+
+/// A path as the log records it: absolute, so that a reader of the log (the dashboard) finds
+/// the file whatever its working folder.
+fn absolute(p: &std::path::Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// The progress display: an indicatif bar on a terminal, plain lines otherwise.

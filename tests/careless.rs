@@ -1,0 +1,751 @@
+//! The ordinary mistakes of a new user (issue 17), each reproduced through the binary: the
+//! exit status, a message naming the flag or file, and files left as they were.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_anetrain"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run anetrain")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// The tiny fixture's train command into `out`, with the given extra flags.
+fn train<'a>(cfg: &'a str, data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "train",
+        "--model",
+        cfg,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--threads",
+        "1",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn headers(log: &Path) -> Vec<anetrain::train::log::RunHeader> {
+    anetrain::train::log::read_log(log)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            anetrain::train::log::Event::Run(h) => Some(h),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Item 1: `--resume` continues the recorded run (its batch, seq, steps, schedule) when no
+/// flag is given; a flag that would change it is refused by name and the checkpoint is left
+/// as it was; `--model` of another shape is refused; the banner names the checkpoint.
+#[test]
+fn resume_takes_the_checkpoints_settings_and_refuses_conflicting_flags() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let out = d.path().join("r");
+    let out_s = out.to_str().unwrap();
+    let first = run(&train(
+        cfg,
+        data,
+        out_s,
+        &[
+            "--steps", "12", "--batch", "2", "--seq", "16", "--lr", "2e-3", "--until", "4",
+        ],
+    ));
+    assert!(first.status.success(), "{}", stderr(&first));
+    let ckpt = out.join("model.ckpt");
+    let before = std::fs::read(&ckpt).unwrap();
+
+    // A conflicting flag: refused, naming it and both values; nothing written.
+    let o = run(&train(
+        cfg,
+        data,
+        out_s,
+        &["--resume", "--batch", "4", "--lr", "1e-3"],
+    ));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--batch 4") && err.contains("2)"), "{err}");
+    assert!(err.contains("--lr"), "{err}");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before);
+    assert_eq!(headers(&out.join("run.jsonl")).len(), 1);
+
+    // --model of another shape: refused, naming --model.
+    let other = d.path().join("other.toml");
+    std::fs::write(
+        &other,
+        "dim = 16\nhidden_dim = 32\nn_layers = 1\nn_heads = 2\nn_kv_heads = 2\nvocab_size = 64\nseq_len = 32\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "train",
+        "--model",
+        other.to_str().unwrap(),
+        "--data",
+        data,
+        "--out",
+        out_s,
+        "--resume",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--model") && err.contains("other.toml"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before);
+
+    // No flags but --resume: the recorded run continues (batch 2 × seq 16, 12 steps).
+    let o = run(&[
+        "train",
+        "--data",
+        data,
+        "--out",
+        out_s,
+        "--threads",
+        "1",
+        "--resume",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("at step 4 of 12"), "{err}");
+    assert!(
+        err.contains(&format!("training {}", ckpt.display())),
+        "{err}"
+    );
+    assert!(err.contains("batch 2 x seq 16"), "{err}");
+    let h = headers(&out.join("run.jsonl"));
+    assert_eq!(h.len(), 2);
+    assert_eq!((h[1].batch, h[1].seq, h[1].total_steps), (2, 16, 12));
+    assert_eq!(h[1].start_step, 4);
+    let ck = anetrain::train::checkpoint::read_header(&ckpt).unwrap();
+    assert_eq!(ck.step, 12);
+    assert_eq!(ck.settings["optim"]["lr"].as_f64().unwrap() as f32, 2e-3);
+}
+
+/// Item 3: numeric flags out of range are usage errors naming the flag (exit 2), not a
+/// division by zero (exit 101), a loss over 0 windows, or a printed internal struct.
+#[test]
+fn numeric_flags_are_range_checked_by_the_parser() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let m = d.path().join("m.bin").display().to_string();
+    let g = d.path().join("g.safetensors").display().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["eval", "--model", &m, "--data", data, "--batch", "0"],
+            "--batch",
+        ),
+        (
+            vec!["eval", "--model", &m, "--data", data, "--seq", "0"],
+            "--seq",
+        ),
+        (
+            vec!["eval", "--model", &m, "--data", data, "--batches", "0"],
+            "--batches",
+        ),
+        (
+            vec![
+                "grad", "--model", &m, "--data", data, "--seq", "0", "--out", &g,
+            ],
+            "--seq",
+        ),
+        (
+            vec!["train", "--model", cfg, "--data", data, "--batch", "0"],
+            "--batch",
+        ),
+        (
+            vec!["train", "--model", cfg, "--data", data, "--accum", "0"],
+            "--accum",
+        ),
+        (
+            vec!["train", "--model", cfg, "--data", data, "--steps", "0"],
+            "--steps",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                cfg,
+                "--data",
+                data,
+                "--val-fraction",
+                "1.5",
+            ],
+            "--val-fraction",
+        ),
+        (
+            vec!["train", "--model", cfg, "--data", data, "--lr", "nan"],
+            "--lr",
+        ),
+        (
+            vec!["train", "--model", cfg, "--data", data, "--lr", "1e9"],
+            "--lr",
+        ),
+        (
+            vec!["train", "--model", cfg, "--data", data, "--beta2", "1"],
+            "--beta2",
+        ),
+        (
+            vec!["train", "--model", cfg, "--data", data, "--eps=-1"],
+            "--eps",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                cfg,
+                "--data",
+                data,
+                "--grad-clip",
+                "inf",
+            ],
+            "--grad-clip",
+        ),
+        (
+            vec!["train", "--model", cfg, "--data", data, "--keep-ckpts", "0"],
+            "--keep-ckpts",
+        ),
+        (vec!["bench", "--model", cfg, "--steps", "0"], "--steps"),
+        (vec!["info", "--model", cfg, "--batch", "0"], "--batch"),
+        (vec!["generate", "--model", &m, "--top-p", "2"], "--top-p"),
+    ];
+    for (args, flag) in cases {
+        let o = run(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("Dims"), "{err}");
+    }
+    // Nothing was written by any of them.
+    let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}
+
+/// Item 4: a diverging run (here every step from the third on has a non-finite gradient,
+/// the test knob of the guard) finishes with exit 1, and the summary says how many steps
+/// were skipped instead of "loss a -> a"; the checkpoint holds only finite parameters.
+#[test]
+fn skipped_steps_are_reported_and_fail_the_run() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let out = d.path().join("x");
+    let o = bin()
+        .args(train(
+            cfg,
+            data,
+            out.to_str().unwrap(),
+            &[
+                "--steps",
+                "5",
+                "--batch",
+                "1",
+                "--seq",
+                "16",
+                "--max-bad-steps",
+                "10",
+            ],
+        ))
+        .env("ANETRAIN_INJECT_NAN", "2")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("3 of 5 steps skipped"), "{err}");
+    assert!(err.contains("3 of 5 steps were skipped"), "{err}");
+    let ck = anetrain::train::checkpoint::load(&out.join("model.ckpt")).unwrap();
+    assert!(ck.params.data.iter().all(|x| x.is_finite()));
+}
+
+/// Item 4, the fused check: an update that makes a parameter non-finite (finite gradients,
+/// an absurd learning rate given through the library, past the parser) is an error naming
+/// the tensor, and nothing is checkpointed.
+#[test]
+fn an_update_that_poisons_the_parameters_is_never_checkpointed() {
+    use anetrain::model::{Config, Params};
+    use anetrain::train::optim::{clip_and_step, AdamW, AdamWConfig};
+    let c = Config::llama(16, 24, 1, 2, 1, 20, 8);
+    let mut p = Params::init_random(&c, 3);
+    let mut opt = AdamW::new(&p.layout);
+    let cfg = AdamWConfig {
+        lr: f32::MAX,
+        min_lr: 0.0,
+        warmup: 0,
+        total_steps: 1,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        grad_clip: 0.0,
+    };
+    let g = vec![1.0f32; p.data.len()];
+    let e = clip_and_step(&mut opt, &cfg, cfg.lr, &mut p.data, &g, 1.0).unwrap_err();
+    assert!(e.after_update);
+    assert!(!p.data[e.index].is_finite());
+    assert!(p.data[..e.index].iter().all(|x| x.is_finite()));
+    // A sane rate: finite, no error.
+    let mut q = Params::init_random(&c, 3);
+    let mut opt = AdamW::new(&q.layout);
+    assert!(clip_and_step(
+        &mut opt,
+        &cfg_with_lr(&cfg, 1e-3),
+        1e-3,
+        &mut q.data,
+        &g,
+        1.0
+    )
+    .is_ok());
+}
+
+fn cfg_with_lr(
+    c: &anetrain::train::optim::AdamWConfig,
+    lr: f32,
+) -> anetrain::train::optim::AdamWConfig {
+    let mut c = c.clone();
+    c.lr = lr;
+    c
+}
+
+/// A llama2.c tokenizer file with `n` ≥ 259 pieces (<unk>, <s>, </s>, the 256 byte pieces,
+/// then "a0", "a1", …).
+fn write_tokenizer(path: &Path, n: usize) {
+    let mut pieces: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    pieces.extend((0..256).map(|b| format!("<0x{b:02X}>")));
+    let mut i = 0;
+    while pieces.len() < n {
+        pieces.push(format!("a{i}"));
+        i += 1;
+    }
+    let mut b = Vec::new();
+    b.extend_from_slice(&16i32.to_le_bytes());
+    for p in &pieces {
+        b.extend_from_slice(&0f32.to_le_bytes());
+        b.extend_from_slice(&(p.len() as i32).to_le_bytes());
+        b.extend_from_slice(p.as_bytes());
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// Item 5: a tokenizer whose vocabulary is not the model's is refused before the first step
+/// (no log, no checkpoint), naming the tokenizer file and both sizes; so is the built-in
+/// corpus for a model whose vocabulary is too small for it, before the corpus is generated.
+#[test]
+fn model_data_and_tokenizer_are_checked_against_each_other_first() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let tok = d.path().join("tok300.bin");
+    write_tokenizer(&tok, 300);
+    let out = d.path().join("t");
+    let o = run(&train(
+        cfg,
+        data,
+        out.to_str().unwrap(),
+        &["--steps", "3", "--tokenizer", tok.to_str().unwrap()],
+    ));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("tok300.bin") && err.contains("300") && err.contains("64"),
+        "{err}"
+    );
+    assert!(!err.contains("step 1"), "{err}");
+    assert!(!out.join("model.ckpt").exists() && !out.join("run.jsonl").exists());
+
+    // The built-in corpus (512 ids) with a 64-token model: refused before generating it.
+    let out = d.path().join("b");
+    let o = run(&[
+        "train",
+        "--model",
+        cfg,
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "3",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("built-in corpus") && err.contains("64"),
+        "{err}"
+    );
+    assert!(!out.join("tokens.bin").exists());
+}
+
+/// Item 6: a checkpoint path that cannot be written is found before training, with a
+/// message naming --ckpt and the folder, and without claiming a previous checkpoint.
+#[test]
+fn an_unwritable_checkpoint_path_is_found_before_training() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    // A folder that cannot be created (its parent is a file): unwritable even for root.
+    let blocker = d.path().join("ro");
+    std::fs::write(&blocker, b"a file").unwrap();
+    let ckpt = blocker.join("m.ckpt");
+    let out = d.path().join("o");
+    let o = run(&train(
+        cfg,
+        data,
+        out.to_str().unwrap(),
+        &["--steps", "3", "--ckpt", ckpt.to_str().unwrap()],
+    ));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--ckpt") && err.contains("ro/m.ckpt"), "{err}");
+    assert!(!err.contains("intact"), "{err}");
+    assert!(!out.join("run.jsonl").exists(), "trained before failing");
+    assert_eq!(std::fs::read(&blocker).unwrap(), b"a file");
+
+    // A read-only folder (when not running as root, whom permissions do not stop).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let ro = d.path().join("rodir");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        if std::fs::File::create(ro.join("probe")).is_err() {
+            let ck = ro.join("m.ckpt");
+            let o = run(&train(
+                cfg,
+                data,
+                out.to_str().unwrap(),
+                &["--steps", "3", "--ckpt", ck.to_str().unwrap()],
+            ));
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{err}");
+            assert!(
+                err.contains("not writable") && err.contains("rodir"),
+                "{err}"
+            );
+        }
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// Item 2: the trainer logs absolute checkpoint paths, and a relative one in an older log is
+/// resolved against the log's folder (and its ancestors) before the dashboard's working
+/// folder, which may hold another run under the same relative name.
+#[test]
+fn the_dashboard_finds_the_checkpoint_of_the_log_not_of_its_working_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let o = bin()
+        .current_dir(d.path())
+        .args(["train", "--model"])
+        .arg(&cfg)
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "--out",
+            "runs/default",
+            "--steps",
+            "2",
+            "--seq",
+            "16",
+            "--batch",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = d.path().join("runs/default/run.jsonl");
+    let events = anetrain::train::log::read_log(&log).unwrap();
+    let mut paths = Vec::new();
+    for e in events {
+        match e {
+            anetrain::train::log::Event::Run(h) => paths.push(h.ckpt.unwrap()),
+            anetrain::train::log::Event::Checkpoint { path, .. } => paths.push(path),
+            _ => {}
+        }
+    }
+    assert!(paths.len() >= 2, "{paths:?}");
+    let real = d
+        .path()
+        .join("runs/default/model.ckpt")
+        .canonicalize()
+        .unwrap();
+    for p in &paths {
+        assert!(Path::new(p).is_absolute(), "{p}");
+        assert_eq!(Path::new(p).canonicalize().unwrap(), real);
+    }
+
+    // An older log's relative path, with a decoy under the same name in the working folder
+    // (the test's working folder is the package root).
+    let name = format!("careless-decoy-{}", std::process::id());
+    let rel = format!("{name}/model.ckpt");
+    std::fs::create_dir_all(&name).unwrap();
+    std::fs::write(&rel, b"decoy").unwrap();
+    let run_dir = d.path().join("elsewhere").join(&name);
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::write(run_dir.join("model.ckpt"), b"real").unwrap();
+    let cfg = anetrain::dashboard::app::DashboardConfig::new(&run_dir.join("run.jsonl"));
+    let app = anetrain::dashboard::app::App::new(cfg, Box::new(|_p: &Path| Ok(String::new())));
+    let got = app.resolve_checkpoint(&rel);
+    std::fs::remove_dir_all(&name).unwrap();
+    assert_eq!(got, run_dir.join("model.ckpt"));
+}
+
+/// Item 9: arguments are validated before any work or file: none of these generates the
+/// built-in corpus (7.7 MB) before failing.
+#[test]
+fn arguments_are_validated_before_the_builtin_corpus_is_generated() {
+    let d = tempfile::tempdir().unwrap();
+    let notes = d.path().join("notes.txt");
+    std::fs::write(&notes, "my notes").unwrap();
+    let out = d.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let mut cases: Vec<(Vec<&str>, &str, i32)> = vec![
+        (vec!["--seq", "100000"], "--seq", 1),
+        (vec!["--batch", "0"], "--batch", 2),
+        (vec!["--val-fraction", "1.5"], "--val-fraction", 2),
+        (vec!["--model", notes.to_str().unwrap()], "notes.txt", 1),
+        (vec!["--min-lr", "0.5"], "--min-lr", 1),
+        (vec!["--warmup", "5000"], "--warmup", 1),
+    ];
+    if !cfg!(target_os = "macos") {
+        cases.push((vec!["--backend", "ane"], "ane", 1));
+    }
+    for (extra, what, code) in cases {
+        let mut args = vec!["train", "--out", out_s, "--threads", "1"];
+        args.extend(extra.iter());
+        let o = run(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{extra:?}: {err}");
+        assert!(err.contains(what), "{extra:?}: {err}");
+        assert!(
+            !out.join("tokens.bin").exists(),
+            "{extra:?} generated the corpus"
+        );
+    }
+}
+
+/// Item 7: a new run into a folder that holds one is refused (exit 1, naming the checkpoint
+/// and both ways on), leaving the checkpoint and log as they were; `--overwrite` replaces
+/// the run: no rotated copy of the old one, a log with only the new run.
+#[test]
+fn a_new_run_does_not_silently_replace_the_last_one() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let out = d.path().join("r");
+    let out_s = out.to_str().unwrap();
+    let args = train(
+        cfg,
+        data,
+        out_s,
+        &["--steps", "3", "--batch", "1", "--seq", "16", "-q"],
+    );
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = out.join("model.ckpt");
+    let log = out.join("run.jsonl");
+    let (ck0, log0) = (std::fs::read(&ckpt).unwrap(), std::fs::read(&log).unwrap());
+
+    let o = run(&args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("model.ckpt holds a run (step 3 of 3)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&ckpt).unwrap(), ck0);
+    assert_eq!(std::fs::read(&log).unwrap(), log0);
+    assert!(!out.join("model.ckpt.1").exists());
+
+    let mut again = args.clone();
+    again.push("--overwrite");
+    let o = run(&again);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!out.join("model.ckpt.1").exists());
+    assert_eq!(headers(&log).len(), 1);
+    assert_eq!(
+        anetrain::train::checkpoint::read_header(&ckpt)
+            .unwrap()
+            .step,
+        3
+    );
+
+    // --overwrite with --resume is a usage error.
+    let mut both = args.clone();
+    both.extend(["--overwrite", "--resume"]);
+    assert_eq!(run(&both).status.code(), Some(2));
+}
+
+/// Item 10: SIGINT exits 130 and prints the command that continues the run; so does a stop
+/// at --until (exit 0, the command without --until); -q prints no report; generate says why
+/// it prints ids; export names the tokenizer.
+#[test]
+fn interruptions_print_the_resume_command_and_quiet_is_quiet() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let out = d.path().join("r");
+    let out_s = out.to_str().unwrap();
+    let child = bin()
+        .args(train(
+            cfg,
+            data,
+            out_s,
+            &["--steps", "1000000", "--batch", "1", "--seq", "16"],
+        ))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = out.join("run.jsonl");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|s| s.contains("\"step\"")) {
+        assert!(t0.elapsed().as_secs() < 60, "no step logged");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted at step") && err.contains("continue with: anetrain train"),
+        "{err}"
+    );
+    assert!(err.contains("--resume"), "{err}");
+    assert!(out.join("model.ckpt").exists());
+
+    // --until: the command to continue drops --until.
+    let out2 = d.path().join("u");
+    let o = run(&train(
+        cfg,
+        data,
+        out2.to_str().unwrap(),
+        &[
+            "--steps", "6", "--batch", "1", "--seq", "16", "--until", "2",
+        ],
+    ));
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("continue with:"))
+        .expect(&err);
+    assert!(
+        line.contains("stopped at step 2 of 6") && line.ends_with("--resume"),
+        "{line}"
+    );
+    let cmd = line.split("continue with: ").nth(1).unwrap();
+    assert!(
+        !cmd.contains("--until") && cmd.contains("--steps 6"),
+        "{line}"
+    );
+
+    // -q: nothing but what must be said.
+    let out3 = d.path().join("q");
+    let o = run(&train(
+        cfg,
+        data,
+        out3.to_str().unwrap(),
+        &["--steps", "2", "--batch", "1", "--seq", "16", "-q"],
+    ));
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.trim().is_empty(), "-q printed: {err}");
+
+    // generate without a tokenizer says why it prints ids; export names the tokenizer.
+    let ck = out3.join("model.ckpt");
+    let o = run(&["generate", "--model", ck.to_str().unwrap(), "-n", "4"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("no tokenizer, so token ids are printed"),
+        "{err}"
+    );
+    let m = d.path().join("m.bin");
+    let o = run(&[
+        "export",
+        "--ckpt",
+        ck.to_str().unwrap(),
+        "-o",
+        m.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("tokenizer: none recorded"), "{err}");
+}
+
+/// Item 11: training from a trained checkpoint picks fine-tuning defaults (a tenth of the
+/// learning rate, a warm-up), says so, and does not undo what the model learned.
+#[test]
+fn training_from_trained_weights_uses_fine_tuning_defaults() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let base = d.path().join("base");
+    let o = run(&train(
+        cfg,
+        data,
+        base.to_str().unwrap(),
+        &[
+            "--steps", "60", "--batch", "4", "--seq", "16", "--lr", "3e-3", "-q",
+        ],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ck = base.join("model.ckpt");
+    let ft = d.path().join("ft");
+    let o = run(&[
+        "train",
+        "--model",
+        ck.to_str().unwrap(),
+        "--data",
+        data,
+        "--out",
+        ft.to_str().unwrap(),
+        "--steps",
+        "10",
+        "--batch",
+        "4",
+        "--seq",
+        "16",
+        "--threads",
+        "1",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("fine-tuning") && err.contains("lr 0.0001, warm-up 5 steps"),
+        "{err}"
+    );
+    let h = &headers(&ft.join("run.jsonl"))[0];
+    assert_eq!(h.args["optim"]["lr"].as_f64().unwrap() as f32, 1e-4);
+    assert_eq!(h.args["optim"]["warmup"].as_u64(), Some(5));
+    let losses: Vec<f64> = anetrain::train::log::read_log(&ft.join("run.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            anetrain::train::log::Event::Step(s) => Some(s.loss),
+            _ => None,
+        })
+        .collect();
+    let base_last = anetrain::train::checkpoint::read_header(&ck)
+        .unwrap()
+        .last_loss as f64;
+    assert!(
+        losses.iter().all(|&l| l < base_last + 0.3),
+        "fine-tuning undid training: {base_last} then {losses:?}"
+    );
+}
