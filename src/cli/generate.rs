@@ -34,9 +34,14 @@ pub struct Args {
     /// Random seed (run.c's xorshift state); default, or 0: the current time.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Threads of the forward pass (default: all cores). On a machine whose cores are busy
+    /// with other work, 1 is often much faster: the helper threads spin between stages.
+    #[arg(long, value_parser = super::at_least_one)]
+    pub threads: Option<usize>,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    crate::train::backend::set_threads(a.threads);
     if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
         bail!(
             "--temperature {} must be a finite number >= 0",
