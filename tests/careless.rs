@@ -815,7 +815,8 @@ fn every_option_of_every_command_has_help_text() {
 }
 
 /// Item 8 (in part): `generate --threads N` sets the forward pass's team (1: no spinning
-/// helpers, the fast choice when other work holds the cores), and says how many it used.
+/// helpers, the fast choice when other work holds the cores; 0: every core, as for every
+/// command), and says how many it used.
 #[test]
 fn generate_takes_threads() {
     let d = tempfile::tempdir().unwrap();
@@ -844,12 +845,20 @@ fn generate_takes_threads() {
         assert!(o.status.success(), "{err}");
         assert!(err.contains(&format!(", {t} threads)")), "{err}");
     }
+    // 0: every core, as everywhere else (tokenize, train, eval, grad, bench).
+    let all = std::thread::available_parallelism().unwrap().get();
     let o = run(&[
         "generate",
         "--model",
         ck.to_str().unwrap(),
+        "-n",
+        "8",
         "--threads",
         "0",
     ]);
-    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(&format!(", {all} threads)")),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -34,9 +34,9 @@ pub struct Args {
     /// Random seed (run.c's xorshift state); default, or 0: the current time.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Threads of the forward pass (default: all cores). On a machine whose cores are busy
+    /// Threads of the forward pass (default, or 0: all cores). On a machine whose cores are busy
     /// with other work, 1 is often much faster: the helper threads spin between stages.
-    #[arg(long, value_parser = super::at_least_one)]
+    #[arg(long)]
     pub threads: Option<usize>,
 }
 

@@ -83,8 +83,8 @@ pub struct TrainArgs {
     /// Seed for initialisation and data sampling.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// Worker threads (default: all cores).
-    #[arg(long, value_parser = super::at_least_one)]
+    /// Worker threads (default, or 0: all cores).
+    #[arg(long)]
     pub threads: Option<usize>,
     /// Folder for the checkpoint, log, and (built-in corpus) tokenizer and data.
     #[arg(long, default_value = DEFAULT_OUT)]
@@ -414,8 +414,8 @@ pub struct EvalArgs {
     /// Batches of consecutive windows to evaluate (default: the whole file).
     #[arg(long, value_parser = super::at_least_one)]
     pub batches: Option<usize>,
-    /// Worker threads (default: all cores).
-    #[arg(long, value_parser = super::at_least_one)]
+    /// Worker threads (default, or 0: all cores).
+    #[arg(long)]
     pub threads: Option<usize>,
 }
 
@@ -451,8 +451,8 @@ pub struct GradArgs {
     /// Output safetensors file (tensor names as llama2.c's PyTorch model).
     #[arg(long)]
     pub out: PathBuf,
-    /// Worker threads (default: all cores).
-    #[arg(long, value_parser = super::at_least_one)]
+    /// Worker threads (default, or 0: all cores).
+    #[arg(long)]
     pub threads: Option<usize>,
 }
 
@@ -508,8 +508,8 @@ pub struct BenchArgs {
     /// Neural Engine chip profile (default: the chip this runs on, else conservative).
     #[arg(long)]
     pub ane_profile: Option<String>,
-    /// Worker threads (default: all cores).
-    #[arg(long, value_parser = super::at_least_one)]
+    /// Worker threads (default, or 0: all cores).
+    #[arg(long)]
     pub threads: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
