@@ -38,15 +38,41 @@ pub fn fixtures_dir() -> std::path::PathBuf {
 }
 
 /// A fixture file if present; otherwise prints why the caller skips and returns `None`.
+///
+/// When `ANETRAIN_FIXTURES` is set (CI sets it: `.ci/run`), the fixtures are expected, and a
+/// missing one panics — a failed test in the summary, not a SKIP line that libtest hides.
 pub fn fixture(name: &str) -> Option<std::path::PathBuf> {
-    let p = fixtures_dir().join(name);
+    match fixture_in(std::env::var_os("ANETRAIN_FIXTURES").as_deref(), name) {
+        Ok(p) => p,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+/// [`fixture`] with the value of `ANETRAIN_FIXTURES` given: `Ok(Some(path))` when the file
+/// exists, `Ok(None)` (after printing a SKIP line) when it is absent and no folder was set,
+/// `Err` naming the file when a folder was set and the file is not in it.
+pub fn fixture_in(
+    env_dir: Option<&std::ffi::OsStr>,
+    name: &str,
+) -> Result<Option<std::path::PathBuf>, String> {
+    let dir = match env_dir {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
+    };
+    let p = dir.join(name);
     if p.exists() {
-        Some(p)
+        Ok(Some(p))
+    } else if env_dir.is_some() {
+        Err(format!(
+            "fixture {} not found, and ANETRAIN_FIXTURES is set, so the fixtures are expected \
+             (unset it to skip the tests that need them)",
+            p.display()
+        ))
     } else {
         eprintln!(
             "SKIP: fixture {} not found (set ANETRAIN_FIXTURES to the folder holding it)",
             p.display()
         );
-        None
+        Ok(None)
     }
 }

@@ -24,11 +24,13 @@ pub struct CheckArgs {
     /// A preset, a config file (.toml/.json) or a llama2.c model file.
     #[arg(long, short, default_value = "stories260k")]
     pub model: String,
+    /// Sequences per step of the geometry checked.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: u64,
     /// Tokens per sequence (default: 256, or the model's seq_len if smaller).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub seq: Option<u64>,
+    /// Neural Engine pipeline: static (weights baked into programs) or dynamic (weights streamed through the input surface).
     #[arg(long, value_enum, default_value_t = Pipeline::Dynamic)]
     pub pipeline: Pipeline,
     /// Chip profile (default: the chip this runs on, else conservative); accepts overrides

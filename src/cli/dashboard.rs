@@ -64,8 +64,10 @@ pub struct PlotArgs {
     /// EMA weight of the smoothed lines, in [0, 1).
     #[arg(long, default_value_t = 0.9)]
     pub smooth: f64,
+    /// Image width in pixels.
     #[arg(long, default_value_t = 1200, value_parser = clap::value_parser!(u32).range(1..))]
     pub width: u32,
+    /// Image height in pixels.
     #[arg(long, default_value_t = 800, value_parser = clap::value_parser!(u32).range(1..))]
     pub height: u32,
 }

@@ -38,9 +38,14 @@ pub struct Args {
     /// selects the library of any GEMM, and checks that `blas` loads.)
     #[command(flatten)]
     pub gemm: crate::train::gemm_choice::GemmArgs,
+    /// Threads of the forward pass (default, or 0: all cores). On a machine whose cores are busy
+    /// with other work, 1 is often much faster: the helper threads spin between stages.
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    crate::train::backend::set_threads(a.threads);
     if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
         bail!(
             "--temperature {} must be a finite number >= 0",

@@ -30,6 +30,7 @@ pub struct Args {
     /// are baked into static-pipeline programs).
     #[arg(long, short, default_value = "stories110m")]
     pub model: String,
+    /// Neural Engine pipeline: static (weights baked into programs) or dynamic (weights streamed through the input surface).
     #[arg(long, value_enum, default_value_t = Pipeline::Static)]
     pub pipeline: Pipeline,
     /// Layer whose weights a static-pipeline program bakes in.

@@ -66,12 +66,16 @@ pub struct TrainArgs {
     /// 10% and at least 5).
     #[arg(long)]
     pub warmup: Option<u64>,
+    /// AdamW decoupled weight decay (not applied to the RMSNorm gains).
     #[arg(long, default_value_t = 0.1, value_parser = super::unit_interval)]
     pub weight_decay: f32,
+    /// AdamW β₁: decay of the first-moment (mean) estimate.
     #[arg(long, default_value_t = 0.9, value_parser = super::unit_interval)]
     pub beta1: f32,
+    /// AdamW β₂: decay of the second-moment (variance) estimate.
     #[arg(long, default_value_t = 0.95, value_parser = super::unit_interval)]
     pub beta2: f32,
+    /// AdamW ε added to √v̂ in the update's denominator.
     #[arg(long, default_value_t = 1e-8, value_parser = super::positive)]
     pub eps: f32,
     /// Clip the global gradient norm (0 disables).
@@ -80,8 +84,8 @@ pub struct TrainArgs {
     /// Seed for initialisation and data sampling.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// Worker threads (default: all cores).
-    #[arg(long, value_parser = super::at_least_one)]
+    /// Worker threads (default, or 0: all cores).
+    #[arg(long)]
     pub threads: Option<usize>,
     /// Folder for the checkpoint, log, and (built-in corpus) tokenizer and data.
     #[arg(long, default_value = DEFAULT_OUT)]
@@ -405,6 +409,7 @@ pub struct EvalArgs {
     /// Token data (uint16 ids).
     #[arg(long)]
     pub data: PathBuf,
+    /// Windows per batch.
     #[arg(long, short, default_value_t = 8, value_parser = super::at_least_one)]
     pub batch: usize,
     /// Tokens per window (default: min(256, seq_len)).
@@ -413,7 +418,8 @@ pub struct EvalArgs {
     /// Batches of consecutive windows to evaluate (default: the whole file).
     #[arg(long, value_parser = super::at_least_one)]
     pub batches: Option<usize>,
-    #[arg(long, value_parser = super::at_least_one)]
+    /// Worker threads (default, or 0: all cores).
+    #[arg(long)]
     pub threads: Option<usize>,
     #[command(flatten)]
     pub gemm: GemmArgs,
@@ -446,12 +452,14 @@ pub struct GradArgs {
     /// First token of the window: inputs are tokens[O..O+S], targets tokens[O+1..O+S+1].
     #[arg(long, default_value_t = 0)]
     pub offset: usize,
+    /// Tokens in the window.
     #[arg(long, default_value_t = 64, value_parser = super::at_least_one)]
     pub seq: usize,
     /// Output safetensors file (tensor names as llama2.c's PyTorch model).
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, value_parser = super::at_least_one)]
+    /// Worker threads (default, or 0: all cores).
+    #[arg(long)]
     pub threads: Option<usize>,
     #[command(flatten)]
     pub gemm: GemmArgs,
@@ -486,8 +494,10 @@ pub struct BenchArgs {
     /// Model: a preset or config file (random weights), or a llama2.c .bin / .ckpt.
     #[arg(long, short, default_value = "stories110m")]
     pub model: String,
+    /// Sequences per micro-step.
     #[arg(long, short, default_value_t = 1, value_parser = super::at_least_one)]
     pub batch: usize,
+    /// Tokens per sequence.
     #[arg(long, default_value_t = 256, value_parser = super::at_least_one)]
     pub seq: usize,
     /// Sequences accumulated per optimizer step.
@@ -499,14 +509,17 @@ pub struct BenchArgs {
     /// Unmeasured optimizer steps first (first touch of every buffer, caches, clocks).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
+    /// Neural Engine pipeline (ane, ane-sim backends).
     #[arg(long, value_enum, default_value_t = Pipeline::Dynamic)]
     pub pipeline: Pipeline,
     /// Neural Engine chip profile (default: the chip this runs on, else conservative).
     #[arg(long)]
     pub ane_profile: Option<String>,
-    #[arg(long, value_parser = super::at_least_one)]
+    /// Worker threads (default, or 0: all cores).
+    #[arg(long)]
     pub threads: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]

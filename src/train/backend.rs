@@ -11,7 +11,8 @@ use anyhow::Result;
 /// Sets the worker-thread count for rayon and the GEMMs (default: every core the process
 /// may use). Returns it.
 pub fn set_threads(threads: Option<usize>) -> usize {
-    let n = threads.unwrap_or_else(|| {
+    // 0 means every core, as for `tokenize --threads` and the GEMM.
+    let n = threads.filter(|&n| n > 0).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)

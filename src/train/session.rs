@@ -346,7 +346,12 @@ fn check_writable(path: &Path, flag: &str) -> Result<()> {
 /// only on failure.
 pub fn restart_process() -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the running executable")?;
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // Without --overwrite: the restarted process continues this run, it must not replace it
+    // (and --overwrite conflicts with --resume).
+    let mut args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--overwrite")
+        .collect();
     if !args.iter().any(|a| a == "--resume") {
         args.push("--resume".into());
     }
