@@ -254,14 +254,14 @@ struct Compiled {
     id: crate::ane::device::ProgramId,
 }
 
-/// Generates and compiles `k` under `profile` on a fresh device.
-fn try_compile(
+/// `k`'s program for `profile`'s plan (layer 0's weights for the static pipeline).
+fn program_for(
     spec: &CheckSpec,
     k: Kernel,
     profile: &Profile,
     params: &Params,
     rope: &Rope,
-) -> Result<Compiled> {
+) -> Result<crate::ane::mil::Program> {
     let budget = spec.budget.unwrap_or(profile.compile_budget);
     let plan = fit::plan(
         &spec.cfg,
@@ -273,7 +273,15 @@ fn try_compile(
     )?;
     let w = (spec.pipeline == Pipeline::Static && k.has_weights())
         .then(|| LayerWeights::from_params(params, 0));
-    let prog = generate(spec.pipeline, k, &plan.geo, w.as_ref(), rope)?;
+    generate(spec.pipeline, k, &plan.geo, w.as_ref(), rope)
+}
+
+/// Compiles `prog` on a fresh device for `profile`.
+fn compile_on(
+    spec: &CheckSpec,
+    profile: &Profile,
+    prog: crate::ane::mil::Program,
+) -> Result<Compiled> {
     let mut dev = (spec.device)(profile)?;
     let t = Instant::now();
     let id = dev.compile(&prog)?;
@@ -351,9 +359,7 @@ pub fn run(spec: &CheckSpec, progress: &mut dyn FnMut(&str)) -> Result<CheckRepo
             alternatives: Vec::new(),
             implied_profile: None,
         };
-        let w = (spec.pipeline == Pipeline::Static && k.has_weights())
-            .then(|| LayerWeights::from_params(&params, 0));
-        let prog = generate(spec.pipeline, k, &plan.geo, w.as_ref(), &rope)?;
+        let prog = program_for(spec, k, &profile, &params, &rope)?;
         match sim::parse::parse(&prog.text) {
             Ok(ast) => {
                 pr.violations = check::check(&ast, &profile)
@@ -363,7 +369,7 @@ pub fn run(spec: &CheckSpec, progress: &mut dyn FnMut(&str)) -> Result<CheckRepo
             }
             Err(e) => pr.violations.push(format!("does not parse: {e:#}")),
         }
-        match try_compile(spec, k, &profile, &params, &rope) {
+        match compile_on(spec, &profile, prog) {
             Ok(Compiled {
                 prog,
                 ms,
@@ -406,7 +412,8 @@ pub fn run(spec: &CheckSpec, progress: &mut dyn FnMut(&str)) -> Result<CheckRepo
                 for (change, name) in alternatives(k, &profile, &plan) {
                     progress(&format!("{}: refused; trying {change}", k.name()));
                     let alt = Profile::named(&name)?;
-                    let r = try_compile(spec, k, &alt, &params, &rope);
+                    let r = program_for(spec, k, &alt, &params, &rope)
+                        .and_then(|p| compile_on(spec, &alt, p));
                     let ok = r.is_ok();
                     pr.alternatives.push(Alternative {
                         change,
