@@ -157,6 +157,15 @@ pub struct TrainArgs {
     /// command that continues the run still print).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Train data parallel as one rank of an MPI job (`mpirun -np N anetrain train …
+    /// --distributed mpi`): --batch and --accum are per rank, rank 0 writes the checkpoint,
+    /// the log and samples. Needs a build with `--features mpi` (docs/DISTRIBUTED.md).
+    #[arg(long, value_enum)]
+    pub distributed: Option<crate::train::distributed::Kind>,
+    /// With --distributed: the ranks compare a checksum of their parameters every N steps
+    /// and at the end, and stop if they differ (0: only at the end).
+    #[arg(long, default_value_t = crate::train::trainer::DEFAULT_CHECK_EVERY, requires = "distributed")]
+    pub check_every: u64,
     #[command(flatten)]
     pub gemm: GemmArgs,
 }
@@ -241,10 +250,16 @@ pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
             quiet: a.quiet,
             until: a.until,
         },
+        distributed: a.distributed,
+        check_every: a.check_every,
     };
     let done = session::run(plan)?;
     if done.outcome.restart {
         return session::restart_process();
+    }
+    if done.trainer.rank_of().0 > 0 {
+        // Rank 0 reports for the run.
+        return Ok(());
     }
     if !a.quiet {
         print_summary(&done, builtin, a.seed)?;

@@ -5,6 +5,7 @@
 //! depends on, so a resumed run reproduces an uninterrupted one bit for bit.
 
 use super::checkpoint::{self, Header};
+use super::distributed::{self, Group};
 use super::eval::evaluate;
 use super::log::{now_unix, Event, LogWriter, RunHeader, StepRecord};
 use super::loss_scale::LossScaler;
@@ -42,6 +43,9 @@ pub fn install_signal_handlers() {
         libc::signal(libc::SIGTERM, h);
     }
 }
+
+/// Steps between the ranks' parameter checksums (`--check-every`).
+pub const DEFAULT_CHECK_EVERY: u64 = 50;
 
 /// Turns the current parameters into a text sample (for the log's `sample` events).
 pub type SampleFn<'a> = &'a dyn Fn(&Params) -> Result<String>;
@@ -124,6 +128,12 @@ pub struct Trainer {
     pub best_val: Option<f32>,
     pub data_desc: Option<String>,
     pub kernels: Box<dyn Kernels>,
+    /// Data parallel: this process's ranks group. Rank 0 alone evaluates, samples and writes
+    /// checkpoints (the caller gives the other ranks a disabled log).
+    pub group: Option<Box<dyn Group>>,
+    /// Data parallel: the ranks compare a checksum of their parameters and moments every
+    /// this many steps (0: only at the end).
+    pub check_every: u64,
 }
 
 impl Trainer {
@@ -149,6 +159,8 @@ impl Trainer {
             best_val: None,
             data_desc: None,
             kernels,
+            group: None,
+            check_every: DEFAULT_CHECK_EVERY,
         }
     }
 
@@ -183,6 +195,40 @@ impl Trainer {
         self.stepper.params.config()
     }
 
+    /// (rank, ranks): (0, 1) for a process on its own.
+    pub fn rank_of(&self) -> (usize, usize) {
+        self.group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()))
+    }
+
+    /// Whether this process writes the run's files (checkpoints, log, samples).
+    fn writes(&self) -> bool {
+        self.rank_of().0 == 0
+    }
+
+    /// Data parallel: stops with an error when the ranks' parameters or moments differ.
+    fn check_ranks_agree(&mut self) -> Result<()> {
+        let Some(g) = self.group.as_mut() else {
+            return Ok(());
+        };
+        let st = &self.stepper;
+        let sum = distributed::checksum(&[&st.params.data, &st.opt.m, &st.opt.v]);
+        let all = g.gather_u64(sum);
+        if all.iter().any(|&s| s != all[0]) {
+            let sums: Vec<String> = all
+                .iter()
+                .enumerate()
+                .map(|(r, s)| format!("rank {r}: {s:016x}"))
+                .collect();
+            bail!(
+                "after step {} the ranks' parameters differ ({}): the ranks have diverged —                  every rank must run the same anetrain build, backend and --gemm on CPUs that                  round alike; the last good checkpoint {} is intact",
+                self.step,
+                sums.join(", "),
+                self.s.ckpt.display()
+            );
+        }
+        Ok(())
+    }
+
     fn header(&self) -> Header {
         Header {
             config: self.config().clone(),
@@ -200,6 +246,7 @@ impl Trainer {
             settings: serde_json::to_value(&self.s).unwrap_or_default(),
             tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
             data: self.data_desc.clone(),
+            world_size: self.rank_of().1,
         }
     }
 
@@ -233,7 +280,9 @@ impl Trainer {
             v.validate(seq, self.config().vocab_size)?;
         }
         let mut ws = Workspace::new(self.config(), b, seq);
-        let tokens_per_step = (b * seq * self.s.accum.max(1)) as u64;
+        let (rank, ranks) = self.rank_of();
+        let accum = self.s.accum.max(1);
+        let tokens_per_step = (b * seq * accum * ranks) as u64;
         self.log_header(log, tokens_per_step, peak_gflops)?;
 
         let progress = Progress::new(self.step, self.s.steps, self.s.quiet);
@@ -244,7 +293,18 @@ impl Trainer {
 
         let stop_at = self.s.until.unwrap_or(u64::MAX).min(self.s.steps);
         while self.step < stop_at {
-            if STOP.load(Ordering::SeqCst) {
+            if self.step > start_step
+                && self.check_every > 0
+                && self.step.is_multiple_of(self.check_every)
+            {
+                self.check_ranks_agree()?;
+            }
+            let mut stop = STOP.load(Ordering::SeqCst);
+            if let Some(g) = self.group.as_mut() {
+                // A signal reaches the ranks at different moments: all stop at the same step.
+                stop = g.any(stop);
+            }
+            if stop {
                 r.interrupted = true;
                 break;
             }
@@ -254,14 +314,27 @@ impl Trainer {
             let mut t = Timings::default();
             let t_step = Instant::now();
             let sampler = &mut self.sampler;
-            let outcome = self.stepper.step(
+            // Rank r draws the windows of global micro-steps r·accum … (r+1)·accum − 1 and
+            // steps over the others' (every rank's sampler stays in the same state).
+            let mut drawn = 0;
+            let outcome = self.stepper.step_in(
                 self.kernels.as_mut(),
                 &mut ws,
                 &self.s.optim,
                 self.step,
                 self.s.accum,
-                &mut |inputs, targets| sampler.fill(data, seq, inputs, targets),
+                &mut |inputs, targets| {
+                    if drawn == 0 {
+                        sampler.skip(data, seq, rank * accum * b);
+                    }
+                    sampler.fill(data, seq, inputs, targets);
+                    drawn += 1;
+                    if drawn == accum {
+                        sampler.skip(data, seq, (ranks - 1 - rank) * accum * b);
+                    }
+                },
                 &mut t,
+                self.group.as_mut().map(|g| g.as_mut() as &mut dyn Group),
             )?;
             let ms = t_step.elapsed().as_secs_f64() * 1e3;
             self.report_fallbacks(log, &progress);
@@ -296,6 +369,7 @@ impl Trainer {
         }
         self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
         progress.finish();
+        self.check_ranks_agree()?;
         if self.step > start_step || r.interrupted || !self.s.ckpt.exists() {
             // The final checkpoint: failures here are fatal, the state must not be lost silently.
             let existed = self.s.ckpt.exists();
@@ -338,7 +412,9 @@ impl Trainer {
         peak_gflops: f64,
     ) -> Result<()> {
         let (b, seq) = (self.s.batch, self.s.seq);
-        let flops = StepFlops::new(self.config(), b, seq).total() * self.s.accum.max(1) as f64;
+        let ranks = self.rank_of().1;
+        let flops =
+            StepFlops::new(self.config(), b, seq).total() * (self.s.accum.max(1) * ranks) as f64;
         log.emit(&Event::Run(RunHeader {
             pid: std::process::id(),
             start_unix: now_unix(),
@@ -356,6 +432,7 @@ impl Trainer {
             ckpt: Some(absolute(&self.s.ckpt)),
             tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
             args: serde_json::to_value(&self.s)?,
+            world_size: ranks,
         }));
         Ok(())
     }
@@ -375,6 +452,12 @@ impl Trainer {
         progress.finish();
         if !self.checkpoint_logged(log, progress)? {
             bail!("cannot checkpoint before the compile-budget restart");
+        }
+        if self.group.is_some() {
+            bail!(
+                "compile budget: {left} compiles left, {need} needed per update; a rank of a                  data-parallel run cannot restart itself: the checkpoint {} is written,                  start the run again with --resume",
+                self.s.ckpt.display()
+            );
         }
         progress.println(&format!(
             "compile budget: {left} compiles left, {need} needed per update; restarting the process from {}",
@@ -475,7 +558,10 @@ impl Trainer {
         progress: &Progress,
     ) -> Result<()> {
         let every = self.s.eval_every;
-        if every == 0 || !(self.step.is_multiple_of(every) || self.step == self.s.steps) {
+        if every == 0
+            || !(self.step.is_multiple_of(every) || self.step == self.s.steps)
+            || !self.writes()
+        {
             return Ok(());
         }
         let (b, seq) = (self.s.batch, self.s.seq);
@@ -520,6 +606,9 @@ impl Trainer {
     /// Checkpoints and logs; on an I/O error (disk full, permissions) prints and logs a
     /// clear message and returns false so the caller retries at the next opportunity.
     fn checkpoint_logged(&self, log: &mut LogWriter, progress: &Progress) -> Result<bool> {
+        if !self.writes() {
+            return Ok(true);
+        }
         match self.save_checkpoint() {
             Ok(ms) => {
                 log.emit(&Event::Checkpoint {
