@@ -95,6 +95,25 @@ pub fn abort(why: &str) {
     let _ = why;
 }
 
+/// The end of a data-parallel command, once every rank got there: `MPI_Finalize` (nothing
+/// when MPI is not running). [`join`]ed groups may be dropped before or after.
+pub fn finalize() {
+    #[cfg(feature = "mpi")]
+    mpi_group::finalize();
+}
+
+/// Ends a data-parallel command: [`finalize`] on success; on an error, [`abort`] with it
+/// (so that no rank waits forever for this one). Without `distributed`, `r` as it is.
+pub fn conclude<T>(distributed: bool, r: Result<T>) -> Result<T> {
+    if distributed {
+        match &r {
+            Ok(_) => finalize(),
+            Err(e) => abort(&format!("{e:#}")),
+        }
+    }
+    r
+}
+
 /// The checksum the ranks compare: CRC-32 of each array's bytes, folded into 64 bits.
 pub fn checksum(arrays: &[&[f32]]) -> u64 {
     let mut h = 0u64;
@@ -189,8 +208,19 @@ mod mpi_group {
         spare: Vec<Vec<f32>>,
         thread: Option<std::thread::JoinHandle<()>>,
         stats: SyncStats,
-        /// Dropped last: MPI_Finalize.
-        _universe: Universe,
+    }
+
+    /// The MPI environment, from [`MpiGroup::join`] to [`finalize`] (not tied to the group:
+    /// a rank that fails must abort, not finalize, when its state is dropped).
+    struct Held(#[allow(dead_code)] Universe);
+    // SAFETY: only moved into and out of the mutex, and dropped by `finalize` while no other
+    // thread calls MPI.
+    unsafe impl Send for Held {}
+    static UNIVERSE: std::sync::Mutex<Option<Held>> = std::sync::Mutex::new(None);
+
+    pub fn finalize() {
+        let held = UNIVERSE.lock().map(|mut u| u.take()).unwrap_or(None);
+        drop(held);
     }
 
     // SAFETY: the handles inside are MPI_COMM_WORLD and the MPI library's state, which any
@@ -213,6 +243,9 @@ mod mpi_group {
             }
             let world = universe.world();
             let (rank, size) = (world.rank() as usize, world.size() as usize);
+            if let Ok(mut u) = UNIVERSE.lock() {
+                *u = Some(Held(universe));
+            }
             let (jobs, job_rx) = channel::<Job>();
             let (done_tx, done) = channel::<Done>();
             let thread = std::thread::Builder::new()
@@ -229,7 +262,6 @@ mod mpi_group {
                 spare: Vec::new(),
                 thread: Some(thread),
                 stats: SyncStats::default(),
-                _universe: universe,
             })
         }
     }

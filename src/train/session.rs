@@ -85,22 +85,13 @@ pub struct Finished {
 /// it, the model against the data and the tokenizer, and that the checkpoint and log folders
 /// can be written.
 ///
-/// Data parallel (`plan.distributed`), an error on any rank ends every rank: the error is
-/// printed naming the rank, then `MPI_Abort`.
+/// Data parallel (`plan.distributed`): this process joins the run it was started in; the
+/// caller ends it with [`distributed::conclude`].
 pub fn run(plan: Plan) -> Result<Finished> {
-    let group = match plan.distributed {
+    let mut group: Option<Box<dyn Group>> = match plan.distributed {
         Some(kind) => Some(distributed::join(kind)?),
         None => None,
     };
-    let is_distributed = group.is_some();
-    let r = run_in(plan, group);
-    if let (true, Err(e)) = (is_distributed, &r) {
-        distributed::abort(&format!("{e:#}"));
-    }
-    r
-}
-
-fn run_in(plan: Plan, mut group: Option<Box<dyn Group>>) -> Result<Finished> {
     let mut s = plan.settings;
     let (rank, ranks) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
     if rank > 0 {

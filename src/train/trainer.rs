@@ -134,6 +134,9 @@ pub struct Trainer {
     /// Data parallel: the ranks compare a checksum of their parameters and moments every
     /// this many steps (0: only at the end).
     pub check_every: u64,
+    /// Test hook (`ANETRAIN_PERTURB_AT=STEP`): after step STEP one parameter of this
+    /// process is nudged, to exercise the ranks' checksum comparison end to end.
+    perturb_at: Option<u64>,
 }
 
 impl Trainer {
@@ -161,6 +164,9 @@ impl Trainer {
             kernels,
             group: None,
             check_every: DEFAULT_CHECK_EVERY,
+            perturb_at: std::env::var("ANETRAIN_PERTURB_AT")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         }
     }
 
@@ -337,6 +343,10 @@ impl Trainer {
                 self.group.as_mut().map(|g| g.as_mut() as &mut dyn Group),
             )?;
             let ms = t_step.elapsed().as_secs_f64() * 1e3;
+            if self.perturb_at == Some(self.step + 1) {
+                let p = &mut self.stepper.params.data[0];
+                *p = f32::from_bits(p.to_bits() ^ 1);
+            }
             self.report_fallbacks(log, &progress);
             self.cum.merge(&t);
             self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
