@@ -228,12 +228,12 @@ pub fn run(plan: Plan) -> Result<Finished> {
         } => TokenData::open_with_validation(data, val.as_deref(), *val_fraction)?,
         DataChoice::Builtin { val_fraction } => {
             // Rank 0 first: on a shared folder the others then find the corpus made.
-            if rank > 0 {
-                group.as_mut().map(|g| g.barrier());
+            if let (true, Some(g)) = (rank > 0, group.as_mut()) {
+                g.barrier();
             }
             let b = builtin::prepare(&plan.out, s.seed, s.quiet)?;
-            if rank == 0 {
-                group.as_mut().map(|g| g.barrier());
+            if let (0, Some(g)) = (rank, group.as_mut()) {
+                g.barrier();
             }
             s.tokenizer.get_or_insert(b.tokenizer.clone());
             let (t, v) = TokenData::open(&b.tokens)?.split_tail(val_fraction.max(0.01))?;
