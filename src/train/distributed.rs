@@ -424,6 +424,116 @@ mod tests {
         assert_ne!(checksum(&[&a, &b]), checksum(&[&b, &a]));
     }
 
+    /// The backward's hook hands over every gradient exactly once, each piece already
+    /// final: the values it saw equal the arena after the call, and the pieces tile the arena.
+    #[test]
+    fn hook_pieces_are_final_and_tile_the_arena() {
+        use crate::kernels::cpu::CpuKernels;
+        use crate::model::{Config, Params};
+        use crate::train::step::Workspace;
+        use crate::train::timing::Timings;
+        for tied in [true, false] {
+            let mut c = Config::llama(16, 24, 3, 2, 1, 20, 8);
+            c.tied = tied;
+            let p = Params::init_random(&c, 3);
+            let mut g = Params::zeros(&c);
+            let mut ws = Workspace::new(&c, 2, 6);
+            let ids: Vec<u32> = (0..12).map(|i| (i * 7 % 20) as u32).collect();
+            let tg: Vec<u32> = (0..12).map(|i| (i * 3 % 20) as u32).collect();
+            let mut seen: Vec<(usize, Vec<f32>)> = Vec::new();
+            let mut calls = 0;
+            let mut hook = |pieces: &[(usize, &[f32])]| {
+                calls += 1;
+                seen.extend(pieces.iter().map(|&(o, v)| (o, v.to_vec())));
+            };
+            ws.forward_backward_hooked(
+                &mut CpuKernels::new(),
+                &p,
+                &mut g,
+                &ids,
+                &tg,
+                1.0,
+                &mut Timings::default(),
+                Some(&mut hook),
+            )
+            .unwrap();
+            // head, 3 layers, embedding
+            assert_eq!(calls, 5, "tied {tied}");
+            let mut covered = vec![0u8; g.data.len()];
+            for (off, vals) in &seen {
+                assert_eq!(&g.data[*off..off + vals.len()], &vals[..], "offset {off}");
+                covered[*off..off + vals.len()].iter_mut().for_each(|c| *c += 1);
+            }
+            assert!(covered.iter().all(|&c| c == 1), "tied {tied}: {covered:?}");
+            assert!(g.data.iter().any(|&x| x != 0.0));
+        }
+    }
+
+    /// One process's accumulation is the rank-order sum: `--accum 2` leaves in the arena
+    /// exactly g₁ + g₂ of two separate passes into zeroed arenas.
+    #[test]
+    fn accumulation_adds_separate_micro_steps_in_order() {
+        use crate::kernels::cpu::CpuKernels;
+        use crate::model::{Config, Params};
+        use crate::train::loss_scale::LossScaler;
+        use crate::train::optim::{AdamW, AdamWConfig};
+        use crate::train::step::Workspace;
+        use crate::train::stepper::Stepper;
+        use crate::train::timing::Timings;
+        let c = Config::llama(16, 24, 2, 2, 1, 20, 8);
+        let p = Params::init_random(&c, 4);
+        let batches: Vec<(Vec<u32>, Vec<u32>)> = (0..2)
+            .map(|b| {
+                (
+                    (0..12).map(|i| ((i * 7 + b * 5) % 20) as u32).collect(),
+                    (0..12).map(|i| ((i * 3 + b) % 20) as u32).collect(),
+                )
+            })
+            .collect();
+        let mut ws = Workspace::new(&c, 2, 6);
+        let mut k = CpuKernels::new();
+        let mut t = Timings::default();
+        let mut want = vec![0f32; p.data.len()];
+        for (i, tg) in &batches {
+            let mut g = Params::zeros(&c);
+            ws.forward_backward(&mut k, &p, &mut g, i, tg, 0.5, &mut t)
+                .unwrap();
+            for (w, x) in want.iter_mut().zip(&g.data) {
+                *w += x;
+            }
+        }
+        let cfg = AdamWConfig {
+            lr: 1e-3,
+            min_lr: 0.0,
+            warmup: 0,
+            total_steps: 10,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            grad_clip: 0.0,
+        };
+        let opt = AdamW::new(&p.layout);
+        let mut st = Stepper::new(p, opt, LossScaler::fixed(1.0), 12);
+        let mut next = 0;
+        st.step(
+            &mut k,
+            &mut ws,
+            &cfg,
+            0,
+            2,
+            &mut |i, tg| {
+                i.copy_from_slice(&batches[next].0);
+                tg.copy_from_slice(&batches[next].1);
+                next += 1;
+            },
+            &mut t,
+        )
+        .unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&st.grads.data), bits(&want));
+    }
+
     #[cfg(not(feature = "mpi"))]
     #[test]
     fn without_the_feature_join_says_how_to_build() {
