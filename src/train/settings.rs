@@ -50,6 +50,10 @@ pub struct Settings {
     pub until: Option<u64>,
 }
 
+/// The model every command takes when `--model` is not given (`train`, `info`, `bench`,
+/// `mil`, `ane check`): the built-in run's preset.
+pub const DEFAULT_MODEL: &str = "stories260k";
+
 /// Where a run's files go when `--out` is not given.
 pub const DEFAULT_OUT: &str = "runs/default";
 

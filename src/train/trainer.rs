@@ -123,6 +123,9 @@ pub struct Trainer {
     pub last_loss: f32,
     pub best_val: Option<f32>,
     pub data_desc: Option<String>,
+    /// The training data as recorded in the checkpoint's settings (under `"data"`), so that
+    /// `--resume` continues on it: see `session::DataRecord`.
+    pub data_record: Option<serde_json::Value>,
     pub kernels: Box<dyn Kernels>,
 }
 
@@ -148,6 +151,7 @@ impl Trainer {
             last_loss: f32::NAN,
             best_val: None,
             data_desc: None,
+            data_record: None,
             kernels,
         }
     }
@@ -197,7 +201,13 @@ impl Trainer {
             wall_s: self.wall_s,
             last_loss: self.last_loss,
             best_val_loss: self.best_val,
-            settings: serde_json::to_value(&self.s).unwrap_or_default(),
+            settings: {
+                let mut v = serde_json::to_value(&self.s).unwrap_or_default();
+                if let (Some(m), Some(d)) = (v.as_object_mut(), &self.data_record) {
+                    m.insert("data".into(), d.clone());
+                }
+                v
+            },
             tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
             data: self.data_desc.clone(),
         }
