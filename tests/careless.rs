@@ -1331,3 +1331,63 @@ fn eval_defaults_to_the_validation_tail_and_shows_progress_only_on_a_terminal() 
     let (s2, _) = eval(&[]);
     assert_eq!(s1.split_whitespace().nth(1), s2.split_whitespace().nth(1));
 }
+
+/// Item 13: the built-in run is sized for about 3 minutes on the slowest 2-core machine: 400
+/// steps by default, and a time limit (180 s of training unless --steps or --time-limit is
+/// given) after which it stops like --until, with a checkpoint and the command that continues
+/// it. `--time-limit N` does the same for any run.
+#[test]
+fn the_builtin_run_is_short_by_default_and_a_time_limit_stops_like_until() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let out = d.path().join("t");
+    // A run far too long to finish, stopped by the limit after its first second.
+    let o = run(&train(
+        cfg,
+        data,
+        out.to_str().unwrap(),
+        &[
+            "--steps",
+            "100000000",
+            "--batch",
+            "1",
+            "--seq",
+            "16",
+            "--time-limit",
+            "1",
+            "--ckpt-every",
+            "0",
+            "--eval-every",
+            "0",
+        ],
+    ));
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("continue with:"))
+        .expect(&err);
+    assert!(line.contains("(the --time-limit of 1 s)"), "{line}");
+    assert!(line.ends_with("--resume"), "{line}");
+    let ck = anetrain::train::checkpoint::read_header(&out.join("model.ckpt")).unwrap();
+    assert!(ck.step >= 1 && ck.step < 100_000_000, "{}", ck.step);
+    assert_eq!(ck.total_steps, 100_000_000);
+
+    // The built-in run: 400 steps unless --steps is given.
+    let b = d.path().join("b");
+    let o = run(&[
+        "train",
+        "--out",
+        b.to_str().unwrap(),
+        "--until",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("stopped at step 1 of 400 (--until)"), "{err}");
+    let help = String::from_utf8(run(&["train", "--help"]).stdout).unwrap();
+    assert!(help.contains("--time-limit <SECONDS>"), "{help}");
+}

@@ -52,9 +52,10 @@ pub struct TrainArgs {
     /// Micro-steps accumulated per optimizer step.
     #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]
     pub accum: usize,
-    /// Optimizer steps.
-    #[arg(long, default_value_t = 1000, value_parser = super::at_least_one_u64)]
-    pub steps: u64,
+    /// Optimizer steps (default: 400 for the built-in corpus run, sized to finish in about 3
+    /// minutes on a 2-core machine; 1000 with --data).
+    #[arg(long, value_parser = super::at_least_one_u64)]
+    pub steps: Option<u64>,
     /// Peak learning rate (default: 1e-3; 3e-3 for the built-in corpus run; a tenth of
     /// that when --model holds trained weights).
     #[arg(long, value_parser = super::learning_rate)]
@@ -108,6 +109,10 @@ pub struct TrainArgs {
     /// and the log are replaced (without this, a new run into a run's folder is refused).
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Stop after this many seconds of training with a checkpoint, as at --until (0: no
+    /// limit; default: 180 for the built-in corpus run without --steps, none otherwise).
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<u64>,
     /// Stop after this step with a checkpoint (the schedule still spans --steps); continue
     /// later with --resume.
     #[arg(long, value_parser = super::at_least_one_u64)]
@@ -163,6 +168,7 @@ pub struct TrainArgs {
 
 pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
     let builtin = a.data.is_none();
+    let steps = a.steps.unwrap_or(settings::default_steps(builtin));
     // Starting from trained weights (not resuming): fine-tuning defaults.
     let fine_tune = !a.resume && ModelSource::resolve(&a.model).is_ok_and(|src| src.has_weights());
     let lr = a.lr.unwrap_or(if fine_tune {
@@ -171,9 +177,9 @@ pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
         settings::default_lr(builtin)
     });
     let warmup = a.warmup.unwrap_or(if fine_tune {
-        settings::default_fine_tune_warmup(a.steps)
+        settings::default_fine_tune_warmup(steps)
     } else {
-        settings::default_warmup(a.steps)
+        settings::default_warmup(steps)
     });
     if fine_tune && !a.quiet && (a.lr.is_none() || a.warmup.is_none()) {
         eprintln!(
@@ -209,16 +215,22 @@ pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
         },
         seq: a.seq,
         loss_scale: a.loss_scale,
+        time_limit: match a.time_limit {
+            Some(0) => None,
+            Some(s) => Some(s as f64),
+            None if builtin && a.steps.is_none() => Some(settings::BUILTIN_TIME_LIMIT_S as f64),
+            None => None,
+        },
         settings: Settings {
             batch: a.batch,
             seq: 0,
             accum: a.accum,
-            steps: a.steps,
+            steps,
             optim: AdamWConfig {
                 lr,
                 min_lr: a.min_lr.unwrap_or(settings::default_min_lr(lr)),
                 warmup,
-                total_steps: a.steps,
+                total_steps: steps,
                 beta1: a.beta1,
                 beta2: a.beta2,
                 eps: a.eps,
@@ -266,8 +278,20 @@ pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
         }
     }
     if step < steps {
+        let why = if done.outcome.time_limited {
+            match a.time_limit {
+                Some(s) => format!("the --time-limit of {s} s"),
+                None => format!(
+                    "the built-in run's time limit of {} s; --steps or --time-limit 0 runs to \
+                     the end",
+                    settings::BUILTIN_TIME_LIMIT_S
+                ),
+            }
+        } else {
+            "--until".to_string()
+        };
         eprintln!(
-            "stopped at step {step} of {steps} (--until); continue with: {}",
+            "stopped at step {step} of {steps} ({why}); continue with: {}",
             resume_command()
         );
     }

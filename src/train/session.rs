@@ -231,6 +231,8 @@ pub struct Plan {
     /// Initial loss scale for backends that need one (default:
     /// [`settings::initial_loss_scale`]).
     pub loss_scale: Option<f32>,
+    /// Seconds of training after which this process stops with a checkpoint.
+    pub time_limit: Option<f64>,
     /// The options given on the command line (clap ids, `min_lr`), as opposed to left at
     /// their defaults: a resumed run takes the others from its checkpoint
     /// ([`Settings::resumed`]).
@@ -475,6 +477,7 @@ pub fn run(plan: Plan) -> Result<Finished> {
     };
     tr.data_desc = Some(data.path.display().to_string());
     tr.data_record = Some(serde_json::to_value(&record)?);
+    tr.time_limit = plan.time_limit;
     if plan.overwrite && !plan.resume && tr.s.ckpt.exists() {
         replace_run(&tr.s.ckpt, &log_path)?;
         note(&format!(

@@ -63,6 +63,8 @@ pub struct Outcome {
     /// The compile budget is nearly spent: the caller must re-exec the process with
     /// `--resume` (the checkpoint has been written).
     pub restart: bool,
+    /// The run stopped at [`Trainer::time_limit`] before its last step (with a checkpoint).
+    pub time_limited: bool,
 }
 
 impl Outcome {
@@ -90,6 +92,7 @@ struct RunState {
     /// Skipped steps in all.
     skipped: u64,
     interrupted: bool,
+    time_limited: bool,
     /// A checkpoint failed (disk full…) and is retried after the next step.
     ckpt_pending: bool,
 }
@@ -106,6 +109,7 @@ impl RunState {
             skipped: self.skipped,
             loss_scaling: t.stepper.scaler.dynamic,
             restart,
+            time_limited: self.time_limited,
         }
     }
 }
@@ -126,6 +130,9 @@ pub struct Trainer {
     /// The training data as recorded in the checkpoint's settings (under `"data"`), so that
     /// `--resume` continues on it: see `session::DataRecord`.
     pub data_record: Option<serde_json::Value>,
+    /// Seconds of training after which this process stops with a checkpoint, as at
+    /// `--until` (`--time-limit`; `None`: no limit).
+    pub time_limit: Option<f64>,
     pub kernels: Box<dyn Kernels>,
 }
 
@@ -152,6 +159,7 @@ impl Trainer {
             best_val: None,
             data_desc: None,
             data_record: None,
+            time_limit: None,
             kernels,
         }
     }
@@ -256,6 +264,13 @@ impl Trainer {
         while self.step < stop_at {
             if STOP.load(Ordering::SeqCst) {
                 r.interrupted = true;
+                break;
+            }
+            if self
+                .time_limit
+                .is_some_and(|l| self.step > start_step && run_start.elapsed().as_secs_f64() >= l)
+            {
+                r.time_limited = true;
                 break;
             }
             if self.compile_budget_spent(log, &progress)? {
