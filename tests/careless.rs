@@ -1332,10 +1332,10 @@ fn eval_defaults_to_the_validation_tail_and_shows_progress_only_on_a_terminal() 
     assert_eq!(s1.split_whitespace().nth(1), s2.split_whitespace().nth(1));
 }
 
-/// Item 13: the built-in run is sized for about 3 minutes on the slowest 2-core machine: 400
-/// steps by default, and a time limit (180 s of training unless --steps or --time-limit is
-/// given) after which it stops like --until, with a checkpoint and the command that continues
-/// it. `--time-limit N` does the same for any run.
+/// Item 13: the built-in run ends in about 3 minutes on the slowest 2-core machine: its
+/// 1000-step schedule is bounded by a time limit (180 s of training unless --steps or
+/// --time-limit is given), after which it stops like --until, with a checkpoint and the
+/// command that continues it. `--time-limit N` does the same for any run.
 #[test]
 fn the_builtin_run_is_short_by_default_and_a_time_limit_stops_like_until() {
     let d = tempfile::tempdir().unwrap();
@@ -1374,7 +1374,7 @@ fn the_builtin_run_is_short_by_default_and_a_time_limit_stops_like_until() {
     assert!(ck.step >= 1 && ck.step < 100_000_000, "{}", ck.step);
     assert_eq!(ck.total_steps, 100_000_000);
 
-    // The built-in run: 400 steps unless --steps is given.
+    // The built-in run: the 1000-step schedule (bounded by the time limit).
     let b = d.path().join("b");
     let o = run(&[
         "train",
@@ -1387,7 +1387,94 @@ fn the_builtin_run_is_short_by_default_and_a_time_limit_stops_like_until() {
     ]);
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("stopped at step 1 of 400 (--until)"), "{err}");
+    assert!(err.contains("stopped at step 1 of 1000 (--until)"), "{err}");
     let help = String::from_utf8(run(&["train", "--help"]).stdout).unwrap();
     assert!(help.contains("--time-limit <SECONDS>"), "{help}");
+}
+
+/// README and `--help` agree: every flag the README's command table shows for a command, and
+/// every flag its list of training options names, is a flag (or alias) of that command.
+#[test]
+fn the_readme_names_only_flags_the_commands_have() {
+    use clap::CommandFactory;
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let flags_of = |c: &clap::Command| -> Vec<String> {
+        let mut v = vec!["--help".to_string()];
+        for a in c.get_arguments() {
+            v.extend(
+                a.get_long_and_visible_aliases()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|l| format!("--{l}")),
+            );
+            v.extend(
+                a.get_all_aliases()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|l| format!("--{l}")),
+            );
+            if let Some(s) = a.get_short() {
+                v.push(format!("-{s}"));
+            }
+        }
+        v
+    };
+    let flags_in = |text: &str| -> Vec<String> {
+        text.split(|c: char| c.is_whitespace() || "`[]|(),".contains(c))
+            .filter(|w| w.starts_with('-') && w.len() > 1)
+            .map(|w| {
+                w.split('=')
+                    .next()
+                    .unwrap()
+                    .trim_end_matches(['.', ';', ':'])
+                    .to_string()
+            })
+            .filter(|w| {
+                w.chars()
+                    .nth(1)
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '-')
+            })
+            .collect()
+    };
+    let root = anetrain::cli::Cli::command();
+    let mut rows = 0;
+    for line in readme.lines().filter(|l| l.starts_with("| `anetrain ")) {
+        let cell = line.split(" | ").next().unwrap();
+        for usage in cell.split("`, `") {
+            let words: Vec<&str> = usage
+                .trim_matches(['|', ' ', '`'])
+                .split_whitespace()
+                .collect();
+            let mut c = root.clone();
+            for w in &words[1..] {
+                match c.find_subcommand(w) {
+                    Some(s) => c = s.clone(),
+                    None => break,
+                }
+            }
+            let have = flags_of(&c);
+            for f in flags_in(usage) {
+                assert!(
+                    have.contains(&f),
+                    "README: `{}` has no {f} ({usage})",
+                    c.get_name()
+                );
+            }
+            rows += 1;
+        }
+    }
+    assert!(rows >= 12, "{rows} command rows");
+    let train = root.find_subcommand("train").unwrap().clone();
+    let have = flags_of(&train);
+    let start = readme
+        .find("Options cover")
+        .expect("the training options list");
+    let para = &readme[start..start + readme[start..].find("\n\n").unwrap()];
+    for f in flags_in(para) {
+        assert!(
+            have.contains(&f),
+            "README's training options: train has no {f}"
+        );
+    }
 }
