@@ -758,10 +758,6 @@ impl<'a> Checked<'a> {
         Checked { k }
     }
 
-    pub fn spec(&self) -> &Spec {
-        self.k.spec()
-    }
-
     pub fn fwd_attn(
         &mut self,
         layer: usize,
