@@ -18,7 +18,7 @@ use anetrain::ane::backend::{AneKernels, BudgetExhausted};
 use anetrain::ane::sim::SimDevice;
 use anetrain::ane::Pipeline;
 use anetrain::kernels::cpu::CpuKernels;
-use anetrain::kernels::Kernels;
+use anetrain::kernels::{Kernels, Spec};
 use anetrain::model::{llama2c, Config, Params};
 use anetrain::train::step::Workspace;
 use anetrain::train::timing::Timings;
@@ -70,7 +70,12 @@ fn one_step_gradients_match_cpu() {
     let p = model();
     let c = p.config().clone();
     let mut ws = Workspace::new(&c, BATCH, SEQ);
-    let (lc, gc) = grads(&mut CpuKernels::new(), &mut ws, &p, 1);
+    let (lc, gc) = grads(
+        &mut CpuKernels::new(Spec::new(&c, BATCH, SEQ)),
+        &mut ws,
+        &p,
+        1,
+    );
     for pipeline in [Pipeline::Static, Pipeline::Dynamic] {
         let mut ane =
             AneKernels::new(Box::new(SimDevice::new()), &c, BATCH, SEQ, pipeline).unwrap();
@@ -144,7 +149,11 @@ fn sgd_loss_curves_follow_cpu() {
     let c = p.config().clone();
     let steps = 50;
     let t = Instant::now();
-    let (cpu, _) = sgd_curve(|| Box::new(CpuKernels::new()), &p, steps);
+    let (cpu, _) = sgd_curve(
+        || Box::new(CpuKernels::new(Spec::new(&c, BATCH, SEQ))),
+        &p,
+        steps,
+    );
     let cpu_ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
     assert!(
         cpu[steps - 1] < 0.5 * cpu[0],
@@ -229,7 +238,12 @@ fn dynamic_loss_scaling_backs_off_from_overflow() {
     // 2^24 overflows fp16 gradients; the scaler halves until they are finite, and the
     // gradients it then accepts match the CPU's.
     assert!(skipped >= 1, "2^24 should overflow");
-    let (_, gc) = grads(&mut CpuKernels::new(), &mut ws, &p, 1);
+    let (_, gc) = grads(
+        &mut CpuKernels::new(Spec::new(&c, BATCH, SEQ)),
+        &mut ws,
+        &p,
+        1,
+    );
     let num: f64 = g
         .data
         .iter()

@@ -22,6 +22,10 @@
 //! the other side's current product. The forward pass and the classifier split each
 //! product over both cores.
 //!
+//! The backend must be built for the workspace's [`Spec`] (same model, batch, seq): the step
+//! refuses another one with an error naming both. Kernel calls go through
+//! [`crate::kernels::Checked`], which checks every slice against that spec.
+//!
 //! The step runs inside its own rayon pool (one thread per core unless
 //! [`Workspace::set_threads`] says otherwise): kernel methods are called from a worker thread
 //! of that pool, always from the side of the join that runs the chain.
@@ -33,7 +37,8 @@
 use crate::kernels::gemm::{sgemm_serial, Op};
 use crate::kernels::ops::{self, ClassifierGrads, Rope};
 use crate::kernels::{
-    AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
+    AttnFwd, AttnWeights, Checked, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
+    Spec,
 };
 use crate::model::{Config, LayerTensor, Layout, Params};
 use crate::train::timing::{Component, Timings};
@@ -103,8 +108,9 @@ fn at_mut(v: &mut [f32], l: usize, len: usize) -> &mut [f32] {
 /// a (config, batch, seq) geometry.
 pub struct Workspace {
     cfg: Config,
+    /// The geometry every kernel call has (the backend must be built for the same).
+    spec: Spec,
     dims: Dims,
-    rope: Rope,
     weights_version: u64,
     pool: Arc<rayon::ThreadPool>,
     taps: Taps,
@@ -188,25 +194,6 @@ fn split_grads<'a>(lay: &Layout, data: &'a mut [f32]) -> GradParts<'a> {
     }
 }
 
-fn attn_weights<'a>(p: &'a Params, l: usize) -> AttnWeights<'a> {
-    AttnWeights {
-        g: p.layer(l, LayerTensor::AttentionNorm),
-        wq: p.layer(l, LayerTensor::Wq),
-        wk: p.layer(l, LayerTensor::Wk),
-        wv: p.layer(l, LayerTensor::Wv),
-        wo: p.layer(l, LayerTensor::Wo),
-    }
-}
-
-fn ffn_weights<'a>(p: &'a Params, l: usize) -> FfnWeights<'a> {
-    FfnWeights {
-        g: p.layer(l, LayerTensor::FfnNorm),
-        w1: p.layer(l, LayerTensor::W1),
-        w2: p.layer(l, LayerTensor::W2),
-        w3: p.layer(l, LayerTensor::W3),
-    }
-}
-
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
@@ -232,15 +219,16 @@ impl Workspace {
     /// `seq_len`, checked by the step). Threads: as set by `kernels::gemm::set_threads`, else
     /// the global rayon pool's size.
     pub fn new(cfg: &Config, batch: usize, seq: usize) -> Workspace {
-        let d = Dims::new(cfg, batch, seq);
+        let spec = Spec::new(cfg, batch, seq);
+        let d = spec.dims;
         let (n, l) = (d.n(), cfg.n_layers);
         let (dim, h, qd, kvd) = (d.dim, d.hidden, d.q_dim(), d.kv_dim());
         let z = |len: usize| vec![0.0f32; len];
         let chunk = ops::ce_chunk_tokens(cfg.vocab_size, n);
         Workspace {
             cfg: cfg.clone(),
+            spec,
             dims: d,
-            rope: Rope::new(cfg.head_dim, seq, cfg.rope_theta),
             weights_version: 0,
             pool: build_pool(default_threads()),
             taps: Taps {
@@ -273,7 +261,8 @@ impl Workspace {
     }
 
     /// The version passed to [`Kernels::prepare`]: bump it whenever the parameters change
-    /// (after each optimizer update) so that backends that bake weights recompile.
+    /// (after each optimizer update) so that backends that keep a copy of the weights
+    /// rebuild it.
     pub fn set_weights_version(&mut self, v: u64) {
         self.weights_version = v;
     }
@@ -298,6 +287,11 @@ impl Workspace {
         &self.dims
     }
 
+    /// The geometry the backend of every call must be built for.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
     /// inputs/targets: B·S ids, sequence b at b·S..(b+1)·S. Returns mean cross-entropy over
     /// B·S. ADDS grad_scale · d(mean loss)/dθ into `grads` (same layout as params) —
     /// accumulation-friendly.
@@ -312,7 +306,7 @@ impl Workspace {
         grad_scale: f32,
         t: &mut Timings,
     ) -> Result<f32> {
-        self.check(params, inputs, targets)?;
+        self.check(k, params, inputs, targets)?;
         ensure!(
             grads.layout.total == params.layout.total && grads.config() == params.config(),
             "gradient arena ({} values) does not match the parameters ({} values)",
@@ -337,7 +331,7 @@ impl Workspace {
         targets: &[u32],
         t: &mut Timings,
     ) -> Result<f32> {
-        self.check(params, inputs, targets)?;
+        self.check(k, params, inputs, targets)?;
         let pool = self.pool.clone();
         pool.install(|| {
             self.forward(k, params, inputs, t)?;
@@ -345,7 +339,13 @@ impl Workspace {
         })
     }
 
-    fn check(&self, params: &Params, inputs: &[u32], targets: &[u32]) -> Result<()> {
+    fn check(
+        &self,
+        k: &dyn Kernels,
+        params: &Params,
+        inputs: &[u32],
+        targets: &[u32],
+    ) -> Result<()> {
         let c = params.config();
         ensure!(
             *c == self.cfg,
@@ -378,6 +378,14 @@ impl Workspace {
                 );
             }
         }
+        ensure!(
+            *k.spec() == self.spec,
+            "the {} backend was built for {}, but this step runs {}: build the backend for the \
+             step's model, batch and seq",
+            k.name(),
+            k.spec().describe(),
+            self.spec.describe()
+        );
         Ok(())
     }
 
@@ -394,9 +402,10 @@ impl Workspace {
         let (dn, qn, kvn, hn) = (dim * n, qd * n, kvd * n, h * n);
         let c = &self.cfg;
         let tp = Instant::now();
-        k.prepare(params, self.weights_version)
+        k.prepare(self.weights_version)
             .context("backend could not prepare the weights")?;
         t.add(Component::Other, ms_since(tp));
+        let mut k = Checked::new(k);
         let tm = &mut self.taps;
         t.time(Component::Embedding, || {
             ops::embedding_fwd(
@@ -410,10 +419,8 @@ impl Workspace {
             let ts = Instant::now();
             k.fwd_attn(
                 l,
-                &d,
-                &self.rope,
                 at(&tm.x, l, dn),
-                &attn_weights(params, l),
+                &AttnWeights::of(params, l),
                 AttnFwd {
                     xn: at_mut(&mut tm.xn, l, dn),
                     q: at_mut(&mut tm.q, l, qn),
@@ -434,9 +441,8 @@ impl Workspace {
             let ts = Instant::now();
             k.fwd_ffn(
                 l,
-                &d,
                 at(&tm.x2, l, dn),
-                &ffn_weights(params, l),
+                &FfnWeights::of(params, l),
                 FfnFwd {
                     x2n: at_mut(&mut tm.x2n, l, dn),
                     h1: at_mut(&mut tm.h1, l, hn),
@@ -570,7 +576,7 @@ impl Workspace {
             let mut chain = Chain {
                 d: &d,
                 eps,
-                rope: &self.rope,
+                rope: &self.spec.rope,
                 taps: &self.taps,
                 dx2n: &mut self.dx2n,
                 dxn: &mut self.dxn,
@@ -644,13 +650,13 @@ impl Chain<'_> {
         let (n, dim, qd, kvd, h) = (d.n(), d.dim, d.q_dim(), d.kv_dim(), d.hidden);
         let (dn, qn, kvn, hn) = (dim * n, qd * n, kvd * n, h * n);
         let tp = self.taps;
-        let fw = ffn_weights(params, l);
-        let aw = attn_weights(params, l);
+        let fw = FfnWeights::of(params, l);
+        let aw = AttnWeights::of(params, l);
+        let mut k = Checked::new(k);
 
         let ts = Instant::now();
         k.ffn_bwd(
             l,
-            d,
             &g.dy,
             at(&tp.h1, l, hn),
             at(&tp.h3, l, hn),
@@ -680,12 +686,11 @@ impl Chain<'_> {
         let ts = Instant::now();
         k.sdpa_bwd1(
             l,
-            d,
             &g.dx2,
             at(&tp.q, l, qn),
             at(&tp.k, l, kvn),
             at(&tp.v, l, kvn),
-            aw.wo,
+            &aw,
             SdpaBwd1 {
                 dv: &mut g.dv,
                 dp: self.dp,
@@ -698,7 +703,6 @@ impl Chain<'_> {
         let ts = Instant::now();
         k.sdpa_bwd2(
             l,
-            d,
             self.probs,
             self.dp,
             at(&tp.q, l, qn),
@@ -717,7 +721,7 @@ impl Chain<'_> {
         t.add(Component::Rope, ms_since(ts));
 
         let ts = Instant::now();
-        k.qkv_bwd(l, d, &g.dq, &g.dk, &g.dv, &aw, self.dxn)
+        k.qkv_bwd(l, &g.dq, &g.dk, &g.dv, &aw, self.dxn)
             .with_context(|| format!("qkv_bwd, layer {l}"))?;
         t.add(Component::QkvBwd, ms_since(ts));
 
@@ -811,7 +815,7 @@ mod tests {
         let p = Params::init_random(&c, 1);
         let mut g = Params::zeros(&c);
         let mut ws = Workspace::new(&c, 2, 4);
-        let mut k = CpuKernels::new();
+        let mut k = CpuKernels::new(Spec::new(&c, 2, 4));
         let mut t = Timings::default();
         let ok: Vec<u32> = (0..8).collect();
         let mut bad = ok.clone();
@@ -852,7 +856,7 @@ mod tests {
         let p = Params::init_random(&c, 2);
         let mut ws = Workspace::new(&c, 2, 5);
         ws.set_ce_chunk(3);
-        let mut k = CpuKernels::new();
+        let mut k = CpuKernels::new(Spec::new(&c, 2, 5));
         let ids: Vec<u32> = (0..10).map(|i| (i * 7 % 12) as u32).collect();
         let tg: Vec<u32> = (0..10).map(|i| (i * 5 % 12) as u32).collect();
         let mut once = Params::zeros(&c);
