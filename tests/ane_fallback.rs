@@ -8,7 +8,7 @@ use anetrain::ane::chip::Profile;
 use anetrain::ane::sim::SimDevice;
 use anetrain::ane::Pipeline;
 use anetrain::kernels::cpu::CpuKernels;
-use anetrain::kernels::{Checked, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, Spec};
+use anetrain::kernels::{Checked, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, Pass, Spec};
 use anetrain::model::{Config, Params};
 use anetrain::util::rng::Rng;
 
@@ -81,7 +81,7 @@ fn a_refused_program_falls_back_to_the_cpu_once() {
             true,
         )
         .unwrap();
-        k.prepare(1).unwrap();
+        k.prepare(1, Pass::Training).unwrap();
         let got = ffn_bwd(&mut k, &p, &d).unwrap();
         // The CPU ran it: equal to the CPU kernel exactly.
         assert_eq!(got, want, "{pipeline}");
@@ -104,7 +104,7 @@ fn a_refused_program_falls_back_to_the_cpu_once() {
         // The other kernels still run on the simulated Neural Engine, within fp16 tolerance.
         let mut ok =
             AneKernels::build(device(None), &c, d.batch, d.seq, pipeline, &prof, true).unwrap();
-        ok.prepare(1).unwrap();
+        ok.prepare(1, Pass::Training).unwrap();
         let ane = ffn_bwd(&mut ok, &p, &d).unwrap();
         assert!(max_rel(&ane, &want) < 1e-2, "{pipeline}");
         assert!(ok.take_fallbacks().is_empty());
@@ -140,7 +140,7 @@ fn without_fallback_a_refusal_is_an_error_naming_the_kernel() {
         false,
     )
     .unwrap();
-    k.prepare(1).unwrap();
+    k.prepare(1, Pass::Training).unwrap();
     let n = d.n();
     let x2 = vec![0.5f32; d.dim * n];
     let z = |len: usize| vec![0f32; len];

@@ -16,7 +16,8 @@ use anetrain::ane::sim::SimDevice;
 use anetrain::ane::Pipeline;
 use anetrain::kernels::cpu::CpuKernels;
 use anetrain::kernels::{
-    AttnFwd, AttnWeights, Checked, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
+    AttnFwd, AttnWeights, Checked, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, Pass, SdpaBwd1,
+    SdpaBwd2,
 };
 use anetrain::model::{Config, LayerTensor, Params};
 use anetrain::util::rng::Rng;
@@ -539,7 +540,7 @@ fn check_pipeline(name: &str, c: &Config, pipeline: Pipeline) {
 
     let mut ane = AneKernels::new(Box::new(SimDevice::new()), c, d.batch, d.seq, pipeline)
         .unwrap_or_else(|e| panic!("{name} {pipeline}: {e:#}"));
-    ane.prepare(1).unwrap();
+    ane.prepare(1, Pass::Training).unwrap();
     let got = run_all(&mut ane, &d, layer, &aw, &fw, &inp);
 
     let mut cpu = CpuKernels::new(ane.spec().clone());

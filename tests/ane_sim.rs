@@ -11,7 +11,7 @@ use anetrain::ane::sim::{compile_text, SimDevice};
 use anetrain::ane::Pipeline;
 use anetrain::kernels::ops::Rope;
 use anetrain::kernels::{
-    AttnFwd, AttnWeights, Checked, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
+    AttnFwd, AttnWeights, Checked, FfnBwd, FfnFwd, FfnWeights, Kernels, Pass, SdpaBwd1, SdpaBwd2,
 };
 use anetrain::model::{Config, Params};
 use half::f16;
@@ -458,16 +458,16 @@ fn static_backend_budgets_its_compiles() {
     let mut k = AneKernels::new(Box::new(dev), &c, 1, 16, Pipeline::Static).unwrap();
     assert_eq!(k.compiles_per_update(), 25);
     assert_eq!(k.compiles_left(), 59);
-    k.prepare(1).unwrap();
+    k.prepare(1, Pass::Training).unwrap();
     every_kernel(&mut k, &p).unwrap();
-    k.prepare(1).unwrap(); // same version: nothing recompiled
+    k.prepare(1, Pass::Training).unwrap(); // same version: nothing recompiled
     every_kernel(&mut k, &p).unwrap();
     assert_eq!((k.stats().compiles, k.compiles_left()), (26, 34));
-    k.prepare(2).unwrap();
+    k.prepare(2, Pass::Training).unwrap();
     every_kernel(&mut k, &p).unwrap();
     assert_eq!(k.compiles_left(), 9);
     // The next update does not fit: a clear error before anything is compiled.
-    let err = k.prepare(3).unwrap_err();
+    let err = k.prepare(3, Pass::Training).unwrap_err();
     let e = format!("{err:#}");
     assert!(
         e.contains("needs 25 compiles") && e.contains("only 9") && e.contains("restart"),
@@ -484,6 +484,12 @@ fn static_backend_budgets_its_compiles() {
         })
     );
     assert_eq!(k.stats().compiles, 51);
+    // A forward pass (validation) needs only its forward kernels: 2 per layer.
+    let e = err_text(k.prepare(3, Pass::Forward));
+    assert!(
+        e.contains("needs 10 compiles") && e.contains("only 9"),
+        "{e}"
+    );
     // Kernels refuse to run on weights that were not compiled.
     let mut dxn = vec![0f32; c.dim * 16];
     let z = vec![0f32; c.dim * 16];
@@ -513,7 +519,7 @@ fn static_backend_budgets_its_compiles() {
     .unwrap();
     let n0 = k.stats().compiles;
     for v in 1..5 {
-        k.prepare(v).unwrap();
+        k.prepare(v, Pass::Training).unwrap();
         every_kernel(&mut k, &p).unwrap();
     }
     assert_eq!((n0, k.stats().compiles, k.compiles_per_update()), (9, 9, 0));
@@ -543,7 +549,7 @@ fn the_backend_rebuilds_exactly_when_the_version_changes() {
             (0, 0),
             "{pipeline}: nothing before the first version"
         );
-        k.prepare(1).unwrap();
+        k.prepare(1, Pass::Training).unwrap();
         assert_eq!(
             built(&k),
             (0, 0),
@@ -562,7 +568,7 @@ fn the_backend_rebuilds_exactly_when_the_version_changes() {
         }
         assert_eq!(per_version.0, k.compiles_per_update());
         // The same version again: nothing rebuilt, the same results.
-        k.prepare(1).unwrap();
+        k.prepare(1, Pass::Training).unwrap();
         assert_eq!(every_kernel(&mut k, &p).unwrap(), first, "{pipeline}");
         assert_eq!(built(&k), per_version, "{pipeline}");
 
@@ -586,7 +592,7 @@ fn the_backend_rebuilds_exactly_when_the_version_changes() {
 
         // The new version: rebuilt once more, and it runs on the new weights, exactly as a
         // fresh backend given them as its first version.
-        k.prepare(2).unwrap();
+        k.prepare(2, Pass::Training).unwrap();
         let second = every_kernel(&mut k, &p).unwrap();
         assert_eq!(
             built(&k),
@@ -595,7 +601,7 @@ fn the_backend_rebuilds_exactly_when_the_version_changes() {
         );
         assert_ne!(second, first, "{pipeline}");
         let mut fresh = new(pipeline);
-        fresh.prepare(1).unwrap();
+        fresh.prepare(1, Pass::Training).unwrap();
         assert_eq!(every_kernel(&mut fresh, &p).unwrap(), second, "{pipeline}");
         p.data.iter_mut().for_each(|w| *w /= 1.5);
     }

@@ -43,8 +43,8 @@ use crate::ane::mil::kernels::{
 use crate::kernels::cpu::CpuKernels;
 use crate::kernels::ops;
 use crate::kernels::{
-    AttnFwd, AttnWeights, BackendStats, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
-    ShapesChecked, Spec,
+    AttnFwd, AttnWeights, BackendStats, FfnBwd, FfnFwd, FfnWeights, Kernels, Pass, SdpaBwd1,
+    SdpaBwd2, ShapesChecked, Spec,
 };
 use crate::model::Config;
 use anyhow::{anyhow, bail, Context, Result};
@@ -53,14 +53,15 @@ use half::slice::HalfFloatSliceExt;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// The static pipeline's next weight update needs more compiles than the process has left.
-/// Returned by `prepare()` with a new version, before anything is compiled; the trainer finds it with
+/// The static pipeline's next pass needs more compiles (its kernels not yet built for the
+/// weights version) than the process has left. Returned by `prepare()` before anything is
+/// compiled; the trainer finds it with
 /// `err.downcast_ref::<BudgetExhausted>()` (also through added context), checkpoints and
 /// restarts the process.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the static pipeline needs {needed} compiles for this weight update but only {left} of the \
-     process's {budget} remain: checkpoint and restart the process"
+    "the static pipeline needs {needed} compiles for this pass under the new weights but only \
+     {left} of the process's {budget} remain: checkpoint and restart the process"
 )]
 pub struct BudgetExhausted {
     pub needed: u64,
@@ -240,6 +241,8 @@ pub struct AneKernels {
     cpu_ms: f64,
     /// Static pipeline under profile rule C25: the background compile thread.
     queue: Option<CompileQueue>,
+    /// The pass `prepare()` announced last.
+    pass: Pass,
     /// Per weight-bearing (kernel, layer): the submitted compile and its version.
     tickets: BTreeMap<(Kernel, usize), (Ticket, u64)>,
     /// The Neural Engine's time line in the device's estimates (compiles and evaluations).
@@ -384,6 +387,7 @@ impl AneKernels {
             cpu_ms: 0.0,
             queue: None,
             tickets: BTreeMap::new(),
+            pass: Pass::Training,
             timeline: Timeline::default(),
         };
         if pipeline == Pipeline::Static && profile.background_compile {
@@ -445,6 +449,24 @@ impl AneKernels {
     /// every layer, each at its first call under the new version.
     pub fn compiles_per_update(&self) -> u64 {
         self.plan.compiles_per_update()
+    }
+
+    /// Static pipeline: the compiles a `pass` under weights version `v` still needs — its
+    /// weight-bearing kernels of every layer not built for `v` and not moved to the CPU.
+    fn compiles_needed(&self, v: u64, pass: Pass) -> u64 {
+        let kernels: Vec<Kernel> = kernel_set(Pipeline::Static)
+            .into_iter()
+            .filter(|&k| {
+                k.has_weights()
+                    && !self.on_cpu(Contract::of(k))
+                    && (pass == Pass::Training
+                        || matches!(Contract::of(k), Contract::FwdAttn | Contract::FwdFfn))
+            })
+            .collect();
+        (0..self.spec.layers)
+            .flat_map(|l| kernels.iter().map(move |&k| (k, l)))
+            .filter(|kl| self.built.get(kl) != Some(&v))
+            .count() as u64
     }
 
     /// Evaluations and times per kernel type, in pipeline order.
@@ -1118,15 +1140,14 @@ impl Kernels for AneKernels {
 
     /// A new version marks every program (static) or weight column (dynamic) stale; they are
     /// rebuilt from the views of each kernel's first call under it. The static pipeline
-    /// refuses a version whose update the compile budget cannot cover ([`BudgetExhausted`]),
-    /// before compiling anything; the kernels then fail until a version is accepted.
-    fn prepare(&mut self, weights_version: u64) -> Result<()> {
-        if self.version == Some(weights_version) {
-            return Ok(());
-        }
+    /// refuses a pass whose kernels not yet compiled for the version need more compiles than
+    /// are left ([`BudgetExhausted`]; a training pass under a new version needs
+    /// [`AneKernels::compiles_per_update`]), before compiling anything; the kernels then fail
+    /// until a version is accepted.
+    fn prepare(&mut self, weights_version: u64, pass: Pass) -> Result<()> {
         self.version = None;
         if self.plan.pipeline == Pipeline::Static {
-            let need = self.compiles_per_update();
+            let need = self.compiles_needed(weights_version, pass);
             let left = self.compiles_left();
             if left < need {
                 return Err(BudgetExhausted {
@@ -1138,6 +1159,7 @@ impl Kernels for AneKernels {
             }
         }
         self.version = Some(weights_version);
+        self.pass = pass;
         Ok(())
     }
 
@@ -1155,7 +1177,12 @@ impl Kernels for AneKernels {
         for l in 0..layers.len() {
             order.extend(ks.iter().filter(|k| forward(k)).map(|&k| (k, l)));
         }
-        for l in (0..layers.len()).rev() {
+        let backward = if self.pass == Pass::Training {
+            layers.len()
+        } else {
+            0 // an evaluation pass needs no backward programs
+        };
+        for l in (0..backward).rev() {
             for c in [Contract::FfnBwd, Contract::SdpaBwd1, Contract::QkvBwd] {
                 order.extend(
                     ks.iter()

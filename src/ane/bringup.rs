@@ -17,7 +17,7 @@ use crate::ane::{check, sim, AneKernels};
 use crate::kernels::cpu::CpuKernels;
 use crate::kernels::ops::Rope;
 use crate::kernels::{
-    AttnFwd, AttnWeights, Checked, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
+    AttnFwd, AttnWeights, Checked, FfnBwd, FfnFwd, FfnWeights, Kernels, Pass, SdpaBwd1, SdpaBwd2,
 };
 use crate::model::{Config, Params};
 use crate::util::rng::Rng;
@@ -505,8 +505,7 @@ fn compare(
     )?;
     // The CPU backend is built for the same spec (geometry, epsilon, RoPE table).
     let mut cpu = CpuKernels::new(ane.spec().clone());
-    ane.prepare(1)?;
-    cpu.prepare(1)?;
+    ane.prepare(1, Pass::Training)?;
     let d = ane.dims();
     let (dm, h, qd, kvd, n, pl) = (d.dim, d.hidden, d.q_dim(), d.kv_dim(), d.n(), d.probs_len());
     let mut rng = Rng::new(9);

@@ -634,6 +634,15 @@ pub struct Fallback {
     pub error: String,
 }
 
+/// Which kernels a pass over the layers calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// `fwd_attn` and `fwd_ffn` (evaluation).
+    Forward,
+    /// All six (a training micro-step).
+    Training,
+}
+
 /// Proof that a call's shapes were checked against the backend's [`Spec`]: only
 /// [`Checked`] makes one, so a backend method cannot be reached with unchecked slices.
 pub struct ShapesChecked(());
@@ -661,11 +670,12 @@ pub trait Kernels: Send {
         self.spec().dims
     }
 
-    /// Called before each forward pass: weights version `weights_version` starts (the same
-    /// number again: nothing changed). A backend that keeps a copy of the weights marks it
-    /// stale here and may refuse a version it cannot afford (the static Neural Engine
-    /// pipeline, when the compile budget cannot cover the update).
-    fn prepare(&mut self, _weights_version: u64) -> Result<()> {
+    /// Called before each pass over the layers: weights version `weights_version` starts
+    /// (the same number again: nothing changed), for a pass that calls the kernels of `pass`.
+    /// A backend that keeps a copy of the weights marks it stale on a new version, and may
+    /// refuse a pass it cannot afford before starting it (the static Neural Engine pipeline,
+    /// when the compiles the pass still needs exceed the budget left).
+    fn prepare(&mut self, _weights_version: u64, _pass: Pass) -> Result<()> {
         Ok(())
     }
 

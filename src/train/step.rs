@@ -32,13 +32,15 @@
 //!
 //! Timings: each kernel and op is charged its wall time; the dW work that overlaps the
 //! chain is free, and only the time the dW side ran past the chain is charged to
-//! [`Component::Dw`], so the components add up to the step's wall time.
+//! [`Component::Dw`], so the components add up to the step's wall time. A backend that
+//! keeps a copy of the weights rebuilds it inside the first call of each kernel under a new
+//! weights version, so that compile or staging time is charged to the kernel.
 
 use crate::kernels::gemm::{sgemm_serial, Op};
 use crate::kernels::ops::{self, ClassifierGrads, Rope};
 use crate::kernels::{
-    AttnFwd, AttnWeights, Checked, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, LayerViews, SdpaBwd1,
-    SdpaBwd2, Spec,
+    AttnFwd, AttnWeights, Checked, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, LayerViews, Pass,
+    SdpaBwd1, SdpaBwd2, Spec,
 };
 use crate::model::{Config, LayerTensor, Layout, Params};
 use crate::train::timing::{Component, Timings};
@@ -110,7 +112,6 @@ pub struct Workspace {
     cfg: Config,
     /// The geometry every kernel call has (the backend must be built for the same).
     spec: Spec,
-    dims: Dims,
     weights_version: u64,
     pool: Arc<rayon::ThreadPool>,
     taps: Taps,
@@ -228,7 +229,6 @@ impl Workspace {
         Workspace {
             cfg: cfg.clone(),
             spec,
-            dims: d,
             weights_version: 0,
             pool: build_pool(default_threads()),
             taps: Taps {
@@ -279,12 +279,12 @@ impl Workspace {
     /// Token columns per classifier chunk (default: a `[chunk, V]` logits buffer of about
     /// 32 MiB). Reallocates the chunk buffer when it grows.
     pub fn set_ce_chunk(&mut self, tokens: usize) {
-        self.chunk = tokens.clamp(1, self.dims.n());
+        self.chunk = tokens.clamp(1, self.spec.dims.n());
         self.logits.resize(self.chunk * self.cfg.vocab_size, 0.0);
     }
 
     pub fn dims(&self) -> &Dims {
-        &self.dims
+        &self.spec.dims
     }
 
     /// The geometry the backend of every call must be built for.
@@ -315,7 +315,7 @@ impl Workspace {
         );
         let pool = self.pool.clone();
         pool.install(|| {
-            self.forward(k, params, inputs, t)?;
+            self.forward(k, Pass::Training, params, inputs, t)?;
             let loss = self.classifier(params, Some(grads), targets, grad_scale, t);
             self.backward(k, params, grads, inputs, t)?;
             Ok(loss)
@@ -334,7 +334,7 @@ impl Workspace {
         self.check(k, params, inputs, targets)?;
         let pool = self.pool.clone();
         pool.install(|| {
-            self.forward(k, params, inputs, t)?;
+            self.forward(k, Pass::Forward, params, inputs, t)?;
             Ok(self.classifier(params, None, targets, 0.0, t))
         })
     }
@@ -353,19 +353,19 @@ impl Workspace {
             self.cfg
         );
         ensure!(
-            self.dims.seq <= c.seq_len,
+            self.spec.dims.seq <= c.seq_len,
             "sequence length {} exceeds the model's seq_len {}",
-            self.dims.seq,
+            self.spec.dims.seq,
             c.seq_len
         );
-        let n = self.dims.n();
+        let n = self.spec.dims.n();
         for (what, ids) in [("inputs", inputs), ("targets", targets)] {
             ensure!(
                 ids.len() == n,
                 "{what}: {} token ids, expected batch {} × seq {} = {n}",
                 ids.len(),
-                self.dims.batch,
-                self.dims.seq
+                self.spec.dims.batch,
+                self.spec.dims.seq
             );
             if let Some((i, &id)) = ids
                 .iter()
@@ -393,16 +393,17 @@ impl Workspace {
     fn forward(
         &mut self,
         k: &mut dyn Kernels,
+        pass: Pass,
         params: &Params,
         inputs: &[u32],
         t: &mut Timings,
     ) -> Result<()> {
-        let d = self.dims;
+        let d = self.spec.dims;
         let (n, dim, qd, kvd, h) = (d.n(), d.dim, d.q_dim(), d.kv_dim(), d.hidden);
         let (dn, qn, kvn, hn) = (dim * n, qd * n, kvd * n, h * n);
         let c = &self.cfg;
         let tp = Instant::now();
-        k.prepare(self.weights_version)
+        k.prepare(self.weights_version, pass)
             .context("backend could not prepare the weights")?;
         let mut k = Checked::new(k);
         let views: Vec<LayerViews> = (0..c.n_layers)
@@ -491,7 +492,7 @@ impl Workspace {
         grad_scale: f32,
         t: &mut Timings,
     ) -> f32 {
-        let n = self.dims.n();
+        let n = self.spec.dims.n();
         let mut times = [0.0; 3];
         let cg = grads.map(|g| {
             let range = g.layout.output.clone();
@@ -504,7 +505,7 @@ impl Workspace {
             &self.xf,
             params.output(),
             targets,
-            self.dims.dim,
+            self.spec.dims.dim,
             self.chunk,
             &mut self.logits,
             grad_scale / n as f32,
@@ -526,7 +527,7 @@ impl Workspace {
         inputs: &[u32],
         t: &mut Timings,
     ) -> Result<()> {
-        let d = self.dims;
+        let d = self.spec.dims;
         let c = self.cfg.clone();
         let nl = c.n_layers;
         let (n, dim) = (d.n(), d.dim);
@@ -856,6 +857,36 @@ mod tests {
         assert!(e.contains("exceeds the model's seq_len 8"), "{e}");
         // Nothing was accumulated by the failed calls.
         assert!(g.data.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn a_backend_built_for_another_geometry_is_refused() {
+        let c = Config::llama(8, 16, 1, 2, 2, 10, 8);
+        let p = Params::init_random(&c, 1);
+        let mut ws = Workspace::new(&c, 2, 4);
+        let mut t = Timings::default();
+        let ok: Vec<u32> = (0..8).collect();
+        let mut one = CpuKernels::new(Spec::new(&c, 1, 4));
+        let e = ws
+            .forward_loss(&mut one, &p, &ok, &ok, &mut t)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cpu backend was built for")
+                && e.contains("batch 1 × seq 4")
+                && e.contains("this step runs")
+                && e.contains("batch 2 × seq 4"),
+            "{e}"
+        );
+        // The same shapes with another epsilon are another spec, too.
+        let mut other = c.clone();
+        other.norm_eps = 1e-6;
+        let mut k = CpuKernels::new(Spec::new(&other, 2, 4));
+        let e = ws
+            .forward_loss(&mut k, &p, &ok, &ok, &mut t)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("eps 1e-6"), "{e}");
     }
 
     #[test]
