@@ -262,3 +262,61 @@ fn dynamic_loss_scaling_backs_off_from_overflow() {
         scaler.scale
     );
 }
+
+/// A validation pass right after an update (as the trainer's, through the same workspace)
+/// runs on the updated weights on both pipelines: the step announces the new weights version,
+/// so the Neural Engine backend rebuilds its copy instead of reusing the one of the step.
+#[test]
+fn validation_after_an_update_sees_the_updated_weights() {
+    use anetrain::train::loss_scale::LossScaler;
+    use anetrain::train::optim::AdamW;
+    use anetrain::train::stepper::{StepOutcome, Stepper};
+    let p = Params::init_random(&Config::preset("stories260k").unwrap(), 5);
+    let c = p.config().clone();
+    let (inp, tgt) = batch(c.vocab_size);
+    let mut cfg = anetrain::train::bench::bench_optim();
+    cfg.lr = 1e-2;
+    cfg.warmup = 0;
+    let mut cpu = CpuKernels::new(Spec::new(&c, BATCH, SEQ));
+    let mut t = Timings::default();
+    let mut cpu_loss = |params: &Params| {
+        Workspace::new(&c, BATCH, SEQ)
+            .forward_loss(&mut cpu, params, &inp, &tgt, &mut Timings::default())
+            .unwrap()
+    };
+    let before = cpu_loss(&p);
+    for pipeline in [Pipeline::Static, Pipeline::Dynamic] {
+        let mut ane =
+            AneKernels::new(Box::new(SimDevice::new()), &c, BATCH, SEQ, pipeline).unwrap();
+        let mut ws = Workspace::new(&c, BATCH, SEQ);
+        let opt = AdamW::new(&p.layout);
+        let mut st = Stepper::new(p.clone(), opt, LossScaler::fixed(LOSS_SCALE), BATCH * SEQ);
+        let out = st
+            .step(
+                &mut ane,
+                &mut ws,
+                &cfg,
+                0,
+                1,
+                &mut |i, g| {
+                    i.copy_from_slice(&inp);
+                    g.copy_from_slice(&tgt);
+                },
+                &mut t,
+            )
+            .unwrap();
+        assert!(matches!(out, StepOutcome::Applied { .. }), "{out:?}");
+        let val = ws
+            .forward_loss(&mut ane, &st.params, &inp, &tgt, &mut t)
+            .unwrap();
+        let after = cpu_loss(&st.params);
+        assert!(
+            ((val - after) / after).abs() < 2e-3,
+            "{pipeline}: validation {val}, cpu on the updated weights {after}"
+        );
+        assert!(
+            (before - after).abs() > 10.0 * (val - after).abs(),
+            "{pipeline}: the update moved the loss too little to tell ({before} → {after})"
+        );
+    }
+}

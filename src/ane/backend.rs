@@ -14,11 +14,13 @@
 //!
 //! - **Static**: `new()` compiles the weight-free `sdpaBwd2` once; the five weight-bearing
 //!   kernels are compiled per layer with the weights baked in, each at its first call under
-//!   a new version. `prepare()` with a new version first checks that the device's compile
-//!   budget covers the whole update and returns [`BudgetExhausted`] before anything is
-//!   compiled when it does not (the trainer asks [`AneKernels::compiles_left`] and
-//!   [`AneKernels::compiles_per_update`] before each step and checkpoints + re-execs itself
-//!   first). Input/output surfaces are shared by the layers.
+//!   a new version. `prepare(version, pass)` first checks that the device's compile budget
+//!   covers the compiles the pass still needs (a training pass under a new version: the
+//!   whole update; a validation pass: its forward kernels) and returns [`BudgetExhausted`]
+//!   before anything is compiled when it does not (the trainer asks
+//!   [`AneKernels::compiles_left`] and [`AneKernels::compiles_per_update`] before each step
+//!   and checkpoints + re-execs itself first). Input/output surfaces are shared by the
+//!   layers.
 //! - **Dynamic**: `new()` compiles every program once; each weight-carrying kernel has one
 //!   input surface per layer whose weight columns are re-staged (fp16) at the first call
 //!   under a new version; each call rewrites only the activation columns. RMSNorm runs on

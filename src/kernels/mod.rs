@@ -808,10 +808,6 @@ impl<'a> Checked<'a> {
         Checked { k }
     }
 
-    pub fn spec(&self) -> &Spec {
-        self.k.spec()
-    }
-
     /// [`Kernels::upcoming`], for every layer of the spec.
     pub fn upcoming(&mut self, layers: &[LayerViews]) -> Result<()> {
         ensure!(
