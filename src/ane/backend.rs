@@ -35,6 +35,7 @@
 //! them all.) A kernel running on the CPU after a refusal reads the views directly.
 
 use crate::ane::chip::Profile;
+use crate::ane::compile_queue::{CompileQueue, Ticket, Timeline};
 use crate::ane::device::{Device, ProgramId, SurfaceId};
 use crate::ane::fit::{self, Plan};
 use crate::ane::mil::kernels::{
@@ -240,6 +241,14 @@ pub struct AneKernels {
     /// Fallbacks not yet taken by [`Kernels::take_fallbacks`].
     pending: Vec<crate::kernels::Fallback>,
     cpu_ms: f64,
+    /// Static pipeline under profile rule C25: the background compile thread.
+    queue: Option<CompileQueue>,
+    /// The pass `prepare()` announced last.
+    pass: Pass,
+    /// Per weight-bearing (kernel, layer): the submitted compile and its version.
+    tickets: BTreeMap<(Kernel, usize), (Ticket, u64)>,
+    /// The Neural Engine's time line in the device's estimates (compiles and evaluations).
+    timeline: Timeline,
 }
 
 fn pack(dev: &mut dyn Device, s: SurfaceId, lay: &SurfaceLayout, srcs: &[Src]) -> Result<()> {
@@ -378,7 +387,16 @@ impl AneKernels {
             on_cpu: BTreeMap::new(),
             pending: Vec::new(),
             cpu_ms: 0.0,
+            queue: None,
+            tickets: BTreeMap::new(),
+            pass: Pass::Training,
+            timeline: Timeline::default(),
         };
+        if pipeline == Pipeline::Static && profile.background_compile {
+            if let Some(c) = me.dev.background_compiler() {
+                me.queue = Some(CompileQueue::new(c)?);
+            }
+        }
         for k in kernel_set(pipeline) {
             let sp = &me.specs[&k];
             let (ie, oe) = (sp.input.elems(), sp.output.elems());
@@ -478,13 +496,74 @@ impl AneKernels {
             message: format!("compile: {e:#}"),
         })?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
+        self.timeline
+            .serial_compile(self.dev.estimated_compile_ms(id).unwrap_or(0.0));
+        self.compiled(k, ms);
+        Ok(id)
+    }
+
+    fn compiled(&mut self, k: Kernel, ms: f64) {
         self.stats.compile_ms += ms;
         if let Some(st) = self.kstats.get_mut(&k) {
             st.compiles += 1;
             st.compile_ms += ms;
         }
         self.stats.compiles = self.dev.compiles();
+    }
+
+    /// Static pipeline: the program of `k` for `layer` under version `v` — the background
+    /// compile submitted by [`Kernels::upcoming`] when there is one (waiting for it only
+    /// now), else compiled here.
+    fn obtain(&mut self, k: Kernel, layer: usize, w: &LayerWeights, v: u64) -> Result<ProgramId> {
+        match self.tickets.remove(&(k, layer)) {
+            Some((t, tv)) if tv == v => self.collect(k, t),
+            Some((t, _)) => {
+                // Compiled for a version that was never run: install and release it.
+                if let Ok(id) = self.collect(k, t) {
+                    self.dev.free(id)?;
+                }
+                self.compile(k, Some(w))
+            }
+            None => self.compile(k, Some(w)),
+        }
+    }
+
+    /// Waits for a background compile and installs it on the device.
+    fn collect(&mut self, k: Kernel, t: Ticket) -> Result<ProgramId> {
+        let q = self.queue.as_mut().expect("tickets come from the queue");
+        let r = q.wait(t, &mut self.timeline).map_err(|e| DeviceRefused {
+            kernel: k.name(),
+            message: format!("compile (background): {e:#}"),
+        })?;
+        self.stats.compile_waited_ms += r.waited_ms;
+        self.stats.background_compiles += 1;
+        let id = self.dev.install(r.compiled).map_err(|e| DeviceRefused {
+            kernel: k.name(),
+            message: format!("install: {e:#}"),
+        })?;
+        self.compiled(k, r.compile_wall_ms);
         Ok(id)
+    }
+
+    /// Records the first views of `b` in `layer` under version `v`, or checks later views
+    /// against them.
+    fn see(&mut self, what: &str, b: Block, layer: usize, w: &LayerWeights, v: u64) -> Result<()> {
+        let fp = Fingerprint::of(w, b);
+        match self.seen.get(&(b, layer)) {
+            Some((sv, f)) if *sv == v => {
+                if *f != fp {
+                    bail!(
+                        "{what} of layer {layer}: the weights differ from those this backend was \
+                         given earlier in weights version {v}; announce a new version \
+                         (prepare) whenever the weights change"
+                    );
+                }
+            }
+            _ => {
+                self.seen.insert((b, layer), (v, fp));
+            }
+        }
+        Ok(())
     }
 
     /// Before contract kernel `c` of `layer` runs on the device with weight views `w`:
@@ -501,22 +580,7 @@ impl AneKernels {
         let Some(b) = c.block() else {
             return Ok(());
         };
-        let fp = Fingerprint::of(w, b);
-        match self.seen.get(&(b, layer)) {
-            Some((sv, f)) if *sv == v => {
-                if *f != fp {
-                    bail!(
-                        "{} of layer {layer}: the weights differ from those this backend was \
-                         given earlier in weights version {v}; announce a new version \
-                         (prepare) whenever the weights change",
-                        c.name()
-                    );
-                }
-            }
-            _ => {
-                self.seen.insert((b, layer), (v, fp));
-            }
-        }
+        self.see(c.name(), b, layer, w, v)?;
         let pipeline = self.plan.pipeline;
         for k in kernel_set(pipeline) {
             if Contract::of(k) != c || !k.has_weights() || self.built.get(&(k, layer)) == Some(&v) {
@@ -528,7 +592,7 @@ impl AneKernels {
                         self.dev.free(old)?;
                     }
                     let id = self
-                        .compile(k, Some(w))
+                        .obtain(k, layer, w, v)
                         .with_context(|| format!("layer {layer}"))?;
                     self.per_layer.insert((k, layer), id);
                 }
@@ -597,6 +661,7 @@ impl AneKernels {
         st.eval_ms += ms;
         if let Some(e) = est {
             *st.est_ane_ms.get_or_insert(0.0) += e;
+            self.timeline.eval(e);
         }
         Ok(())
     }
@@ -1096,6 +1161,70 @@ impl Kernels for AneKernels {
             }
         }
         self.version = Some(weights_version);
+        self.pass = pass;
+        Ok(())
+    }
+
+    /// Static pipeline with a background compiler (C25): submits every weight-bearing
+    /// program of this version that is not built or submitted yet, in the order the step
+    /// evaluates them (the forward's layer by layer, then the backward's from the last layer),
+    /// so each compiles while the ones before it run.
+    fn upcoming(&mut self, layers: &[crate::kernels::LayerViews]) -> Result<()> {
+        let (Some(v), true) = (self.version, self.queue.is_some()) else {
+            return Ok(());
+        };
+        let ks = kernel_set(Pipeline::Static);
+        let forward = |k: &Kernel| matches!(Contract::of(*k), Contract::FwdAttn | Contract::FwdFfn);
+        let mut order: Vec<(Kernel, usize)> = Vec::new();
+        for l in 0..layers.len() {
+            order.extend(ks.iter().filter(|k| forward(k)).map(|&k| (k, l)));
+        }
+        let backward = if self.pass == Pass::Training {
+            layers.len()
+        } else {
+            0 // an evaluation pass needs no backward programs
+        };
+        for l in (0..backward).rev() {
+            for c in [Contract::FfnBwd, Contract::SdpaBwd1, Contract::QkvBwd] {
+                order.extend(
+                    ks.iter()
+                        .filter(|k| Contract::of(**k) == c)
+                        .map(|&k| (k, l)),
+                );
+            }
+        }
+        for (k, l) in order {
+            let c = Contract::of(k);
+            let (Some(b), true) = (c.block(), k.has_weights()) else {
+                continue;
+            };
+            if self.on_cpu(c)
+                || self.built.get(&(k, l)) == Some(&v)
+                || self.tickets.get(&(k, l)).is_some_and(|t| t.1 == v)
+            {
+                continue;
+            }
+            let w = match b {
+                Block::Attn => LayerWeights::attn(&layers[l].attn),
+                Block::Ffn => LayerWeights::ffn(&layers[l].ffn),
+            };
+            self.see(c.name(), b, l, &w, v)?;
+            let p = generate(
+                Pipeline::Static,
+                k,
+                &self.plan.geo,
+                Some(&w),
+                &self.spec.rope,
+            )?;
+            let q = self.queue.as_mut().expect("checked above");
+            let t = q.submit(p, &self.timeline)?;
+            if let Some((old, _)) = self.tickets.insert((k, l), (t, v)) {
+                // A compile for a version that was never run.
+                if let Ok(id) = self.collect(k, old) {
+                    self.dev.free(id)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1245,6 +1374,10 @@ impl Kernels for AneKernels {
         s.fallback_cpu_ms = self.cpu_ms;
         s.measured = self.dev.name() == "ane";
         s.on_cpu = self.on_cpu.keys().map(|c| c.name()).collect();
+        if !s.measured {
+            s.compile_est_ms = Some(self.timeline.compile_ms);
+            s.compile_exposed_est_ms = Some(self.timeline.exposed_ms);
+        }
         s.programs = self
             .kernel_report()
             .into_iter()

@@ -382,6 +382,13 @@ impl<'a> AttnWeights<'a> {
     }
 }
 
+/// Both weight blocks of one layer (for [`Kernels::upcoming`]).
+#[derive(Clone, Copy)]
+pub struct LayerViews<'a> {
+    pub attn: AttnWeights<'a>,
+    pub ffn: FfnWeights<'a>,
+}
+
 /// Weights of the feed-forward block of one layer.
 #[derive(Clone, Copy)]
 pub struct FfnWeights<'a> {
@@ -485,6 +492,14 @@ pub struct BackendStats {
     pub measured: bool,
     /// Contract kernels running on the CPU after a refusal.
     pub on_cpu: Vec<&'static str>,
+    /// Programs compiled on the background compile thread (static pipeline, rule C25).
+    pub background_compiles: u64,
+    /// Wall time the backend blocked waiting for background compiles.
+    pub compile_waited_ms: f64,
+    /// The device's estimate of the compile time in all (the simulator's cost model) and of
+    /// what of it the Neural Engine's time line waited for (`ane::compile_queue::Timeline`).
+    pub compile_est_ms: Option<f64>,
+    pub compile_exposed_est_ms: Option<f64>,
 }
 
 /// One Neural Engine program type's counters.
@@ -511,6 +526,17 @@ impl BackendStats {
         d.compile_ms -= earlier.compile_ms;
         d.io_ms -= earlier.io_ms;
         d.fallback_cpu_ms -= earlier.fallback_cpu_ms;
+        d.background_compiles -= earlier.background_compiles.min(d.background_compiles);
+        d.compile_waited_ms -= earlier.compile_waited_ms;
+        if let (Some(a), Some(b)) = (d.compile_est_ms.as_mut(), earlier.compile_est_ms) {
+            *a -= b;
+        }
+        if let (Some(a), Some(b)) = (
+            d.compile_exposed_est_ms.as_mut(),
+            earlier.compile_exposed_est_ms,
+        ) {
+            *a -= b;
+        }
         for p in d.programs.iter_mut() {
             if let Some(e) = earlier.programs.iter().find(|e| e.name == p.name) {
                 p.compiles -= e.compiles.min(p.compiles);
@@ -550,6 +576,22 @@ impl BackendStats {
                 self.compile_ms / steps
             )
         });
+        if let (Some(total), Some(exposed)) = (self.compile_est_ms, self.compile_exposed_est_ms) {
+            v.push(format!(
+                "  compile (est.) {:.2} of which {:.2} on the critical path ({} of {} programs \
+                 compiled in the background; the device's estimates)",
+                total / steps,
+                exposed / steps,
+                self.background_compiles,
+                self.compiles
+            ));
+        } else if self.background_compiles > 0 {
+            v.push(format!(
+                "  compile wait   {:.2} ({} programs compiled in the background)",
+                self.compile_waited_ms / steps,
+                self.background_compiles
+            ));
+        }
         v.push(if self.on_cpu.is_empty() {
             "  CPU fallback   none".to_string()
         } else {
@@ -634,6 +676,14 @@ pub trait Kernels: Send {
     /// refuse a pass it cannot afford before starting it (the static Neural Engine pipeline,
     /// when the compiles the pass still needs exceed the budget left).
     fn prepare(&mut self, _weights_version: u64, _pass: Pass) -> Result<()> {
+        Ok(())
+    }
+
+    /// The weights of every layer under the version `prepare` announced, ahead of the calls
+    /// that will pass the same views: a backend that compiles weights into programs may start
+    /// on all of them now (the static Neural Engine pipeline compiles them in the background,
+    /// profile rule C25); the others ignore it.
+    fn upcoming(&mut self, _layers: &[LayerViews]) -> Result<()> {
         Ok(())
     }
 
@@ -756,6 +806,17 @@ pub struct Checked<'a> {
 impl<'a> Checked<'a> {
     pub fn new(k: &'a mut dyn Kernels) -> Checked<'a> {
         Checked { k }
+    }
+
+    /// [`Kernels::upcoming`], for every layer of the spec.
+    pub fn upcoming(&mut self, layers: &[LayerViews]) -> Result<()> {
+        ensure!(
+            layers.len() == self.k.spec().layers,
+            "upcoming: {} layers of weights for a {}-layer backend",
+            layers.len(),
+            self.k.spec().layers
+        );
+        self.k.upcoming(layers)
     }
 
     pub fn fwd_attn(

@@ -39,8 +39,8 @@
 use crate::kernels::gemm::{sgemm_serial, Op};
 use crate::kernels::ops::{self, ClassifierGrads, Rope};
 use crate::kernels::{
-    AttnFwd, AttnWeights, Checked, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, Pass, SdpaBwd1,
-    SdpaBwd2, Spec,
+    AttnFwd, AttnWeights, Checked, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, LayerViews, Pass,
+    SdpaBwd1, SdpaBwd2, Spec,
 };
 use crate::model::{Config, LayerTensor, Layout, Params};
 use crate::train::timing::{Component, Timings};
@@ -405,8 +405,16 @@ impl Workspace {
         let tp = Instant::now();
         k.prepare(self.weights_version, pass)
             .context("backend could not prepare the weights")?;
-        t.add(Component::Other, ms_since(tp));
         let mut k = Checked::new(k);
+        let views: Vec<LayerViews> = (0..c.n_layers)
+            .map(|l| LayerViews {
+                attn: AttnWeights::of(params, l),
+                ffn: FfnWeights::of(params, l),
+            })
+            .collect();
+        k.upcoming(&views)
+            .context("backend could not take the weights ahead")?;
+        t.add(Component::Other, ms_since(tp));
         let tm = &mut self.taps;
         t.time(Component::Embedding, || {
             ops::embedding_fwd(
