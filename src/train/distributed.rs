@@ -458,7 +458,7 @@ mod tests {
                 seen.extend(pieces.iter().map(|&(o, v)| (o, v.to_vec())));
             };
             ws.forward_backward_hooked(
-                &mut CpuKernels::new(),
+                &mut CpuKernels::new(crate::kernels::Spec::new(&c, 2, 6)),
                 &p,
                 &mut g,
                 &ids,
@@ -504,7 +504,7 @@ mod tests {
             })
             .collect();
         let mut ws = Workspace::new(&c, 2, 6);
-        let mut k = CpuKernels::new();
+        let mut k = CpuKernels::new(crate::kernels::Spec::new(&c, 2, 6));
         let mut t = Timings::default();
         let mut want = vec![0f32; p.data.len()];
         for (i, tg) in &batches {

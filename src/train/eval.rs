@@ -8,12 +8,13 @@ use super::step::Workspace;
 use super::timing::Timings;
 use crate::data::TokenData;
 use crate::kernels::cpu::CpuKernels;
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, Spec};
 use crate::model::Params;
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 
 /// Mean loss over `batches` consecutive windows from the start of `data` (deterministic).
+/// `k` and `ws` must be built for `batch × seq` (the step says so otherwise).
 pub fn evaluate(
     k: &mut dyn Kernels,
     ws: &mut Workspace,
@@ -22,6 +23,21 @@ pub fn evaluate(
     batch: usize,
     seq: usize,
     batches: usize,
+) -> Result<f32> {
+    evaluate_with(k, ws, params, data, batch, seq, batches, &mut |_| {})
+}
+
+/// [`evaluate`], calling `on_batch(batches done)` after each batch.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with(
+    k: &mut dyn Kernels,
+    ws: &mut Workspace,
+    params: &Params,
+    data: &TokenData,
+    batch: usize,
+    seq: usize,
+    batches: usize,
+    on_batch: &mut dyn FnMut(usize),
 ) -> Result<f32> {
     let mut s = Sampler {
         rng: Rng::new(1),
@@ -33,9 +49,10 @@ pub fn evaluate(
     let mut t = Timings::default();
     let n = batches.max(1);
     let mut sum = 0f64;
-    for _ in 0..n {
+    for i in 0..n {
         s.fill(data, seq, &mut inputs, &mut targets);
         sum += ws.forward_loss(k, params, &inputs, &targets, &mut t)? as f64;
+        on_batch(i + 1);
     }
     Ok((sum / n as f64) as f32)
 }
@@ -50,19 +67,38 @@ pub fn eval_file(
     seq: usize,
     batches: Option<usize>,
 ) -> Result<(f32, usize)> {
+    eval_file_with(params, data, batch, seq, batches, &mut |_, _| {})
+}
+
+/// The batches [`eval_file`] evaluates of `data`: `batches`, at most every whole batch the
+/// data holds (at least 1).
+pub fn eval_batches(data: &TokenData, batch: usize, seq: usize, batches: Option<usize>) -> usize {
+    let max = (data.len().saturating_sub(1) / (batch * seq)).max(1);
+    batches.unwrap_or(max).min(max)
+}
+
+/// [`eval_file`], calling `on_batch(done, total)` after each batch (for a progress bar).
+pub fn eval_file_with(
+    params: &Params,
+    data: &TokenData,
+    batch: usize,
+    seq: usize,
+    batches: Option<usize>,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<(f32, usize)> {
     let c = params.config();
     data.validate(seq, c.vocab_size)?;
-    let max = ((data.len() - 1) / (batch * seq)).max(1);
-    let batches = batches.unwrap_or(max).min(max);
+    let batches = eval_batches(data, batch, seq, batches);
     let mut ws = Workspace::new(c, batch, seq);
-    let loss = evaluate(
-        &mut CpuKernels::new(),
+    let loss = evaluate_with(
+        &mut CpuKernels::new(Spec::new(c, batch, seq)),
         &mut ws,
         params,
         data,
         batch,
         seq,
         batches,
+        &mut |done| on_batch(done, batches),
     )?;
     Ok((loss, batches * batch))
 }
@@ -107,7 +143,7 @@ pub fn window_gradients(
     let mut grads = Params::zeros(c);
     let mut t = Timings::default();
     let loss = ws.forward_backward(
-        &mut CpuKernels::new(),
+        &mut CpuKernels::new(Spec::new(c, 1, seq)),
         params,
         &mut grads,
         &inputs,

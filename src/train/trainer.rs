@@ -67,6 +67,8 @@ pub struct Outcome {
     /// The compile budget is nearly spent: the caller must re-exec the process with
     /// `--resume` (the checkpoint has been written).
     pub restart: bool,
+    /// The run stopped at [`Trainer::time_limit`] before its last step (with a checkpoint).
+    pub time_limited: bool,
 }
 
 impl Outcome {
@@ -94,6 +96,7 @@ struct RunState {
     /// Skipped steps in all.
     skipped: u64,
     interrupted: bool,
+    time_limited: bool,
     /// A checkpoint failed (disk full…) and is retried after the next step.
     ckpt_pending: bool,
 }
@@ -110,6 +113,7 @@ impl RunState {
             skipped: self.skipped,
             loss_scaling: t.stepper.scaler.dynamic,
             restart,
+            time_limited: self.time_limited,
         }
     }
 }
@@ -127,6 +131,12 @@ pub struct Trainer {
     pub last_loss: f32,
     pub best_val: Option<f32>,
     pub data_desc: Option<String>,
+    /// The training data as recorded in the checkpoint's settings (under `"data"`), so that
+    /// `--resume` continues on it: see `session::DataRecord`.
+    pub data_record: Option<serde_json::Value>,
+    /// Seconds of training after which this process stops with a checkpoint, as at
+    /// `--until` (`--time-limit`; `None`: no limit).
+    pub time_limit: Option<f64>,
     pub kernels: Box<dyn Kernels>,
     /// Data parallel: this process's ranks group. Rank 0 alone evaluates, samples and writes
     /// checkpoints (the caller gives the other ranks a disabled log).
@@ -161,6 +171,8 @@ impl Trainer {
             last_loss: f32::NAN,
             best_val: None,
             data_desc: None,
+            data_record: None,
+            time_limit: None,
             kernels,
             group: None,
             check_every: DEFAULT_CHECK_EVERY,
@@ -249,7 +261,13 @@ impl Trainer {
             wall_s: self.wall_s,
             last_loss: self.last_loss,
             best_val_loss: self.best_val,
-            settings: serde_json::to_value(&self.s).unwrap_or_default(),
+            settings: {
+                let mut v = serde_json::to_value(&self.s).unwrap_or_default();
+                if let (Some(m), Some(d)) = (v.as_object_mut(), &self.data_record) {
+                    m.insert("data".into(), d.clone());
+                }
+                v
+            },
             tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
             data: self.data_desc.clone(),
             world_size: self.rank_of().1,
@@ -306,12 +324,22 @@ impl Trainer {
                 self.check_ranks_agree()?;
             }
             let mut stop = STOP.load(Ordering::SeqCst);
+            let mut timed_out = self
+                .time_limit
+                .is_some_and(|l| self.step > start_step && run_start.elapsed().as_secs_f64() >= l);
             if let Some(g) = self.group.as_mut() {
-                // A signal reaches the ranks at different moments: all stop at the same step.
-                stop = g.any(stop);
+                // A signal or the clock reaches the ranks at different moments: all stop
+                // after the same step.
+                let all = g.gather_u64(stop as u64 | (timed_out as u64) << 1);
+                stop = all.iter().any(|v| v & 1 != 0);
+                timed_out = all.iter().any(|v| v & 2 != 0);
             }
             if stop {
                 r.interrupted = true;
+                break;
+            }
+            if timed_out {
+                r.time_limited = true;
                 break;
             }
             if self.compile_budget_spent(log, &progress)? {
