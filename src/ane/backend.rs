@@ -307,7 +307,7 @@ impl AneKernels {
             dev: device,
             cfg: cfg.clone(),
             dims,
-            rope: Rope::new(cfg.head_dim, seq, cfg.rope_theta),
+            rope: Rope::for_config(cfg, seq),
             specs,
             plan,
             io: BTreeMap::new(),

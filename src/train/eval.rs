@@ -51,6 +51,7 @@ pub fn eval_file(
     batches: Option<usize>,
 ) -> Result<(f32, usize)> {
     let c = params.config();
+    super::check_computable(c)?;
     data.validate(seq, c.vocab_size)?;
     let max = ((data.len() - 1) / (batch * seq)).max(1);
     let batches = batches.unwrap_or(max).min(max);
@@ -76,7 +77,8 @@ pub fn window_gradients(
     seq: usize,
 ) -> Result<(Params, f32)> {
     let c = params.config();
-    let toks = data.tokens();
+    super::check_computable(c)?;
+    let toks = data.ids();
     let end = offset.checked_add(seq + 1).context("window overflows")?;
     if end > toks.len() {
         bail!(
@@ -88,7 +90,7 @@ pub fn window_gradients(
     if seq > c.seq_len {
         bail!("--seq {seq} exceeds the model's seq_len {}", c.seq_len);
     }
-    let win = &toks[offset..end];
+    let win = toks.slice(offset..end).to_vec();
     if let Some((i, &t)) = win
         .iter()
         .enumerate()
@@ -101,8 +103,8 @@ pub fn window_gradients(
             c.vocab_size
         );
     }
-    let inputs: Vec<u32> = win[..seq].iter().map(|&t| t as u32).collect();
-    let targets: Vec<u32> = win[1..].iter().map(|&t| t as u32).collect();
+    let inputs: Vec<u32> = win[..seq].to_vec();
+    let targets: Vec<u32> = win[1..].to_vec();
     let mut ws = Workspace::new(c, 1, seq);
     let mut grads = Params::zeros(c);
     let mut t = Timings::default();

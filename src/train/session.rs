@@ -211,10 +211,32 @@ pub fn run(plan: Plan) -> Result<Finished> {
             (t, Some(v))
         }
     };
+    // A model from a Hugging Face folder: its own tokenizer.json, recorded for `generate`.
+    if s.tokenizer.is_none() {
+        s.tokenizer =
+            c.hf.as_ref()
+                .and_then(|o| crate::model::hf::tokenizer_path(&o.dir));
+    }
     // Absolute, so that `generate` finds the tokenizer recorded in the checkpoint from anywhere.
     s.tokenizer = s.tokenizer.map(|p| p.canonicalize().unwrap_or(p));
     // The data against the model: `Trainer::run` checks every id before its first step.
     let tokenizer = match &s.tokenizer {
+        // A Hugging Face tokenizer is recorded for `generate`; the samples during training
+        // and the closing story use llama2.c tokenizers only.
+        Some(p) if crate::tokenizer::hf::is_hf_tokenizer(p) => {
+            let t = crate::tokenizer::hf::HfTokenizer::load(p)?;
+            if t.vocab_size() > c.vocab_size {
+                bail!(
+                    "the tokenizer {} has {} ids but the model {} has a vocabulary of {}: \
+                     give the --tokenizer the model was trained with",
+                    p.display(),
+                    t.vocab_size(),
+                    what,
+                    c.vocab_size
+                );
+            }
+            None
+        }
         Some(p) => {
             let t = Tokenizer::load(p)?;
             if t.vocab_size() != c.vocab_size {

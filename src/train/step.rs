@@ -240,7 +240,7 @@ impl Workspace {
         Workspace {
             cfg: cfg.clone(),
             dims: d,
-            rope: Rope::new(cfg.head_dim, seq, cfg.rope_theta),
+            rope: Rope::for_config(cfg, seq),
             weights_version: 0,
             pool: build_pool(default_threads()),
             taps: Taps {
