@@ -8,9 +8,9 @@ use crate::tokenizer::Tokenizer;
 /// The tokenizer generation decodes with.
 enum Tok {
     /// llama2.c `tokenizer.bin` (fitted to the model's vocabulary as run.c does).
-    Bin(Tokenizer),
+    Bin(Box<Tokenizer>),
     /// Hugging Face `tokenizer.json`.
-    Hf(HfTokenizer),
+    Hf(Box<HfTokenizer>),
 }
 use anyhow::{bail, Context, Result};
 use std::io::Write;
@@ -105,7 +105,7 @@ pub fn run(a: Args) -> Result<()> {
                     c.vocab_size
                 );
             }
-            Some(Tok::Hf(t))
+            Some(Tok::Hf(Box::new(t)))
         }
         Some(p) => {
             let t = Tokenizer::load(p)?;
@@ -120,7 +120,7 @@ pub fn run(a: Args) -> Result<()> {
                     c.vocab_size
                 );
             }
-            Some(Tok::Bin(fitted))
+            Some(Tok::Bin(Box::new(fitted)))
         }
         None => {
             eprintln!(

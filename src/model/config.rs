@@ -37,7 +37,23 @@ pub struct Config {
     /// The Hugging Face folder the model came from, when it did: architecture, the original
     /// `config.json` and token ids, so that an export writes the same architecture back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hf: Option<super::hf::HfOrigin>,
+    pub hf: Option<Box<HfOrigin>>,
+}
+
+/// What a model read from a Hugging Face folder remembers of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HfOrigin {
+    /// `LlamaForCausalLM` or `Qwen3ForCausalLM`.
+    pub architecture: String,
+    /// The folder it was read from (absolute when it could be made so).
+    pub dir: std::path::PathBuf,
+    /// The original `config.json`, written back (with the dtype updated) on export.
+    pub config: serde_json::Value,
+    /// `bos_token_id`, `eos_token_id` (the first when the config lists several).
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    /// The dtype of the weights read (`bfloat16`, `float16`, `float32`).
+    pub dtype: String,
 }
 
 /// Llama 3's RoPE frequency scaling (transformers' `rope_type: "llama3"`).

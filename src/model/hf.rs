@@ -16,11 +16,11 @@
 //! head commutes with a permutation of its channels. Writing applies the inverse, so a
 //! folder read and written back is tensor-for-tensor identical in its own dtype.
 
+pub use super::config::HfOrigin;
 use super::config::RopeScaling;
 use super::params::LayerTensor;
 use super::{Config, Params};
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -43,22 +43,6 @@ pub const TOKENIZER_FILES: &[&str] = &[
     "vocab.json",
     "merges.txt",
 ];
-
-/// What a model read from a Hugging Face folder remembers of it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HfOrigin {
-    /// `LlamaForCausalLM` or `Qwen3ForCausalLM`.
-    pub architecture: String,
-    /// The folder it was read from (absolute when it could be made so).
-    pub dir: PathBuf,
-    /// The original `config.json`, written back (with the dtype updated) on export.
-    pub config: Value,
-    /// `bos_token_id`, `eos_token_id` (the first when the config lists several).
-    pub bos: Option<u32>,
-    pub eos: Option<u32>,
-    /// The dtype of the weights read (`bfloat16`, `float16`, `float32`).
-    pub dtype: String,
-}
 
 /// Whether `dir` looks like a Hugging Face model folder (has a `config.json`).
 pub fn is_model_dir(dir: &Path) -> bool {
@@ -122,7 +106,7 @@ fn rope_settings(j: &Value) -> Result<(f32, Option<RopeScaling>)> {
             None => 10000.0,
         },
     };
-    if !(theta > 1.0) {
+    if theta.is_nan() || theta <= 1.0 {
         bail!("field rope_theta = {theta} must be above 1");
     }
     let Some(s) = scaling else {
@@ -142,7 +126,7 @@ fn rope_settings(j: &Value) -> Result<(f32, Option<RopeScaling>)> {
         "llama3" => {
             let get = |k: &str| -> Result<f32> {
                 f32_field(s, k)
-                    .with_context(|| format!("{what}"))?
+                    .context(what)?
                     .with_context(|| format!("{what}: llama3 scaling needs {k}"))
             };
             let r = RopeScaling {
@@ -153,7 +137,7 @@ fn rope_settings(j: &Value) -> Result<(f32, Option<RopeScaling>)> {
                     s,
                     "original_max_position_embeddings",
                 )
-                .with_context(|| format!("{what}"))?
+                .context(what)?
                 .with_context(|| {
                     format!("{what}: llama3 scaling needs original_max_position_embeddings")
                 })?,
@@ -264,7 +248,7 @@ pub fn config_from_json(j: &Value, dir: &Path) -> Result<Config> {
         rope_theta,
         rope_scaling,
         qk_norm: qwen3,
-        hf: Some(HfOrigin {
+        hf: Some(Box::new(HfOrigin {
             architecture: arch,
             dir: std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()),
             config: j.clone(),
@@ -275,9 +259,9 @@ pub fn config_from_json(j: &Value, dir: &Path) -> Result<Config> {
                 .and_then(|v| v.as_str())
                 .unwrap_or("float32")
                 .to_string(),
-        }),
+        })),
     };
-    if !(c.norm_eps > 0.0) {
+    if c.norm_eps.is_nan() || c.norm_eps <= 0.0 {
         bail!("field rms_norm_eps = {} must be positive", c.norm_eps);
     }
     c.validate()
