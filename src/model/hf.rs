@@ -554,6 +554,19 @@ pub fn load(dir: &Path) -> Result<Params> {
             o.dtype = dtypes.iter().next().unwrap().to_string();
         }
     }
+    let need = 4 * c.num_params() as u64;
+    if let Some(avail) = crate::util::mem::available_memory_bytes() {
+        if need > avail {
+            bail!(
+                "{}: the model's {:.2}M parameters need {:.2} GiB as f32, but only {:.2} GiB of \
+                 memory is available",
+                dir.display(),
+                c.num_params() as f64 / 1e6,
+                need as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
     let mut p = Params::zeros(&c);
     let hd = c.head_dim;
     for t in &want {

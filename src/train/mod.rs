@@ -39,6 +39,29 @@ pub fn check_computable(c: &Config) -> Result<()> {
     Ok(())
 }
 
+pub use crate::util::mem::available_memory_bytes;
+
+/// Refuses, with the figures, a training run of `c` at `batch × seq` that needs more memory
+/// than the machine has available (checked before anything is allocated).
+pub fn check_fits(c: &Config, batch: usize, seq: usize) -> Result<()> {
+    let (p, a) = crate::model::config::training_memory_bytes(c, batch, seq);
+    let gib = |x: u64| x as f64 / (1u64 << 30) as f64;
+    if let Some(avail) = available_memory_bytes() {
+        if p + a > avail {
+            bail!(
+                "training this model at batch {batch} x seq {seq} needs {:.2} GiB ({:.2} GiB \
+                 parameters, gradients and AdamW state at 16 B/param + {:.2} GiB activations), \
+                 but only {:.2} GiB of memory is available",
+                gib(p + a),
+                gib(p),
+                gib(a),
+                gib(avail)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The shape of a model source; reads only a checkpoint's header, and a llama2.c file.
 pub fn load_config(src: &ModelSource) -> Result<Config> {
     Ok(match src {

@@ -160,6 +160,14 @@ pub fn run(plan: Plan) -> Result<Finished> {
         }
         None => {
             let src = ModelSource::resolve(&plan.model).context("--model")?;
+            // A Hugging Face folder's size is known from its config: refuse a run that cannot
+            // fit before reading gigabytes of weights.
+            if let ModelSource::HfDir(d) = &src {
+                let shape = crate::model::hf::read_config(d)?;
+                let seq = plan.seq.unwrap_or(settings::default_seq(&shape));
+                super::check_fits(&shape, s.batch, seq)
+                    .with_context(|| format!("--model {}", plan.model))?;
+            }
             let p = super::load_params(&src, s.seed)
                 .with_context(|| format!("--model {}", plan.model))?;
             s.seq = plan.seq.unwrap_or(settings::default_seq(p.config()));
