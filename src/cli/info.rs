@@ -72,8 +72,16 @@ pub fn print_info(name: &str, c: &Config, batch: usize, seq: usize) {
             o.dtype,
             c.norm_eps,
             c.rope_theta,
-            if c.rope_scaling.is_some() { ", llama3 rope scaling" } else { "" },
-            if c.qk_norm { ", per-head q/k norms" } else { "" }
+            if c.rope_scaling.is_some() {
+                ", llama3 rope scaling"
+            } else {
+                ""
+            },
+            if c.qk_norm {
+                ", per-head q/k norms"
+            } else {
+                ""
+            }
         );
     }
     println!(

@@ -169,3 +169,28 @@ pub fn generate_text(
     .context("cannot generate from the prompt (is the tokenizer the model's own?)")?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
+
+/// [`generate_text`] for a model read from a Hugging Face folder and its `tokenizer.json`:
+/// the prompt is the config's BOS (or, for a model without one, its EOS, what precedes a
+/// document) and the text's ids; generation stops at the config's EOS.
+pub fn generate_text_hf(
+    params: &Params,
+    tok: &crate::tokenizer::hf::HfTokenizer,
+    prompt: &str,
+    steps: usize,
+    temperature: f32,
+    topp: f32,
+    seed: u64,
+) -> Result<String> {
+    let c = params.config();
+    let (bos, eos) = c.hf.as_ref().map_or((tok.bos, tok.eos), |o| (o.bos, o.eos));
+    let mut ids: Vec<u32> = bos.or(eos).into_iter().collect();
+    ids.extend(tok.encode_plain(prompt)?);
+    if ids.is_empty() {
+        bail!("an empty prompt needs a BOS or EOS id in the model's config");
+    }
+    let mut sampler = Sampler::new(c.vocab_size, temperature, topp, seed);
+    let g = generate_ids(params, &ids, steps, &mut sampler, |_, _| {})
+        .context("cannot generate from the prompt (is the tokenizer the model's own?)")?;
+    tok.decode(&g.tokens)
+}
