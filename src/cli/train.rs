@@ -335,6 +335,17 @@ fn print_summary(done: &Finished, builtin: bool, seed: u64) -> Result<()> {
             "--- a story from the trained model ---\n{}\n---",
             story.trim()
         );
+    } else if let (Some(p), false) = (&s.tokenizer, out.interrupted) {
+        // A Hugging Face tokenizer.json (a model from a Hugging Face folder).
+        if crate::tokenizer::hf::is_hf_tokenizer(p) {
+            let t = crate::tokenizer::hf::HfTokenizer::load(p)?;
+            let params = done.trainer.params();
+            let text = crate::generate::generate_text_hf(params, &t, "", 128, 0.8, 0.9, seed)?;
+            println!(
+                "--- a sample from the trained model ---\n{}\n---",
+                text.trim()
+            );
+        }
     }
     eprintln!("checkpoint: {}", out.ckpt.display());
     if let Some(log) = &s.log {
