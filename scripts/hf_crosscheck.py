@@ -92,7 +92,7 @@ def main():
         loss.backward()
 
         rc, out, err = run([a.anetrain, "eval", "--model", d, "--data", data, "--batch", "1",
-                            "--seq", str(S), "--batches", "1"])
+                            "--seq", str(S), "--all", "--eval-batches", "1"])
         line = f"{name}:"
         if rc == 0:
             ours = float(out.split()[1])

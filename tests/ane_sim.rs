@@ -457,7 +457,15 @@ fn mil_command_output_compiles_back_from_disk() {
         assert_eq!(plan.inputs.len(), 1);
     }
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_anetrain"))
-        .args(["mil", "--kernel", "woBwd", "--model", "stories260k"])
+        .args([
+            "mil",
+            "--kernel",
+            "woBwd",
+            "--model",
+            "stories260k",
+            "--pipeline",
+            "static",
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());

@@ -155,7 +155,7 @@ fn numeric_flags_are_range_checked_by_the_parser() {
         ),
         (
             vec!["eval", "--model", &m, "--data", data, "--batches", "0"],
-            "--batches",
+            "--eval-batches",
         ),
         (
             vec![
@@ -861,4 +861,620 @@ fn generate_takes_threads() {
         "{}",
         stderr(&o)
     );
+}
+
+/// Item 8: the generation team claims its shares rather than owning them, so when another
+/// busy thread holds a core, or the helpers are not scheduled at all, the caller finishes
+/// each stage itself: the logits are bit-identical to a one-thread pass, and the counters
+/// show who ran what. (How fast it is under load is measured by hand, not asserted.)
+#[test]
+fn generation_does_not_wait_for_helpers_that_are_not_running() {
+    use anetrain::generate::team::Team;
+    use anetrain::generate::Transformer;
+    use anetrain::model::{Config, Params};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = Config::llama(128, 384, 2, 4, 2, 512, 64);
+    let p = Params::init_random(&c, 7);
+    let pass = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut t = Transformer::new(&p);
+            let mut logits = Vec::new();
+            for pos in 0..40 {
+                logits.push(t.forward((pos * 37 % 512) as u32, pos).to_vec());
+            }
+            (logits, t.team_stats())
+        })
+    };
+    let (one, _) = pass(1);
+    // A competitor spinning on a core for the whole pass.
+    let stop = AtomicBool::new(false);
+    let (two, stats) = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        let r = pass(2);
+        stop.store(true, Ordering::Relaxed);
+        r
+    });
+    assert_eq!(one, two, "the 2-thread pass differs from the 1-thread one");
+    assert!(stats.stages > 0, "{stats:?}");
+    assert_eq!(
+        stats.caller_shares + stats.helper_shares,
+        stats.stages * 8,
+        "{stats:?}"
+    );
+
+    // Helpers that never run: every share is the caller's, and every stage completes.
+    let team = Team::new(2);
+    team.hold_helpers(true);
+    let hits = std::sync::atomic::AtomicUsize::new(0);
+    for _ in 0..100 {
+        team.run(&|_| {
+            hits.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    let st = team.stats();
+    assert_eq!(hits.load(Ordering::Relaxed), 100 * team.shares());
+    assert_eq!((st.caller_shares, st.helper_shares), (100 * 8, 0));
+    // Idle past the spin and yield windows, the helper parks (it does not hold a core).
+    let t0 = std::time::Instant::now();
+    while team.stats().helper_parks == 0 {
+        assert!(t0.elapsed().as_secs() < 20, "{:?}", team.stats());
+        std::thread::sleep(anetrain::generate::team::YIELD_UNTIL * 4);
+    }
+}
+
+/// Item 1, the data: `--resume` without `--data` continues on the file the checkpoint
+/// records (by path, size and SHA-256), not on the built-in corpus; a `--data` or
+/// `--val-fraction` that would change the data is refused by name, the same tokens at a new
+/// place are accepted (and recorded there); a recorded file that is gone or changed is refused
+/// by name. A refusal leaves the checkpoint and the log as they were.
+#[test]
+fn resume_continues_on_the_recorded_data_and_refuses_other_data() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let cfg = cfg.to_str().unwrap();
+    let train_bin = d.path().join("train.bin");
+    std::fs::rename(&data, &train_bin).unwrap();
+    let out = d.path().join("r");
+    let out_s = out.to_str().unwrap();
+    let first = run(&train(
+        cfg,
+        train_bin.to_str().unwrap(),
+        out_s,
+        &[
+            "--steps",
+            "8",
+            "--batch",
+            "1",
+            "--seq",
+            "16",
+            "--val-fraction",
+            "0.1",
+            "--until",
+            "2",
+        ],
+    ));
+    assert!(first.status.success(), "{}", stderr(&first));
+    let ckpt = out.join("model.ckpt");
+    let log = out.join("run.jsonl");
+    let ck = anetrain::train::checkpoint::read_header(&ckpt).unwrap();
+    let rec = &ck.settings["data"];
+    assert_eq!(rec["builtin"], false);
+    assert_eq!(
+        Path::new(rec["path"].as_str().unwrap()),
+        std::path::absolute(&train_bin).unwrap()
+    );
+    assert_eq!(rec["val_fraction"].as_f64(), Some(0.1));
+    let resume = |extra: &[&str]| {
+        let mut a = vec!["train", "--out", out_s, "--threads", "1", "--resume"];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let (ckpt_r, log_r) = (&ckpt, &log);
+    let unchanged = |what: &'static str| {
+        let (ck0, log0) = (
+            std::fs::read(ckpt_r).unwrap(),
+            std::fs::read(log_r).unwrap(),
+        );
+        move |o: &Output| {
+            let err = stderr(o);
+            assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+            assert_eq!(std::fs::read(ckpt_r).unwrap(), ck0, "{what}");
+            assert_eq!(std::fs::read(log_r).unwrap(), log0, "{what}");
+            err
+        }
+    };
+
+    // No --data: the recorded file (the run would otherwise train on the built-in corpus).
+    let o = resume(&["--until", "3"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("train.bin (train part)"), "{err}");
+    assert!(
+        !out.join("tokens.bin").exists(),
+        "prepared the built-in corpus"
+    );
+
+    // Other tokens through --data: refused, naming both files.
+    let other = d.path().join("other.bin");
+    let mut b = std::fs::read(&train_bin).unwrap();
+    b.swap(10, 12);
+    std::fs::write(&other, &b).unwrap();
+    let check = unchanged("--data other.bin");
+    let err = check(&resume(&["--data", other.to_str().unwrap()]));
+    assert!(
+        err.contains("--data") && err.contains("other.bin") && err.contains("train.bin"),
+        "{err}"
+    );
+    // Another validation split: refused by name.
+    let check = unchanged("--val-fraction");
+    let err = check(&resume(&["--val-fraction", "0.5"]));
+    assert!(
+        err.contains("--val-fraction 0.5") && err.contains("0.1"),
+        "{err}"
+    );
+
+    // The file moved: refused naming it; --data at its new place (same tokens) continues,
+    // and the record follows it.
+    let moved = d.path().join("moved.bin");
+    std::fs::rename(&train_bin, &moved).unwrap();
+    let check = unchanged("gone");
+    let err = check(&resume(&[]));
+    assert!(
+        err.contains("train.bin") && err.contains("no longer exists"),
+        "{err}"
+    );
+    let o = resume(&["--data", moved.to_str().unwrap(), "--until", "4"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("holds the tokens the run trained on"), "{err}");
+    let o = resume(&["--until", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("moved.bin (train part)"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The file changed in place: refused, naming it.
+    std::fs::write(&moved, &b).unwrap();
+    let check = unchanged("changed");
+    let err = check(&resume(&[]));
+    assert!(
+        err.contains("moved.bin") && err.contains("has changed"),
+        "{err}"
+    );
+    assert_eq!(
+        anetrain::train::checkpoint::read_header(&ckpt)
+            .unwrap()
+            .step,
+        5
+    );
+}
+
+/// The subcommand at `path` ("data download") of the CLI.
+fn subcommand(path: &str) -> clap::Command {
+    use clap::CommandFactory;
+    let mut c = anetrain::cli::Cli::command();
+    for name in path.split_whitespace() {
+        c = c
+            .find_subcommand(name)
+            .unwrap_or_else(|| panic!("{path}"))
+            .clone();
+    }
+    c
+}
+
+/// The default of option `id` of the subcommand at `path`.
+fn default_of(path: &str, id: &str) -> String {
+    let c = subcommand(path);
+    let a = c
+        .get_arguments()
+        .find(|a| a.get_id() == id)
+        .unwrap_or_else(|| panic!("{path} has no {id}"));
+    a.get_default_values()
+        .iter()
+        .map(|v| v.to_string_lossy().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Item 12: one vocabulary. `-o/--out` names output files and `--out` folders everywhere (the
+/// old `tokenize --output` and `data download --dir` still work, hidden); one default model
+/// and one default pipeline for every command that takes them; `eval` and `train` name their
+/// validation batches alike.
+#[test]
+fn one_vocabulary_across_commands() {
+    let d = tempfile::tempdir().unwrap();
+    let tok = d.path().join("tok.bin");
+    write_tokenizer(&tok, 300);
+    let text = d.path().join("in.txt");
+    std::fs::write(&text, "a0 a1 a2\n\na3 a4\n").unwrap();
+    let mut outputs = Vec::new();
+    for flag in ["-o", "--out", "--output"] {
+        let f = d
+            .path()
+            .join(format!("t{}.bin", flag.trim_start_matches('-')));
+        let o = run(&[
+            "tokenize",
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            text.to_str().unwrap(),
+            flag,
+            f.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{flag}: {}", stderr(&o));
+        outputs.push(std::fs::read(&f).unwrap());
+    }
+    assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+    let help = String::from_utf8(run(&["tokenize", "--help"]).stdout).unwrap();
+    assert!(
+        help.contains("-o, --out <FILE>") && !help.contains("--output"),
+        "{help}"
+    );
+    let help = String::from_utf8(run(&["data", "download", "--help"]).stdout).unwrap();
+    assert!(
+        help.contains("--out <DIR>") && !help.contains("--dir"),
+        "{help}"
+    );
+    for (cmd, short) in [
+        ("grad", true),
+        ("export", true),
+        ("plot", true),
+        ("train", false),
+    ] {
+        let c = subcommand(cmd);
+        let a = c.get_arguments().find(|a| a.get_id() == "out").unwrap();
+        assert_eq!(a.get_long(), Some("out"), "{cmd}");
+        assert_eq!(a.get_short().is_some(), short, "{cmd}: -o is for files");
+    }
+
+    for cmd in ["train", "info", "bench", "mil", "ane check"] {
+        assert_eq!(default_of(cmd, "model"), "stories260k", "{cmd}");
+    }
+    for cmd in ["train", "info", "bench", "mil", "ane check"] {
+        assert_eq!(default_of(cmd, "pipeline"), "dynamic", "{cmd}");
+    }
+    // `info` with no flags describes the default model.
+    let o = run(&["info"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("model stories260k"));
+
+    // eval --eval-batches is train's --eval-batches; --batches still works.
+    for cmd in ["train", "eval"] {
+        let c = subcommand(cmd);
+        let a = c.get_arguments().find(|a| a.get_id() == "eval_batches");
+        assert_eq!(a.and_then(|a| a.get_long()), Some("eval-batches"), "{cmd}");
+    }
+}
+
+/// Item 12: `generate` takes llama2.c run.c's flags (`-t -p -s -n -i -z` and the model as
+/// its first argument) and `--tokens` (with `--steps` kept): each gives what its long form
+/// gives.
+#[test]
+fn generate_takes_run_c_flags() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, data) = common::tiny_model_and_data(d.path());
+    let data = data.to_str().unwrap();
+    // A model with the tokenizer's 300 pieces.
+    let cfg = d.path().join("v300.toml");
+    std::fs::write(
+        &cfg,
+        "dim = 16\nhidden_dim = 32\nn_layers = 1\nn_heads = 2\nn_kv_heads = 2\nvocab_size = 300\nseq_len = 32\n",
+    )
+    .unwrap();
+    let out = d.path().join("r");
+    let o = run(&train(
+        cfg.to_str().unwrap(),
+        data,
+        out.to_str().unwrap(),
+        &["--steps", "2", "--seq", "16", "-q"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ck = out.join("model.ckpt");
+    let ck = ck.to_str().unwrap();
+    let tok = d.path().join("tok.bin");
+    write_tokenizer(&tok, 300);
+    let tok = tok.to_str().unwrap();
+    let long = run(&[
+        "generate",
+        "--model",
+        ck,
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.7",
+        "--seed",
+        "42",
+        "--tokens",
+        "12",
+        "--prompt",
+        "12 3",
+        "--tokenizer",
+        tok,
+        "--threads",
+        "1",
+    ]);
+    assert!(long.status.success(), "{}", stderr(&long));
+    assert!(!long.stdout.is_empty());
+    let runc = run(&[
+        "generate",
+        ck,
+        "-t",
+        "0.8",
+        "-p",
+        "0.7",
+        "-s",
+        "42",
+        "-n",
+        "12",
+        "-i",
+        "12 3",
+        "-z",
+        tok,
+        "--threads",
+        "1",
+    ]);
+    assert!(runc.status.success(), "{}", stderr(&runc));
+    assert_eq!(runc.stdout, long.stdout);
+    let steps = run(&[
+        "generate",
+        "-m",
+        ck,
+        "-t",
+        "0.8",
+        "-p",
+        "0.7",
+        "-s",
+        "42",
+        "--steps",
+        "12",
+        "-i",
+        "12 3",
+        "-z",
+        tok,
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(steps.stdout, long.stdout, "{}", stderr(&steps));
+    // Another seed, another story: the flags are not ignored.
+    let other = run(&[
+        "generate",
+        ck,
+        "-t",
+        "0.8",
+        "-p",
+        "0.7",
+        "-s",
+        "43",
+        "-n",
+        "12",
+        "-i",
+        "12 3",
+        "-z",
+        tok,
+        "--threads",
+        "1",
+    ]);
+    assert!(other.status.success());
+    assert_ne!(other.stdout, long.stdout, "-s was ignored");
+    // The model twice (as the argument and as --model) is a usage error.
+    let o = run(&["generate", ck, "--model", ck]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // No clash: every short flag of generate is distinct.
+    let c = subcommand("generate");
+    let mut shorts: Vec<char> = c.get_arguments().filter_map(|a| a.get_short()).collect();
+    let all = shorts.len();
+    shorts.sort();
+    shorts.dedup();
+    assert_eq!(shorts.len(), all);
+}
+
+/// Item 10: `eval` evaluates the validation tail by default (the part `train --data FILE`
+/// holds out, cut the same way), `--all` the whole file, `--eval-batches N` (or the old
+/// `--batches N`) at most N batches; its progress goes to stderr only on a terminal, never
+/// with -q, so a captured run prints only the result.
+#[test]
+fn eval_defaults_to_the_validation_tail_and_shows_progress_only_on_a_terminal() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let out = d.path().join("r");
+    let o = run(&train(
+        cfg,
+        data,
+        out.to_str().unwrap(),
+        &["--steps", "2", "--seq", "16", "-q"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ck = out.join("model.ckpt");
+    let ck = ck.to_str().unwrap();
+    let eval = |extra: &[&str]| {
+        let mut a = vec![
+            "eval", "--model", ck, "--data", data, "--seq", "16", "--batch", "2",
+        ];
+        a.extend_from_slice(extra);
+        let o = run(&a);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        assert!(o.stderr.is_empty(), "{extra:?}: {}", stderr(&o));
+        let s = String::from_utf8(o.stdout).unwrap();
+        let windows: usize = s
+            .split('(')
+            .nth(1)
+            .and_then(|w| w.split_whitespace().next())
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("{s}"));
+        (s, windows)
+    };
+    // The tail: 2% of the ~20,000 tokens, as train's default --val-fraction 0.02 cuts it.
+    let file = anetrain::data::TokenData::open(Path::new(data)).unwrap();
+    let (_, tail) = file.split_tail(0.02).unwrap();
+    let (s, w) = eval(&[]);
+    assert!(s.contains("from the last 1.") && s.contains("% of"), "{s}");
+    assert_eq!(w, 2 * ((tail.len() - 1) / 32).max(1), "{s}");
+    let (s, w_all) = eval(&["--all"]);
+    assert!(s.contains("from all of"), "{s}");
+    assert_eq!(w_all, 2 * ((file.len() - 1) / 32), "{s}");
+    let (_, w3) = eval(&["--all", "--eval-batches", "3"]);
+    let (_, w3b) = eval(&["--all", "--batches", "3", "-q"]);
+    assert_eq!((w3, w3b), (6, 6));
+    // The tail's loss is the mean over the tail's own windows: an f64 check of the first one
+    // is in tests/reference_loss.rs; here, the same tail through --val-fraction.
+    let (s1, _) = eval(&["--val-fraction", "0.02"]);
+    let (s2, _) = eval(&[]);
+    assert_eq!(s1.split_whitespace().nth(1), s2.split_whitespace().nth(1));
+}
+
+/// Item 13: the built-in run ends in about 3 minutes on the slowest 2-core machine: its
+/// 1000-step schedule is bounded by a time limit (180 s of training unless --steps or
+/// --time-limit is given), after which it stops like --until, with a checkpoint and the
+/// command that continues it. `--time-limit N` does the same for any run.
+#[test]
+fn the_builtin_run_is_short_by_default_and_a_time_limit_stops_like_until() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, data) = common::tiny_model_and_data(d.path());
+    let (cfg, data) = (cfg.to_str().unwrap(), data.to_str().unwrap());
+    let out = d.path().join("t");
+    // A run far too long to finish, stopped by the limit after its first second.
+    let o = run(&train(
+        cfg,
+        data,
+        out.to_str().unwrap(),
+        &[
+            "--steps",
+            "100000000",
+            "--batch",
+            "1",
+            "--seq",
+            "16",
+            "--time-limit",
+            "1",
+            "--ckpt-every",
+            "0",
+            "--eval-every",
+            "0",
+        ],
+    ));
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("continue with:"))
+        .expect(&err);
+    assert!(line.contains("(the --time-limit of 1 s)"), "{line}");
+    assert!(line.ends_with("--resume"), "{line}");
+    let ck = anetrain::train::checkpoint::read_header(&out.join("model.ckpt")).unwrap();
+    assert!(ck.step >= 1 && ck.step < 100_000_000, "{}", ck.step);
+    assert_eq!(ck.total_steps, 100_000_000);
+
+    // The built-in run: the 1000-step schedule (bounded by the time limit).
+    let b = d.path().join("b");
+    let o = run(&[
+        "train",
+        "--out",
+        b.to_str().unwrap(),
+        "--until",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("stopped at step 1 of 1000 (--until)"), "{err}");
+    let help = String::from_utf8(run(&["train", "--help"]).stdout).unwrap();
+    assert!(help.contains("--time-limit <SECONDS>"), "{help}");
+}
+
+/// README and `--help` agree: every flag the README's command table shows for a command, and
+/// every flag its list of training options names, is a flag (or alias) of that command.
+#[test]
+fn the_readme_names_only_flags_the_commands_have() {
+    use clap::CommandFactory;
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let flags_of = |c: &clap::Command| -> Vec<String> {
+        let mut v = vec!["--help".to_string()];
+        for a in c.get_arguments() {
+            v.extend(
+                a.get_long_and_visible_aliases()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|l| format!("--{l}")),
+            );
+            v.extend(
+                a.get_all_aliases()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|l| format!("--{l}")),
+            );
+            if let Some(s) = a.get_short() {
+                v.push(format!("-{s}"));
+            }
+        }
+        v
+    };
+    let flags_in = |text: &str| -> Vec<String> {
+        text.split(|c: char| c.is_whitespace() || "`[]|(),".contains(c))
+            .filter(|w| w.starts_with('-') && w.len() > 1)
+            .map(|w| {
+                w.split('=')
+                    .next()
+                    .unwrap()
+                    .trim_end_matches(['.', ';', ':'])
+                    .to_string()
+            })
+            .filter(|w| {
+                w.chars()
+                    .nth(1)
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '-')
+            })
+            .collect()
+    };
+    let root = anetrain::cli::Cli::command();
+    let mut rows = 0;
+    for line in readme.lines().filter(|l| l.starts_with("| `anetrain ")) {
+        let cell = line.split(" | ").next().unwrap();
+        for usage in cell.split("`, `") {
+            let words: Vec<&str> = usage
+                .trim_matches(['|', ' ', '`'])
+                .split_whitespace()
+                .collect();
+            let mut c = root.clone();
+            for w in &words[1..] {
+                match c.find_subcommand(w) {
+                    Some(s) => c = s.clone(),
+                    None => break,
+                }
+            }
+            let have = flags_of(&c);
+            for f in flags_in(usage) {
+                assert!(
+                    have.contains(&f),
+                    "README: `{}` has no {f} ({usage})",
+                    c.get_name()
+                );
+            }
+            rows += 1;
+        }
+    }
+    assert!(rows >= 12, "{rows} command rows");
+    let train = root.find_subcommand("train").unwrap().clone();
+    let have = flags_of(&train);
+    let start = readme
+        .find("Options cover")
+        .expect("the training options list");
+    let para = &readme[start..start + readme[start..].find("\n\n").unwrap()];
+    for f in flags_in(para) {
+        assert!(
+            have.contains(&f),
+            "README's training options: train has no {f}"
+        );
+    }
 }

@@ -412,7 +412,7 @@ fn tokenizer_json_and_uint32_token_files() {
     std::fs::write(d.path().join("more.bin.json"), sc.to_string()).unwrap();
     let (code, out, err) = run(
         &[
-            "eval", "--model", "big", "--data", "more.bin", "--batch", "1", "--seq", "16",
+            "eval", "--model", "big", "--data", "more.bin", "--all", "--batch", "1", "--seq", "16",
         ],
         d.path(),
     );

@@ -22,7 +22,7 @@ error text."
 )]
 pub struct CheckArgs {
     /// A preset, a config file (.toml/.json) or a llama2.c model file.
-    #[arg(long, short, default_value = "stories260k")]
+    #[arg(long, short, default_value = crate::train::settings::DEFAULT_MODEL)]
     pub model: String,
     /// Sequences per step of the geometry checked.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]

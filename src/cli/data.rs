@@ -33,7 +33,12 @@ pub struct DownloadArgs {
     #[arg(value_enum)]
     pub dataset: Dataset,
     /// Folder for the archive and the extracted shards.
-    #[arg(long, default_value = "data")]
+    #[arg(
+        long = "out",
+        alias = "dir",
+        value_name = "DIR",
+        default_value = "data"
+    )]
     pub dir: PathBuf,
     /// Extract shards 0..N (each pretokenized shard is ~41 MB, ~20 M tokens; at most 50).
     #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]
@@ -71,9 +76,9 @@ pub struct TokenizeArgs {
     /// Input files: JSON arrays (TinyStories dataNN.json), JSON lines, or text.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Output token file; its sidecar OUTPUT.json is written beside it.
-    #[arg(short, long)]
-    pub output: PathBuf,
+    /// Output token file; its sidecar OUT.json is written beside it.
+    #[arg(short = 'o', long = "out", alias = "output", value_name = "FILE")]
+    pub out: PathBuf,
     /// Id width: u16 (llama2.c's format) or u32; default: u16 when the vocabulary fits
     /// (≤ 65536 ids), else u32. Training reads both (the sidecar records the width).
     #[arg(long, value_enum)]
@@ -289,14 +294,8 @@ pub fn run_tokenize(a: TokenizeArgs) -> Result<()> {
     };
     let progress = TermProgress::new();
     let t0 = Instant::now();
-    let sc = tokenize::tokenize_files(
-        tok.as_ref(),
-        &tok_file,
-        &a.inputs,
-        &a.output,
-        &opts,
-        &progress,
-    )?;
+    let sc =
+        tokenize::tokenize_files(tok.as_ref(), &tok_file, &a.inputs, &a.out, &opts, &progress)?;
     let secs = t0.elapsed().as_secs_f64();
     println!(
         "{} documents, {} tokens ({} per document) from {} in {:.1} s ({:.0} tokens/s)",
@@ -316,10 +315,10 @@ pub fn run_tokenize(a: TokenizeArgs) -> Result<()> {
     }
     println!(
         "wrote {} ({}, {} bytes per id) and {}",
-        a.output.display(),
+        a.out.display(),
         sc.format.name(),
         sc.format.bytes_per_id(),
-        tokenize::sidecar_path(&a.output).display()
+        tokenize::sidecar_path(&a.out).display()
     );
     Ok(())
 }

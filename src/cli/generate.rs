@@ -17,65 +17,71 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "llama2.c's run flags work too: `anetrain generate model.bin -t 0.8 -p 0.9 \
+-s 42 -n 256 -i \"Once upon a time\" -z tokenizer.bin` (run.c's -m chat mode is not offered; \
+-m is --model here)."
+)]
 pub struct Args {
+    /// Model to run, as run.c takes it (the same as --model).
+    #[arg(value_name = "MODEL", conflicts_with = "model")]
+    pub model_path: Option<PathBuf>,
     /// Model to run: a llama2.c model file (.bin), a training checkpoint (.ckpt) or a Hugging
-    /// Face model folder.
-    #[arg(long, short, default_value = crate::train::settings::DEFAULT_CKPT)]
-    pub model: PathBuf,
+    /// Face model folder [default: runs/default/model.ckpt, what `anetrain train` writes].
+    #[arg(long, short)]
+    pub model: Option<PathBuf>,
     /// llama2.c tokenizer.bin or Hugging Face tokenizer.json (default: the one a checkpoint was
     /// trained with, or a model folder's own tokenizer.json); without one, token ids are
-    /// printed instead of text.
-    #[arg(long)]
+    /// printed instead of text. run.c: -z.
+    #[arg(long, short = 'z')]
     pub tokenizer: Option<PathBuf>,
-    /// Text to continue (needs --tokenizer); encoded with BOS as run.c does.
-    #[arg(long, conflicts_with = "prompt_ids")]
+    /// Text to continue (needs --tokenizer); encoded with BOS as run.c does. run.c: -i.
+    #[arg(long, short = 'i', conflicts_with = "prompt_ids")]
     pub prompt: Option<String>,
     /// Prompt as comma-separated token ids, fed verbatim (start with 1, BOS, as run.c does).
     #[arg(long, value_delimiter = ',')]
     pub prompt_ids: Option<Vec<u32>>,
-    /// Positions to run, prompt included; 0 = the model's seq_len.
-    #[arg(short = 'n', long, default_value_t = 256)]
-    pub steps: usize,
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 1.0)]
+    /// Positions to run, prompt included; 0 = the model's seq_len. run.c: -n (also --steps).
+    #[arg(long = "tokens", short = 'n', alias = "steps", default_value_t = 256)]
+    pub tokens: usize,
+    /// Sampling temperature; 0 = greedy. run.c: -t.
+    #[arg(long, short = 't', default_value_t = 1.0, value_parser = super::non_negative)]
     pub temperature: f32,
-    /// Top-p (nucleus) sampling threshold; 0 or 1 samples from the whole distribution.
-    #[arg(long, default_value_t = 0.9, value_parser = super::probability)]
+    /// Top-p (nucleus) sampling threshold; 0 or 1 samples from the whole distribution. run.c: -p.
+    #[arg(long, short = 'p', default_value_t = 0.9, value_parser = super::probability)]
     pub top_p: f32,
-    /// Random seed (run.c's xorshift state); default, or 0: the current time.
-    #[arg(long)]
+    /// Random seed (run.c's xorshift state); default, or 0: the current time. run.c: -s.
+    #[arg(long, short = 's')]
     pub seed: Option<u64>,
     /// (Generation runs matrix-vector products of its own, src/generate/matvec.rs; this
     /// selects the library of any GEMM, and checks that `blas` loads.)
     #[command(flatten)]
     pub gemm: crate::train::gemm_choice::GemmArgs,
-    /// Threads of the forward pass (default, or 0: all cores). On a machine whose cores are busy
-    /// with other work, 1 is often much faster: the helper threads spin between stages.
+    /// Threads of the forward pass (default, or 0: all cores). The caller finishes a stage
+    /// alone when the other threads are not running, so busy cores slow it towards one
+    /// thread's speed, not below it.
     #[arg(long)]
     pub threads: Option<usize>,
 }
 
 pub fn run(a: Args) -> Result<()> {
     crate::train::backend::set_threads(a.threads);
-    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
-        bail!(
-            "--temperature {} must be a finite number >= 0",
-            a.temperature
-        );
-    }
-    if !(0.0..=1.0).contains(&a.top_p) {
-        bail!("--top-p {} must be between 0 and 1", a.top_p);
-    }
-    if !a.model.exists() && a.model == std::path::Path::new(crate::train::settings::DEFAULT_CKPT) {
+    let model = a
+        .model_path
+        .clone()
+        .or_else(|| a.model.clone())
+        .unwrap_or_else(|| PathBuf::from(crate::train::settings::DEFAULT_CKPT));
+    let model = model.as_path();
+    if !model.exists() && model == std::path::Path::new(crate::train::settings::DEFAULT_CKPT) {
         bail!(
             "no model given and no default run at {} (train one with `anetrain train`, or pass --model FILE)",
-            a.model.display()
+            model.display()
         );
     }
-    let params = generate::load_model_params(&a.model)?;
+    let params = generate::load_model_params(model)?;
     let c = params.config();
     crate::train::backend::select_gemm(&a.gemm.gemm, c, 1, 1)?;
-    let recorded = crate::model::ModelSource::with_weights(&a.model)
+    let recorded = crate::model::ModelSource::with_weights(model)
         .checkpoint()
         .and_then(|ck| crate::train::checkpoint::read_header(ck).ok())
         .and_then(|h| h.tokenizer);
@@ -101,7 +107,7 @@ pub fn run(a: Args) -> Result<()> {
                     "{}: the tokenizer has {} ids but the model {} has a vocabulary of {}: use the model's own tokenizer",
                     p.display(),
                     t.vocab_size(),
-                    a.model.display(),
+                    model.display(),
                     c.vocab_size
                 );
             }
@@ -110,7 +116,7 @@ pub fn run(a: Args) -> Result<()> {
         Some(p) => {
             let t = Tokenizer::load(p)?;
             let fitted = generate::fit_tokenizer(&t, c.vocab_size)
-                .with_context(|| format!("{}: does not fit {}", p.display(), a.model.display()))?
+                .with_context(|| format!("{}: does not fit {}", p.display(), model.display()))?
                 .into_owned();
             if t.vocab_size() != c.vocab_size {
                 eprintln!(
@@ -126,8 +132,8 @@ pub fn run(a: Args) -> Result<()> {
             eprintln!(
                 "note: no tokenizer, so token ids are printed: {} (give --tokenizer FILE)",
                 match recorded {
-                    Some(p) => format!("{} records {p}, which does not exist", a.model.display()),
-                    None => format!("none given, and {} records none", a.model.display()),
+                    Some(p) => format!("{} records {p}, which does not exist", model.display()),
+                    None => format!("none given, and {} records none", model.display()),
                 }
             );
             None
@@ -166,7 +172,7 @@ pub fn run(a: Args) -> Result<()> {
         Some(Tok::Hf(t)) => Some(StreamDecoder::new(t)),
         _ => None,
     };
-    let result = generate::generate_ids(&params, &prompt, a.steps, &mut sampler, |prev, next| {
+    let result = generate::generate_ids(&params, &prompt, a.tokens, &mut sampler, |prev, next| {
         let r = match (&tok, stream.as_mut()) {
             (Some(Tok::Hf(_)), Some(s)) => match s.push(next) {
                 Ok(text) => out.write_all(text.as_bytes()),
@@ -181,7 +187,7 @@ pub fn run(a: Args) -> Result<()> {
             write_err.get_or_insert(e);
         }
     });
-    let g = result.with_context(|| format!("{}: cannot generate", a.model.display()))?;
+    let g = result.with_context(|| format!("{}: cannot generate", model.display()))?;
     if let Some(e) = write_err {
         return Err(e).context("cannot write to standard output");
     }

@@ -10,7 +10,7 @@ pub struct Args {
     /// A preset (stories260k, stories15m, stories42m, stories110m, qwen3-0.6b-shape), a
     /// llama2.c model file (.bin), a checkpoint (.ckpt), a config file (.toml/.json) or a
     /// Hugging Face model folder (config.json + safetensors).
-    #[arg(long, short, default_value = "stories110m")]
+    #[arg(long, short, default_value = crate::train::settings::DEFAULT_MODEL)]
     pub model: String,
     /// Sequences per step, for the FLOP and memory figures.
     #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]

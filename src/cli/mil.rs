@@ -28,10 +28,10 @@ pub struct Args {
     pub check: bool,
     /// A preset, a config file (.toml/.json) or a llama2.c model file (.bin, whose weights
     /// are baked into static-pipeline programs).
-    #[arg(long, short, default_value = "stories110m")]
+    #[arg(long, short, default_value = crate::train::settings::DEFAULT_MODEL)]
     pub model: String,
     /// Neural Engine pipeline: static (weights baked into programs) or dynamic (weights streamed through the input surface).
-    #[arg(long, value_enum, default_value_t = Pipeline::Static)]
+    #[arg(long, value_enum, default_value_t = Pipeline::Dynamic)]
     pub pipeline: Pipeline,
     /// Layer whose weights a static-pipeline program bakes in.
     #[arg(long, default_value_t = 0)]

@@ -23,13 +23,15 @@ pub use crate::ane::Pipeline;
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "With no arguments, trains a stories260k-shaped model on the built-in \
-corpus of generated children's stories (about 3 minutes on 2 cores), then prints a story and \
-where the checkpoint, tokenizer and log went. `anetrain generate` then works with no flags."
+corpus of generated children's stories for 1000 steps, stopping with a checkpoint after 180 s \
+of training if it has not finished (and printing the command that continues it; --steps or \
+--time-limit 0 runs to the end), then prints a story and where the checkpoint, tokenizer and \
+log went. `anetrain generate` then works with no flags."
 )]
 pub struct TrainArgs {
     /// Model to train: a preset (stories260k, stories15m, stories42m, stories110m,
     /// qwen3-0.6b-shape) or config file for random init, a llama2.c .bin or a .ckpt to start from.
-    #[arg(long, short, default_value = "stories260k")]
+    #[arg(long, short, default_value = settings::DEFAULT_MODEL)]
     pub model: String,
     /// Token data: flat uint16 ids (llama2.c pretokenized format). Default: the built-in corpus.
     #[arg(long)]
@@ -52,9 +54,10 @@ pub struct TrainArgs {
     /// Micro-steps accumulated per optimizer step.
     #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]
     pub accum: usize,
-    /// Optimizer steps.
-    #[arg(long, default_value_t = 1000, value_parser = super::at_least_one_u64)]
-    pub steps: u64,
+    /// Optimizer steps [default: 1000] (the built-in corpus run without --steps also stops
+    /// after 180 s of training: see --time-limit).
+    #[arg(long, value_parser = super::at_least_one_u64)]
+    pub steps: Option<u64>,
     /// Peak learning rate (default: 1e-3; 3e-3 for the built-in corpus run; a tenth of
     /// that when --model holds trained weights).
     #[arg(long, value_parser = super::learning_rate)]
@@ -88,7 +91,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Folder for the checkpoint, log, and (built-in corpus) tokenizer and data.
-    #[arg(long, default_value = DEFAULT_OUT)]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_OUT)]
     pub out: PathBuf,
     /// Checkpoint path (default: OUT/model.ckpt).
     #[arg(long)]
@@ -108,6 +111,10 @@ pub struct TrainArgs {
     /// and the log are replaced (without this, a new run into a run's folder is refused).
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Stop after this many seconds of training with a checkpoint, as at --until (0: no
+    /// limit; default: 180 for the built-in corpus run without --steps, none otherwise).
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<u64>,
     /// Stop after this step with a checkpoint (the schedule still spans --steps); continue
     /// later with --resume.
     #[arg(long, value_parser = super::at_least_one_u64)]
@@ -163,6 +170,7 @@ pub struct TrainArgs {
 
 pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
     let builtin = a.data.is_none();
+    let steps = a.steps.unwrap_or(settings::DEFAULT_STEPS);
     // Starting from trained weights (not resuming): fine-tuning defaults.
     let fine_tune = !a.resume && ModelSource::resolve(&a.model).is_ok_and(|src| src.has_weights());
     let lr = a.lr.unwrap_or(if fine_tune {
@@ -171,9 +179,9 @@ pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
         settings::default_lr(builtin)
     });
     let warmup = a.warmup.unwrap_or(if fine_tune {
-        settings::default_fine_tune_warmup(a.steps)
+        settings::default_fine_tune_warmup(steps)
     } else {
-        settings::default_warmup(a.steps)
+        settings::default_warmup(steps)
     });
     if fine_tune && !a.quiet && (a.lr.is_none() || a.warmup.is_none()) {
         eprintln!(
@@ -209,16 +217,22 @@ pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
         },
         seq: a.seq,
         loss_scale: a.loss_scale,
+        time_limit: match a.time_limit {
+            Some(0) => None,
+            Some(s) => Some(s as f64),
+            None if builtin && a.steps.is_none() => Some(settings::BUILTIN_TIME_LIMIT_S as f64),
+            None => None,
+        },
         settings: Settings {
             batch: a.batch,
             seq: 0,
             accum: a.accum,
-            steps: a.steps,
+            steps,
             optim: AdamWConfig {
                 lr,
                 min_lr: a.min_lr.unwrap_or(settings::default_min_lr(lr)),
                 warmup,
-                total_steps: a.steps,
+                total_steps: steps,
                 beta1: a.beta1,
                 beta2: a.beta2,
                 eps: a.eps,
@@ -266,8 +280,20 @@ pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
         }
     }
     if step < steps {
+        let why = if done.outcome.time_limited {
+            match a.time_limit {
+                Some(s) => format!("the --time-limit of {s} s"),
+                None => format!(
+                    "the built-in run's time limit of {} s; --steps or --time-limit 0 runs to \
+                     the end",
+                    settings::BUILTIN_TIME_LIMIT_S
+                ),
+            }
+        } else {
+            "--until".to_string()
+        };
         eprintln!(
-            "stopped at step {step} of {steps} (--until); continue with: {}",
+            "stopped at step {step} of {steps} ({why}); continue with: {}",
             resume_command()
         );
     }
@@ -383,7 +409,7 @@ pub struct ExportArgs {
     #[arg(long, short)]
     pub model: Option<PathBuf>,
     /// Output: a llama2.c model file, or for --format hf a folder.
-    #[arg(long, short)]
+    #[arg(long, short, value_name = "PATH")]
     pub out: PathBuf,
     /// Format: llama2c (legacy, version 0, what run.c reads), v1 (llama2.c version 1) or hf
     /// (a Hugging Face model folder).
@@ -482,9 +508,16 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "By default the last 2% of --data is evaluated, cut at a story start \
+exactly as `anetrain train --data FILE` holds out its validation tail: the text a model trained \
+on FILE did not see. --all evaluates the whole file (a separate validation file); \
+--eval-batches N stops after N batches. A progress bar shows on a terminal (-q hides it)."
+)]
 pub struct EvalArgs {
-    /// llama2.c .bin model, .ckpt checkpoint or Hugging Face model folder.
-    #[arg(long, short)]
+    /// llama2.c .bin model, .ckpt checkpoint or Hugging Face model folder [default:
+    /// runs/default/model.ckpt].
+    #[arg(long, short, default_value = DEFAULT_CKPT, hide_default_value = true)]
     pub model: PathBuf,
     /// Token data (uint16 ids).
     #[arg(long)]
@@ -495,30 +528,121 @@ pub struct EvalArgs {
     /// Tokens per window (default: min(256, seq_len)).
     #[arg(long, value_parser = super::at_least_one)]
     pub seq: Option<usize>,
-    /// Batches of consecutive windows to evaluate (default: the whole file).
-    #[arg(long, value_parser = super::at_least_one)]
-    pub batches: Option<usize>,
+    /// Evaluate the last FRACTION of --data, cut as train cuts its validation tail (train's
+    /// --val-fraction; 0: the whole file).
+    #[arg(long, default_value_t = 0.02, value_parser = super::fraction, value_name = "FRACTION")]
+    pub val_fraction: f64,
+    /// Evaluate the whole of --data, not its tail.
+    #[arg(long, conflicts_with = "val_fraction")]
+    pub all: bool,
+    /// At most N batches of consecutive windows from the start of the part evaluated
+    /// (default: all of it); the same name as train's --eval-batches.
+    #[arg(long, alias = "batches", value_name = "N", value_parser = super::at_least_one)]
+    pub eval_batches: Option<usize>,
     /// Worker threads (default, or 0: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
     #[command(flatten)]
     pub gemm: GemmArgs,
 }
 
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     set_threads(a.threads);
+    if !a.model.exists() && a.model == Path::new(DEFAULT_CKPT) {
+        anyhow::bail!(
+            "no --model given and no default run at {} (train one with `anetrain train`, or pass --model FILE)",
+            a.model.display()
+        );
+    }
     let params = crate::train::load_params(&ModelSource::with_weights(&a.model), 0)?;
     let seq = a.seq.unwrap_or(settings::default_seq(params.config()));
     crate::train::backend::select_gemm(&a.gemm.gemm, params.config(), a.batch, seq)?;
-    let data = TokenData::open(&a.data)?;
+    let file = TokenData::open(&a.data)?;
+    let (data, part) = if a.all || a.val_fraction == 0.0 {
+        (file, "all".to_string())
+    } else {
+        let (_, tail) = file
+            .split_tail(a.val_fraction)
+            .map_err(|e| anyhow::anyhow!("--val-fraction {}: {e:#}", a.val_fraction))?;
+        let pct = 100.0 * tail.len() as f64 / file.len().max(1) as f64;
+        (tail, format!("the last {pct:.1}%"))
+    };
+    let total = eval::eval_batches(&data, a.batch, seq, a.eval_batches);
+    let bar = EvalProgress::new(total as u64, a.quiet);
     let t = std::time::Instant::now();
-    let (loss, windows) = eval::eval_file(&params, &data, a.batch, seq, a.batches)?;
+    let (loss, windows) = eval::eval_file_with(
+        &params,
+        &data,
+        a.batch,
+        seq,
+        a.eval_batches,
+        &mut |done, _| bar.update(done as u64),
+    )?;
+    bar.finish();
     println!(
-        "loss {loss:.4}  perplexity {:.3}  ({windows} windows of {seq} tokens, {:.1}s)",
+        "loss {loss:.4}  perplexity {:.3}  ({windows} windows of {seq} tokens from {part} of {}, {:.1}s)",
         (loss as f64).exp(),
+        a.data.display(),
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `eval`'s progress: an indicatif bar on a terminal, a line every 5 s otherwise (as
+/// `train` shows its steps), nothing with `-q`.
+struct EvalProgress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    quiet: bool,
+    start: std::time::Instant,
+    last: std::cell::Cell<std::time::Instant>,
+}
+
+impl EvalProgress {
+    fn new(total: u64, quiet: bool) -> EvalProgress {
+        use std::io::IsTerminal;
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "eval {bar:30.cyan/blue} {pos}/{len} batches [{elapsed_precise}<{eta_precise}]",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        let now = std::time::Instant::now();
+        EvalProgress {
+            bar,
+            total,
+            quiet,
+            start: now,
+            last: std::cell::Cell::new(now),
+        }
+    }
+
+    fn update(&self, done: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+        } else if !self.quiet && self.last.get().elapsed().as_secs_f64() >= 5.0 {
+            let per = self.start.elapsed().as_secs_f64() / done.max(1) as f64;
+            eprintln!(
+                "eval batch {done}/{} | eta {:.0}s",
+                self.total,
+                per * (self.total - done) as f64
+            );
+            self.last.set(std::time::Instant::now());
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -537,7 +661,7 @@ pub struct GradArgs {
     pub seq: usize,
     /// Output safetensors file (tensor names as llama2.c's PyTorch model; for a model read from
     /// a Hugging Face folder, transformers' names, shapes and row order).
-    #[arg(long)]
+    #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
     /// Worker threads (default, or 0: all cores).
     #[arg(long)]
@@ -580,7 +704,7 @@ and repeat: the spread between min and max says how much the neighbours took."
 )]
 pub struct BenchArgs {
     /// Model: a preset or config file (random weights), or a llama2.c .bin / .ckpt.
-    #[arg(long, short, default_value = "stories110m")]
+    #[arg(long, short, default_value = settings::DEFAULT_MODEL)]
     pub model: String,
     /// Sequences per micro-step.
     #[arg(long, short, default_value_t = 1, value_parser = super::at_least_one)]

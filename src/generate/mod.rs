@@ -14,7 +14,7 @@
 
 pub mod matvec;
 pub mod sampler;
-mod team;
+pub mod team;
 pub mod transformer;
 
 pub use sampler::Sampler;

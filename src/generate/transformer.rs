@@ -15,10 +15,11 @@
 //!   xn = rmsnorm(x) · g_ffn ; h1, h3 = W1·xn, W3·xn ; x += W2 · (silu(h1) ⊙ h3)
 //! logits[V] = Wcls · (rmsnorm(x) · g_final)       Wcls = tok_embeddings when tied
 //! ```
-//! Threads: every matrix–vector product and the attention heads are split statically over a
-//! [`Team`] (the caller plus spinning helpers, as many as the rayon pool has), which picks
-//! each of the ~30 short stages of a token up faster than rayon's sleeping workers; see
-//! `team.rs`.
+//! Threads: every matrix–vector product and the attention heads are split into static shares
+//! that a [`Team`] runs (the caller plus helpers, as many threads as the rayon pool has),
+//! which picks each of the ~30 short stages of a token up faster than rayon's sleeping
+//! workers and, when the cores are busy with other work, lets the caller finish a stage
+//! alone rather than wait for a descheduled helper; see [`super::team`].
 //!
 //! Element-wise operations follow run.c's expression order (`w · (s · x)`, `x · (1/(1+e^−x))`,
 //! `score / √HD`); only the dot products are summed in a different (SIMD) order.
@@ -42,15 +43,15 @@ fn team_matvec(team: &Team, out: &mut [f32], x: &[f32], mats: &[&[f32]]) {
         "matvec shapes: out {rows} rows, x {n}, matrices {:?}",
         mats.iter().map(|m| m.len()).collect::<Vec<_>>()
     );
-    let t = team.size();
-    if t == 1 || rows * n < PARALLEL_MATVEC_MIN_WORK {
+    if team.size() == 1 || rows * n < PARALLEL_MATVEC_MIN_WORK {
         stacked_range(out, 0, x, mats);
         return;
     }
     let o = SharedOut(out.as_mut_ptr());
-    team.run(&|i| {
-        let (lo, hi) = share(i, t, rows);
-        // SAFETY: members write disjoint row ranges of `out`, which outlives the stage.
+    let s = team.shares();
+    team.run(&|j| {
+        let (lo, hi) = share(j, s, rows);
+        // SAFETY: shares write disjoint row ranges of `out`, which outlives the stage.
         let part = unsafe { std::slice::from_raw_parts_mut(o.ptr().add(lo), hi - lo) };
         stacked_range(part, lo, x, mats);
     });
@@ -197,6 +198,11 @@ impl<'a> Transformer<'a> {
         &self.cfg
     }
 
+    /// The counters of the thread team that runs the forward pass.
+    pub fn team_stats(&self) -> super::team::TeamStats {
+        self.team.stats()
+    }
+
     /// The logits of the last [`forward`](Self::forward) call `[V]`.
     pub fn logits(&self) -> &[f32] {
         &self.logits
@@ -284,12 +290,12 @@ impl<'a> Transformer<'a> {
                     SharedOut(self.attn.as_mut_ptr()),
                     SharedOut(self.scores.as_mut_ptr()),
                 );
-                let t = self.team.size();
-                self.team.run(&|i| {
-                    let (h0, h1) = share(i, t, nh);
+                let s = self.team.shares();
+                self.team.run(&|j| {
+                    let (h0, h1) = share(j, s, nh);
                     for hi in h0..h1 {
                         // SAFETY: head hi's `[HD]` output and `[seq_len]` scores rows are
-                        // written by the member that owns hi only; both buffers outlive
+                        // written by the share that holds hi only; both buffers outlive
                         // the stage.
                         let (out, sc) = unsafe {
                             (

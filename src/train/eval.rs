@@ -23,6 +23,21 @@ pub fn evaluate(
     seq: usize,
     batches: usize,
 ) -> Result<f32> {
+    evaluate_with(k, ws, params, data, batch, seq, batches, &mut |_| {})
+}
+
+/// [`evaluate`], calling `on_batch(batches done)` after each batch.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with(
+    k: &mut dyn Kernels,
+    ws: &mut Workspace,
+    params: &Params,
+    data: &TokenData,
+    batch: usize,
+    seq: usize,
+    batches: usize,
+    on_batch: &mut dyn FnMut(usize),
+) -> Result<f32> {
     let mut s = Sampler {
         rng: Rng::new(1),
         cursor: 0,
@@ -33,9 +48,10 @@ pub fn evaluate(
     let mut t = Timings::default();
     let n = batches.max(1);
     let mut sum = 0f64;
-    for _ in 0..n {
+    for i in 0..n {
         s.fill(data, seq, &mut inputs, &mut targets);
         sum += ws.forward_loss(k, params, &inputs, &targets, &mut t)? as f64;
+        on_batch(i + 1);
     }
     Ok((sum / n as f64) as f32)
 }
@@ -50,13 +66,31 @@ pub fn eval_file(
     seq: usize,
     batches: Option<usize>,
 ) -> Result<(f32, usize)> {
+    eval_file_with(params, data, batch, seq, batches, &mut |_, _| {})
+}
+
+/// The batches [`eval_file`] evaluates of `data`: `batches`, at most every whole batch the
+/// data holds (at least 1).
+pub fn eval_batches(data: &TokenData, batch: usize, seq: usize, batches: Option<usize>) -> usize {
+    let max = (data.len().saturating_sub(1) / (batch * seq)).max(1);
+    batches.unwrap_or(max).min(max)
+}
+
+/// [`eval_file`], calling `on_batch(done, total)` after each batch (for a progress bar).
+pub fn eval_file_with(
+    params: &Params,
+    data: &TokenData,
+    batch: usize,
+    seq: usize,
+    batches: Option<usize>,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<(f32, usize)> {
     let c = params.config();
     super::check_computable(c)?;
     data.validate(seq, c.vocab_size)?;
-    let max = ((data.len() - 1) / (batch * seq)).max(1);
-    let batches = batches.unwrap_or(max).min(max);
+    let batches = eval_batches(data, batch, seq, batches);
     let mut ws = Workspace::new(c, batch, seq);
-    let loss = evaluate(
+    let loss = evaluate_with(
         &mut CpuKernels::new(),
         &mut ws,
         params,
@@ -64,6 +98,7 @@ pub fn eval_file(
         batch,
         seq,
         batches,
+        &mut |done| on_batch(done, batches),
     )?;
     Ok((loss, batches * batch))
 }

@@ -30,6 +30,184 @@ pub enum DataChoice {
     Builtin { val_fraction: f64 },
 }
 
+/// The training data of a run, recorded in its checkpoint (the settings' `"data"`), so
+/// that `--resume` continues on the same tokens: the file by its absolute path and by its
+/// contents (size and SHA-256), the validation file or fraction.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataRecord {
+    /// The built-in corpus (prepared in the run's folder) rather than a `--data` file.
+    pub builtin: bool,
+    /// The token file, absolute.
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
+    /// `--val-data`, absolute.
+    pub val: Option<PathBuf>,
+    /// `--val-fraction`.
+    pub val_fraction: f64,
+}
+
+impl DataRecord {
+    /// The record of a token file as it is now.
+    fn of(builtin: bool, path: &Path, val: Option<&Path>, val_fraction: f64) -> Result<Self> {
+        let (bytes, sha256) = contents(path)?;
+        Ok(DataRecord {
+            builtin,
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+            bytes,
+            sha256,
+            val: val.map(|v| std::path::absolute(v).unwrap_or_else(|_| v.to_path_buf())),
+            val_fraction,
+        })
+    }
+
+    /// The data `--resume` continues on: the recorded file (checked to be unchanged), or
+    /// `given` (a `--data` file with the recorded contents); refused by name otherwise.
+    fn resume_choice(&self, plan: &Plan, note: &dyn Fn(&str)) -> Result<DataChoice> {
+        let given = |id: &str| plan.given.contains(id);
+        let (given_val, given_fraction) = match &plan.data {
+            DataChoice::Files {
+                val, val_fraction, ..
+            } => (val.clone(), *val_fraction),
+            DataChoice::Builtin { val_fraction } => (None, *val_fraction),
+        };
+        let mut conflicts = Vec::new();
+        if given("val_fraction") && given_fraction != self.val_fraction {
+            conflicts.push(format!(
+                "--val-fraction {given_fraction} (the checkpoint's run has {})",
+                self.val_fraction
+            ));
+        }
+        if given("val_data") {
+            let v = given_val
+                .as_deref()
+                .map(|v| std::path::absolute(v).unwrap_or(v.into()));
+            if v != self.val {
+                conflicts.push(format!(
+                    "--val-data {} (the checkpoint's run has {})",
+                    given_val.as_deref().unwrap_or(Path::new("")).display(),
+                    self.val
+                        .as_deref()
+                        .map_or("none".to_string(), |p| p.display().to_string())
+                ));
+            }
+        }
+        let path = match (&plan.data, given("data")) {
+            (DataChoice::Files { data, .. }, true) => {
+                let (bytes, sha) = contents(data).context("--data")?;
+                if (bytes, &sha) != (self.bytes, &self.sha256) {
+                    conflicts.push(format!(
+                        "--data {} ({}), not the tokens of {} that the checkpoint's run \
+                         trained on",
+                        data.display(),
+                        if bytes == self.bytes {
+                            "other contents".to_string()
+                        } else {
+                            format!("{bytes} bytes, not {}", self.bytes)
+                        },
+                        self.path.display()
+                    ));
+                } else if std::path::absolute(data).ok().as_ref() != Some(&self.path) {
+                    note(&format!(
+                        "note: --data {} holds the tokens the run trained on ({}); continuing on it",
+                        data.display(),
+                        self.path.display()
+                    ));
+                }
+                data.clone()
+            }
+            _ if self.builtin => self.path.clone(),
+            _ => {
+                if !self.path.exists() {
+                    bail!(
+                        "--resume: the checkpoint's run trained on {}, which no longer exists; if \
+                         it moved, give its new place with --data (its contents are checked \
+                         against the checkpoint's record)",
+                        self.path.display()
+                    );
+                }
+                let (bytes, sha) = contents(&self.path)?;
+                if (bytes, &sha) != (self.bytes, &self.sha256) {
+                    bail!(
+                        "--resume: {} has changed since the checkpoint's run trained on it \
+                         ({} bytes then, {bytes} now{}); to train on it as it is, start a new \
+                         run from the checkpoint's weights with --model {} (without --resume)",
+                        self.path.display(),
+                        self.bytes,
+                        if bytes == self.bytes {
+                            ", other contents"
+                        } else {
+                            ""
+                        },
+                        plan.settings.ckpt.display()
+                    );
+                }
+                self.path.clone()
+            }
+        };
+        if !conflicts.is_empty() {
+            bail!(
+                "--resume continues on the data the checkpoint records, and these flags would \
+                 change it: {}. Drop them to continue as recorded, or start a new run from the \
+                 checkpoint's weights with --model {} (without --resume)",
+                conflicts.join(", "),
+                plan.settings.ckpt.display()
+            );
+        }
+        Ok(if self.builtin && !given("data") {
+            DataChoice::Builtin {
+                val_fraction: self.val_fraction,
+            }
+        } else {
+            DataChoice::Files {
+                data: path,
+                val: self.val.clone(),
+                val_fraction: self.val_fraction,
+            }
+        })
+    }
+}
+
+/// A file's size and SHA-256.
+fn contents(path: &Path) -> Result<(u64, String)> {
+    let bytes = std::fs::metadata(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?
+        .len();
+    Ok((bytes, crate::data::tokenize::sha256_file(path)?))
+}
+
+/// The data a resumed run continues on, for a checkpoint that records none (written before
+/// the record existed): `--data` if given, else the file its header names.
+fn resume_choice_unrecorded(plan: &Plan, ck: &checkpoint::Checkpoint) -> Result<DataChoice> {
+    if plan.given.contains("data") {
+        return Ok(plan.data.clone());
+    }
+    match &ck.header.data {
+        // The built-in corpus (its folder holds the corpus stamp).
+        Some(p) if Path::new(p).with_file_name("corpus.json").exists() => Ok(plan.data.clone()),
+        Some(p) if Path::new(p).exists() => {
+            eprintln!(
+                "warning: {} records its data only by name; continuing on {p} (give --data to choose)",
+                plan.settings.ckpt.display()
+            );
+            let val_fraction = match &plan.data {
+                DataChoice::Files { val_fraction, .. } | DataChoice::Builtin { val_fraction } => {
+                    *val_fraction
+                }
+            };
+            Ok(DataChoice::Files {
+                data: p.into(),
+                val: None,
+                val_fraction,
+            })
+        }
+        Some(p) => bail!(
+            "--resume: the checkpoint's run trained on {p}, which no longer exists; give --data FILE"
+        ),
+        None => Ok(plan.data.clone()),
+    }
+}
+
 /// What a run was asked to do.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -53,6 +231,8 @@ pub struct Plan {
     /// Initial loss scale for backends that need one (default:
     /// [`settings::initial_loss_scale`]).
     pub loss_scale: Option<f32>,
+    /// Seconds of training after which this process stops with a checkpoint.
+    pub time_limit: Option<f64>,
     /// The options given on the command line (clap ids, `min_lr`), as opposed to left at
     /// their defaults: a resumed run takes the others from its checkpoint
     /// ([`Settings::resumed`]).
@@ -79,7 +259,7 @@ pub struct Finished {
 /// it, the model against the data and the tokenizer, and that the checkpoint and log folders
 /// can be written.
 pub fn run(plan: Plan) -> Result<Finished> {
-    let mut s = plan.settings;
+    let mut s = plan.settings.clone();
     s.backend = plan.backend.kind;
     // First: the global thread pool is built once, by whoever uses it first.
     let threads = set_threads(plan.threads);
@@ -112,6 +292,20 @@ pub fn run(plan: Plan) -> Result<Finished> {
     } else {
         None
     };
+    // The data: a resumed run continues on what its checkpoint records.
+    let data_choice = match &resume_ck {
+        None => plan.data.clone(),
+        Some(ck) => match ck.header.settings.get("data") {
+            Some(v) => serde_json::from_value::<DataRecord>(v.clone())
+                .with_context(|| format!("{}: unreadable data record", s.ckpt.display()))?
+                .resume_choice(&plan, &note)?,
+            None => resume_choice_unrecorded(&plan, ck)?,
+        },
+    };
+    let recorded_data = resume_ck
+        .as_ref()
+        .and_then(|ck| ck.header.settings.get("data"))
+        .and_then(|v| serde_json::from_value::<DataRecord>(v.clone()).ok());
     let mut fresh_params = None;
     let (c, what) = match &resume_ck {
         Some(ck) => {
@@ -182,7 +376,7 @@ pub fn run(plan: Plan) -> Result<Finished> {
         bail!("--seq {} exceeds the model's seq_len {}", s.seq, c.seq_len);
     }
     s.validate()?;
-    if matches!(plan.data, DataChoice::Builtin { .. }) && c.vocab_size < builtin::VOCAB {
+    if matches!(data_choice, DataChoice::Builtin { .. }) && c.vocab_size < builtin::VOCAB {
         bail!(
             "the built-in corpus has {} token ids but the model ({}) has a vocabulary of {}: \
              give --data with ids below {}, or a model with vocab_size ≥ {}",
@@ -206,17 +400,41 @@ pub fn run(plan: Plan) -> Result<Finished> {
     check_writable(&log_path, "--log")?;
 
     trainer::install_signal_handlers();
-    let (data, val) = match &plan.data {
+    let (data, val, record) = match &data_choice {
         DataChoice::Files {
             data,
             val,
             val_fraction,
-        } => TokenData::open_with_validation(data, val.as_deref(), *val_fraction)?,
+        } => {
+            let (t, v) = TokenData::open_with_validation(data, val.as_deref(), *val_fraction)?;
+            let record = match &recorded_data {
+                // Checked against the file by `resume_choice` (which may be the recorded
+                // tokens at a new place).
+                Some(r) => DataRecord {
+                    path: std::path::absolute(data).unwrap_or_else(|_| data.clone()),
+                    ..r.clone()
+                },
+                None => DataRecord::of(false, data, val.as_deref(), *val_fraction)?,
+            };
+            (t, v, record)
+        }
         DataChoice::Builtin { val_fraction } => {
             let b = builtin::prepare(&plan.out, s.seed, s.quiet)?;
             s.tokenizer.get_or_insert(b.tokenizer.clone());
+            let record = DataRecord::of(true, &b.tokens, None, *val_fraction)?;
+            if let Some(r) = recorded_data.as_ref().filter(|r| r.builtin) {
+                if (r.bytes, &r.sha256) != (record.bytes, &record.sha256) {
+                    bail!(
+                        "--resume: the built-in corpus prepared in {} is not the one the \
+                         checkpoint's run trained on ({} bytes then, {} now)",
+                        plan.out.display(),
+                        r.bytes,
+                        record.bytes
+                    );
+                }
+            }
             let (t, v) = TokenData::open(&b.tokens)?.split_tail(val_fraction.max(0.01))?;
-            (t, Some(v))
+            (t, Some(v), record)
         }
     };
     // A model from a Hugging Face folder: its own tokenizer.json, recorded for `generate`.
@@ -288,6 +506,8 @@ pub fn run(plan: Plan) -> Result<Finished> {
         None => Trainer::new(s, fresh_params.context("no parameters")?, kernels),
     };
     tr.data_desc = Some(data.path.display().to_string());
+    tr.data_record = Some(serde_json::to_value(&record)?);
+    tr.time_limit = plan.time_limit;
     if plan.overwrite && !plan.resume && tr.s.ckpt.exists() {
         replace_run(&tr.s.ckpt, &log_path)?;
         note(&format!(

@@ -50,12 +50,26 @@ pub struct Settings {
     pub until: Option<u64>,
 }
 
+/// The model every command takes when `--model` is not given (`train`, `info`, `bench`,
+/// `mil`, `ane check`): the built-in run's preset.
+pub const DEFAULT_MODEL: &str = "stories260k";
+
 /// Where a run's files go when `--out` is not given.
 pub const DEFAULT_OUT: &str = "runs/default";
 
 /// The checkpoint a run writes when neither `--out` nor `--ckpt` is given (what `generate`
 /// and `eval` read by default).
 pub const DEFAULT_CKPT: &str = "runs/default/model.ckpt";
+
+/// Optimizer steps when `--steps` is not given. The built-in corpus run keeps this schedule
+/// and is bounded in time instead ([`BUILTIN_TIME_LIMIT_S`]): measured, a shorter schedule
+/// ends worse than this one at the same step (README.md).
+pub const DEFAULT_STEPS: u64 = 1000;
+
+/// Seconds of training after which the built-in corpus run without `--steps` stops (with a
+/// checkpoint and the command that continues it), so that the demo ends in about 3 minutes
+/// on any machine; a fast one finishes all [`DEFAULT_STEPS`] before.
+pub const BUILTIN_TIME_LIMIT_S: u64 = 180;
 
 /// Peak learning rate: 1e-3, or 3e-3 for the built-in corpus run (a small model on simple
 /// text tolerates it and the three-minute run gets further).

@@ -63,6 +63,8 @@ pub struct Outcome {
     /// The compile budget is nearly spent: the caller must re-exec the process with
     /// `--resume` (the checkpoint has been written).
     pub restart: bool,
+    /// The run stopped at [`Trainer::time_limit`] before its last step (with a checkpoint).
+    pub time_limited: bool,
 }
 
 impl Outcome {
@@ -90,6 +92,7 @@ struct RunState {
     /// Skipped steps in all.
     skipped: u64,
     interrupted: bool,
+    time_limited: bool,
     /// A checkpoint failed (disk full…) and is retried after the next step.
     ckpt_pending: bool,
 }
@@ -106,6 +109,7 @@ impl RunState {
             skipped: self.skipped,
             loss_scaling: t.stepper.scaler.dynamic,
             restart,
+            time_limited: self.time_limited,
         }
     }
 }
@@ -123,6 +127,12 @@ pub struct Trainer {
     pub last_loss: f32,
     pub best_val: Option<f32>,
     pub data_desc: Option<String>,
+    /// The training data as recorded in the checkpoint's settings (under `"data"`), so that
+    /// `--resume` continues on it: see `session::DataRecord`.
+    pub data_record: Option<serde_json::Value>,
+    /// Seconds of training after which this process stops with a checkpoint, as at
+    /// `--until` (`--time-limit`; `None`: no limit).
+    pub time_limit: Option<f64>,
     pub kernels: Box<dyn Kernels>,
 }
 
@@ -148,6 +158,8 @@ impl Trainer {
             last_loss: f32::NAN,
             best_val: None,
             data_desc: None,
+            data_record: None,
+            time_limit: None,
             kernels,
         }
     }
@@ -197,7 +209,13 @@ impl Trainer {
             wall_s: self.wall_s,
             last_loss: self.last_loss,
             best_val_loss: self.best_val,
-            settings: serde_json::to_value(&self.s).unwrap_or_default(),
+            settings: {
+                let mut v = serde_json::to_value(&self.s).unwrap_or_default();
+                if let (Some(m), Some(d)) = (v.as_object_mut(), &self.data_record) {
+                    m.insert("data".into(), d.clone());
+                }
+                v
+            },
             tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
             data: self.data_desc.clone(),
         }
@@ -246,6 +264,13 @@ impl Trainer {
         while self.step < stop_at {
             if STOP.load(Ordering::SeqCst) {
                 r.interrupted = true;
+                break;
+            }
+            if self
+                .time_limit
+                .is_some_and(|l| self.step > start_step && run_start.elapsed().as_secs_f64() >= l)
+            {
+                r.time_limited = true;
                 break;
             }
             if self.compile_budget_spent(log, &progress)? {
