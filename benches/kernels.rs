@@ -6,7 +6,7 @@ use anetrain::kernels::cpu::CpuKernels;
 use anetrain::kernels::gemm::{sgemm, Op};
 use anetrain::kernels::ops::{self, ClassifierGrads, Rope};
 use anetrain::kernels::{
-    AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
+    AttnFwd, AttnWeights, Checked, Dims, FfnBwd, FfnFwd, FfnWeights, SdpaBwd1, SdpaBwd2, Spec,
 };
 use anetrain::model::Config;
 use anetrain::util::rng::Rng;
@@ -18,8 +18,12 @@ fn rand_vec(len: usize, seed: u64, scale: f32) -> Vec<f32> {
     (0..len).map(|_| (r.next_f32() - 0.5) * scale).collect()
 }
 
+fn spec() -> Spec {
+    Spec::new(&Config::preset("stories110m").unwrap(), 1, 256)
+}
+
 fn dims() -> Dims {
-    Dims::new(&Config::preset("stories110m").unwrap(), 1, 256)
+    spec().dims
 }
 
 fn gemm(c: &mut Criterion) {
@@ -50,7 +54,6 @@ fn gemm(c: &mut Criterion) {
 fn kernels(c: &mut Criterion) {
     let d = dims();
     let (n, dim, h, qd, kvd) = (d.n(), d.dim, d.hidden, d.q_dim(), d.kv_dim());
-    let rope = Rope::new(d.head_dim, d.seq, 10000.0);
     let x = rand_vec(dim * n, 1, 2.0);
     let g1 = vec![1.0; dim];
     let s = 1.0 / (dim as f32).sqrt();
@@ -78,7 +81,8 @@ fn kernels(c: &mut Criterion) {
         w2: &w2,
         w3: &w3,
     };
-    let mut k = CpuKernels::new();
+    let mut cpu = CpuKernels::new(spec());
+    let mut k = Checked::new(&mut cpu);
     let z = |len: usize| vec![0.0f32; len];
     let (mut xn, mut q, mut kk, mut v, mut attn, mut o) = (
         z(dim * n),
@@ -95,8 +99,6 @@ fn kernels(c: &mut Criterion) {
         b.iter(|| {
             k.fwd_attn(
                 0,
-                &d,
-                &rope,
                 &x,
                 &aw,
                 AttnFwd {
@@ -115,7 +117,6 @@ fn kernels(c: &mut Criterion) {
         b.iter(|| {
             k.fwd_ffn(
                 0,
-                &d,
                 &x,
                 &fw,
                 FfnFwd {
@@ -135,7 +136,6 @@ fn kernels(c: &mut Criterion) {
         b.iter(|| {
             k.ffn_bwd(
                 0,
-                &d,
                 &dy,
                 &h1,
                 &h3,
@@ -154,12 +154,11 @@ fn kernels(c: &mut Criterion) {
         b.iter(|| {
             k.sdpa_bwd1(
                 0,
-                &d,
                 &dy,
                 &q,
                 &kk,
                 &v,
-                &wo,
+                &aw,
                 SdpaBwd1 {
                     dv: &mut dv,
                     dp: &mut dp,
@@ -174,7 +173,6 @@ fn kernels(c: &mut Criterion) {
         b.iter(|| {
             k.sdpa_bwd2(
                 0,
-                &d,
                 &probs,
                 &dp,
                 &q,
@@ -189,7 +187,7 @@ fn kernels(c: &mut Criterion) {
     });
     let mut dxn = z(dim * n);
     g.bench_function("qkv_bwd", |b| {
-        b.iter(|| k.qkv_bwd(0, &d, &dq, &dk, &dv, &aw, &mut dxn).unwrap())
+        b.iter(|| k.qkv_bwd(0, &dq, &dk, &dv, &aw, &mut dxn).unwrap())
     });
     g.finish();
 }

@@ -33,7 +33,7 @@ fn run(model: &str, batch: usize, seq: usize, reps: usize) {
         .map(|_| rng.below(c.vocab_size as u64) as u32)
         .collect();
     let mut ws = Workspace::new(&c, batch, seq);
-    let mut k = CpuKernels::new();
+    let mut k = CpuKernels::new(anetrain::kernels::Spec::new(&c, batch, seq));
     let mut t = Timings::default();
     ws.forward_backward(&mut k, &params, &mut grads, &inputs, &targets, 1.0, &mut t)
         .unwrap();

@@ -8,8 +8,8 @@ use anetrain::ane::chip::Profile;
 use anetrain::ane::sim::SimDevice;
 use anetrain::ane::Pipeline;
 use anetrain::kernels::cpu::CpuKernels;
-use anetrain::kernels::{Dims, FfnBwd, FfnWeights, Kernels};
-use anetrain::model::{Config, LayerTensor, Params};
+use anetrain::kernels::{Checked, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, Pass, Spec};
+use anetrain::model::{Config, Params};
 use anetrain::util::rng::Rng;
 
 fn setup() -> (Config, Params, Dims) {
@@ -35,16 +35,10 @@ fn ffn_bwd(k: &mut dyn Kernels, p: &Params, d: &Dims) -> anyhow::Result<Vec<f32>
     let mut rng = Rng::new(8);
     let mut r = |len| -> Vec<f32> { (0..len).map(|_| rng.normal()).collect() };
     let (dy, h1, h3) = (r(dm * n), r(h * n), r(h * n));
-    let fw = FfnWeights {
-        g: p.layer(1, LayerTensor::FfnNorm),
-        w1: p.layer(1, LayerTensor::W1),
-        w2: p.layer(1, LayerTensor::W2),
-        w3: p.layer(1, LayerTensor::W3),
-    };
+    let fw = FfnWeights::of(p, 1);
     let (mut dx2n, mut dh1, mut dh3) = (vec![0.0; dm * n], vec![0.0; h * n], vec![0.0; h * n]);
-    k.ffn_bwd(
+    Checked::new(k).ffn_bwd(
         1,
-        d,
         &dy,
         &h1,
         &h3,
@@ -70,8 +64,7 @@ fn max_rel(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn a_refused_program_falls_back_to_the_cpu_once() {
     let (c, p, d) = setup();
-    let mut cpu = CpuKernels::new();
-    cpu.prepare(&p, 1).unwrap();
+    let mut cpu = CpuKernels::new(Spec::new(&c, d.batch, d.seq));
     let want = ffn_bwd(&mut cpu, &p, &d).unwrap();
     for (pipeline, refused) in [
         (Pipeline::Dynamic, "ffnBwdW13t"),
@@ -88,7 +81,7 @@ fn a_refused_program_falls_back_to_the_cpu_once() {
             true,
         )
         .unwrap();
-        k.prepare(&p, 1).unwrap();
+        k.prepare(1, Pass::Training).unwrap();
         let got = ffn_bwd(&mut k, &p, &d).unwrap();
         // The CPU ran it: equal to the CPU kernel exactly.
         assert_eq!(got, want, "{pipeline}");
@@ -111,7 +104,7 @@ fn a_refused_program_falls_back_to_the_cpu_once() {
         // The other kernels still run on the simulated Neural Engine, within fp16 tolerance.
         let mut ok =
             AneKernels::build(device(None), &c, d.batch, d.seq, pipeline, &prof, true).unwrap();
-        ok.prepare(&p, 1).unwrap();
+        ok.prepare(1, Pass::Training).unwrap();
         let ane = ffn_bwd(&mut ok, &p, &d).unwrap();
         assert!(max_rel(&ane, &want) < 1e-2, "{pipeline}");
         assert!(ok.take_fallbacks().is_empty());
@@ -135,7 +128,8 @@ fn without_fallback_a_refusal_is_an_error_naming_the_kernel() {
     .expect("refused");
     let msg = format!("{e:#}");
     assert!(msg.contains("qkvBwd") && msg.contains("injected"), "{msg}");
-    // Static: the refusal comes at the first weight update.
+    // Static: the refusal comes at the first call under the first weights version, when the
+    // kernel is compiled with the layer's weights.
     let mut k = AneKernels::build(
         device(Some("fwdFFN")),
         &c,
@@ -146,7 +140,30 @@ fn without_fallback_a_refusal_is_an_error_naming_the_kernel() {
         false,
     )
     .unwrap();
-    let msg = format!("{:#}", k.prepare(&p, 1).unwrap_err());
+    k.prepare(1, Pass::Training).unwrap();
+    let n = d.n();
+    let x2 = vec![0.5f32; d.dim * n];
+    let z = |len: usize| vec![0f32; len];
+    let (mut x2n, mut h1, mut h3, mut gate, mut f) = (
+        z(d.dim * n),
+        z(d.hidden * n),
+        z(d.hidden * n),
+        z(d.hidden * n),
+        z(d.dim * n),
+    );
+    let e = Checked::new(&mut k).fwd_ffn(
+        0,
+        &x2,
+        &FfnWeights::of(&p, 0),
+        FfnFwd {
+            x2n: &mut x2n,
+            h1: &mut h1,
+            h3: &mut h3,
+            gate: &mut gate,
+            f: &mut f,
+        },
+    );
+    let msg = format!("{:#}", e.unwrap_err());
     assert!(msg.contains("fwdFFN"), "{msg}");
 }
 

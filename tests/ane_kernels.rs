@@ -15,9 +15,9 @@ use anetrain::ane::backend::AneKernels;
 use anetrain::ane::sim::SimDevice;
 use anetrain::ane::Pipeline;
 use anetrain::kernels::cpu::CpuKernels;
-use anetrain::kernels::ops::Rope;
 use anetrain::kernels::{
-    AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
+    AttnFwd, AttnWeights, Checked, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, Pass, SdpaBwd1,
+    SdpaBwd2,
 };
 use anetrain::model::{Config, LayerTensor, Params};
 use anetrain::util::rng::Rng;
@@ -288,7 +288,6 @@ type Outputs = Vec<(&'static str, Vec<f32>)>;
 /// Calls all six kernels of `layer` once on `inp`.
 fn run_all(
     kern: &mut dyn Kernels,
-    c: &Config,
     d: &Dims,
     layer: usize,
     aw: &AttnWeights,
@@ -297,7 +296,7 @@ fn run_all(
 ) -> Outputs {
     let (dm, h, qd, kvd, n) = (d.dim, d.hidden, d.q_dim(), d.kv_dim(), d.n());
     let z = |len: usize| vec![0f32; len];
-    let rope_t = Rope::new(c.head_dim, c.seq_len, c.rope_theta);
+    let mut kern = Checked::new(kern);
     let (mut xn, mut q, mut k, mut v, mut attn, mut o) = (
         z(dm * n),
         z(qd * n),
@@ -308,8 +307,6 @@ fn run_all(
     );
     kern.fwd_attn(
         layer,
-        d,
-        &rope_t,
         &inp.x,
         aw,
         AttnFwd {
@@ -326,7 +323,6 @@ fn run_all(
         (z(dm * n), z(h * n), z(h * n), z(h * n), z(dm * n));
     kern.fwd_ffn(
         layer,
-        d,
         &inp.x2,
         fw,
         FfnFwd {
@@ -341,7 +337,6 @@ fn run_all(
     let (mut dx2n, mut dh1, mut dh3) = (z(dm * n), z(h * n), z(h * n));
     kern.ffn_bwd(
         layer,
-        d,
         &inp.dy,
         &inp.h1,
         &inp.h3,
@@ -356,12 +351,11 @@ fn run_all(
     let (mut dv, mut dp, mut pp) = (z(kvd * n), z(d.probs_len()), z(d.probs_len()));
     kern.sdpa_bwd1(
         layer,
-        d,
         &inp.dx2,
         &inp.q,
         &inp.k,
         &inp.v,
-        aw.wo,
+        aw,
         SdpaBwd1 {
             dv: &mut dv,
             dp: &mut dp,
@@ -372,7 +366,6 @@ fn run_all(
     let (mut dq, mut dk) = (z(qd * n), z(kvd * n));
     kern.sdpa_bwd2(
         layer,
-        d,
         &inp.probs,
         &inp.dp,
         &inp.q,
@@ -384,7 +377,7 @@ fn run_all(
     )
     .unwrap();
     let mut dxn = z(dm * n);
-    kern.qkv_bwd(layer, d, &inp.gq, &inp.gk, &inp.gv, aw, &mut dxn)
+    kern.qkv_bwd(layer, &inp.gq, &inp.gk, &inp.gv, aw, &mut dxn)
         .unwrap();
     vec![
         ("fwdAttn xn", xn),
@@ -547,12 +540,11 @@ fn check_pipeline(name: &str, c: &Config, pipeline: Pipeline) {
 
     let mut ane = AneKernels::new(Box::new(SimDevice::new()), c, d.batch, d.seq, pipeline)
         .unwrap_or_else(|e| panic!("{name} {pipeline}: {e:#}"));
-    ane.prepare(&p, 1).unwrap();
-    let got = run_all(&mut ane, c, &d, layer, &aw, &fw, &inp);
+    ane.prepare(1, Pass::Training).unwrap();
+    let got = run_all(&mut ane, &d, layer, &aw, &fw, &inp);
 
-    let mut cpu = CpuKernels::new();
-    cpu.prepare(&p, 1).unwrap();
-    let cpu_out = run_all(&mut cpu, c, &d, layer, &aw, &fw, &inp);
+    let mut cpu = CpuKernels::new(ane.spec().clone());
+    let cpu_out = run_all(&mut cpu, &d, layer, &aw, &fw, &inp);
 
     let mut worst = (0f64, 0f64);
     let mut worst_cpu = (0f64, 0f64);

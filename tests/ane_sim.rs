@@ -10,7 +10,9 @@ use anetrain::ane::mil::Program;
 use anetrain::ane::sim::{compile_text, SimDevice};
 use anetrain::ane::Pipeline;
 use anetrain::kernels::ops::Rope;
-use anetrain::kernels::Kernels;
+use anetrain::kernels::{
+    AttnFwd, AttnWeights, Checked, FfnBwd, FfnFwd, FfnWeights, Kernels, Pass, SdpaBwd1, SdpaBwd2,
+};
 use anetrain::model::{Config, Params};
 use half::f16;
 use std::collections::BTreeMap;
@@ -344,6 +346,108 @@ fn weights_are_fixed_at_compile_time_and_budget_is_enforced() {
     assert!(err_text(dev.evaluate(id, &[x], &[y])).contains("not loaded"));
 }
 
+/// Every contract kernel of every layer once on `k`, with the layer's weights from `p` and
+/// fixed activations (the backward kernels take the forward's outputs); returns every output.
+fn every_kernel(k: &mut dyn Kernels, p: &Params) -> anyhow::Result<Vec<f32>> {
+    let (d, layers) = (k.dims(), k.spec().layers);
+    let (dm, h, qd, kvd, n, pl) = (d.dim, d.hidden, d.q_dim(), d.kv_dim(), d.n(), d.probs_len());
+    let ramp = |len: usize, s: f32| -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * s)
+            .collect()
+    };
+    let z = |len: usize| vec![0f32; len];
+    let x = ramp(dm * n, 2.0);
+    let mut all = Vec::new();
+    let mut k = Checked::new(k);
+    for l in 0..layers {
+        let (aw, fw) = (AttnWeights::of(p, l), FfnWeights::of(p, l));
+        let (mut xn, mut q, mut kk, mut v, mut attn, mut o) = (
+            z(dm * n),
+            z(qd * n),
+            z(kvd * n),
+            z(kvd * n),
+            z(qd * n),
+            z(dm * n),
+        );
+        k.fwd_attn(
+            l,
+            &x,
+            &aw,
+            AttnFwd {
+                xn: &mut xn,
+                q: &mut q,
+                k: &mut kk,
+                v: &mut v,
+                attn: &mut attn,
+                o: &mut o,
+            },
+        )?;
+        let (mut x2n, mut h1, mut h3, mut gate, mut f) =
+            (z(dm * n), z(h * n), z(h * n), z(h * n), z(dm * n));
+        k.fwd_ffn(
+            l,
+            &x,
+            &fw,
+            FfnFwd {
+                x2n: &mut x2n,
+                h1: &mut h1,
+                h3: &mut h3,
+                gate: &mut gate,
+                f: &mut f,
+            },
+        )?;
+        let (mut dx2n, mut dh1, mut dh3) = (z(dm * n), z(h * n), z(h * n));
+        k.ffn_bwd(
+            l,
+            &x,
+            &h1,
+            &h3,
+            &fw,
+            FfnBwd {
+                dx2n: &mut dx2n,
+                dh1: &mut dh1,
+                dh3: &mut dh3,
+            },
+        )?;
+        let (mut dv, mut dp, mut probs) = (z(kvd * n), z(pl), z(pl));
+        k.sdpa_bwd1(
+            l,
+            &x,
+            &q,
+            &kk,
+            &v,
+            &aw,
+            SdpaBwd1 {
+                dv: &mut dv,
+                dp: &mut dp,
+                probs: &mut probs,
+            },
+        )?;
+        let (mut dq, mut dk) = (z(qd * n), z(kvd * n));
+        k.sdpa_bwd2(
+            l,
+            &probs,
+            &dp,
+            &q,
+            &kk,
+            SdpaBwd2 {
+                dq: &mut dq,
+                dk: &mut dk,
+            },
+        )?;
+        let mut dxn = z(dm * n);
+        k.qkv_bwd(l, &dq, &dk, &dv, &aw, &mut dxn)?;
+        for t in [
+            xn, q, kk, v, attn, o, x2n, h1, h3, gate, f, dx2n, dh1, dh3, dv, dp, probs,
+        ] {
+            all.extend(t);
+        }
+        all.extend(dq.into_iter().chain(dk).chain(dxn));
+    }
+    Ok(all)
+}
+
 #[test]
 fn static_backend_budgets_its_compiles() {
     let mut c = Config::preset("stories260k").unwrap();
@@ -354,13 +458,16 @@ fn static_backend_budgets_its_compiles() {
     let mut k = AneKernels::new(Box::new(dev), &c, 1, 16, Pipeline::Static).unwrap();
     assert_eq!(k.compiles_per_update(), 25);
     assert_eq!(k.compiles_left(), 59);
-    k.prepare(&p, 1).unwrap();
-    k.prepare(&p, 1).unwrap(); // same version: nothing recompiled
+    k.prepare(1, Pass::Training).unwrap();
+    every_kernel(&mut k, &p).unwrap();
+    k.prepare(1, Pass::Training).unwrap(); // same version: nothing recompiled
+    every_kernel(&mut k, &p).unwrap();
     assert_eq!((k.stats().compiles, k.compiles_left()), (26, 34));
-    k.prepare(&p, 2).unwrap();
+    k.prepare(2, Pass::Training).unwrap();
+    every_kernel(&mut k, &p).unwrap();
     assert_eq!(k.compiles_left(), 9);
     // The next update does not fit: a clear error before anything is compiled.
-    let err = k.prepare(&p, 3).unwrap_err();
+    let err = k.prepare(3, Pass::Training).unwrap_err();
     let e = format!("{err:#}");
     assert!(
         e.contains("needs 25 compiles") && e.contains("only 9") && e.contains("restart"),
@@ -377,22 +484,18 @@ fn static_backend_budgets_its_compiles() {
         })
     );
     assert_eq!(k.stats().compiles, 51);
+    // A forward pass (validation) needs only its forward kernels: 2 per layer.
+    let e = err_text(k.prepare(3, Pass::Forward));
+    assert!(
+        e.contains("needs 10 compiles") && e.contains("only 9"),
+        "{e}"
+    );
     // Kernels refuse to run on weights that were not compiled.
-    let d = anetrain::kernels::Dims::new(&c, 1, 16);
     let mut dxn = vec![0f32; c.dim * 16];
     let z = vec![0f32; c.dim * 16];
     let zk = vec![0f32; c.kv_dim() * 16];
-    let (aw, _) = (
-        anetrain::kernels::AttnWeights {
-            g: &[],
-            wq: &[],
-            wk: &[],
-            wv: &[],
-            wo: &[],
-        },
-        (),
-    );
-    let e = err_text(k.qkv_bwd(0, &d, &z, &zk, &zk, &aw, &mut dxn));
+    let aw = AttnWeights::of(&p, 0);
+    let e = err_text(Checked::new(&mut k).qkv_bwd(0, &z, &zk, &zk, &aw, &mut dxn));
     assert!(e.contains("prepare()"), "{e}");
 
     // A model whose update needs more compiles than a process has cannot use the static
@@ -416,9 +519,92 @@ fn static_backend_budgets_its_compiles() {
     .unwrap();
     let n0 = k.stats().compiles;
     for v in 1..5 {
-        k.prepare(&p, v).unwrap();
+        k.prepare(v, Pass::Training).unwrap();
+        every_kernel(&mut k, &p).unwrap();
     }
     assert_eq!((n0, k.stats().compiles, k.compiles_per_update()), (9, 9, 0));
+}
+
+/// Weights reach the Neural Engine backend as per-call views: each weights version is
+/// compiled (static) or staged (dynamic) exactly once per (kernel, layer), at its first call;
+/// the same version again rebuilds nothing; weights changed without a new version are an
+/// error, not a silent run on the old copy; the new version then runs on the new weights.
+#[test]
+fn the_backend_rebuilds_exactly_when_the_version_changes() {
+    let mut c = Config::preset("stories260k").unwrap();
+    c.vocab_size = 32;
+    c.n_layers = 2;
+    let mut p = Params::init_random(&c, 3);
+    let new = |pipeline| AneKernels::new(Box::new(SimDevice::new()), &c, 1, 16, pipeline).unwrap();
+    for pipeline in [Pipeline::Static, Pipeline::Dynamic] {
+        let mut k = new(pipeline);
+        // (compiles, weight surfaces staged) since construction.
+        let base = k.stats();
+        let built = |k: &AneKernels| {
+            let s = k.stats().since(&base);
+            (s.compiles, s.weight_stages)
+        };
+        assert_eq!(
+            built(&k),
+            (0, 0),
+            "{pipeline}: nothing before the first version"
+        );
+        k.prepare(1, Pass::Training).unwrap();
+        assert_eq!(
+            built(&k),
+            (0, 0),
+            "{pipeline}: prepare alone builds nothing"
+        );
+        let first = every_kernel(&mut k, &p).unwrap();
+        let per_version = built(&k);
+        match pipeline {
+            // Five weight-bearing kernels per layer, compiled with the weights baked in.
+            Pipeline::Static => assert_eq!(per_version, (5 * 2, 0)),
+            // Nothing compiled; every weight-carrying kernel's surface of each layer staged.
+            Pipeline::Dynamic => {
+                assert_eq!(per_version.0, 0);
+                assert!(per_version.1 >= 5 * 2, "{per_version:?}");
+            }
+        }
+        assert_eq!(per_version.0, k.compiles_per_update());
+        // The same version again: nothing rebuilt, the same results.
+        k.prepare(1, Pass::Training).unwrap();
+        assert_eq!(every_kernel(&mut k, &p).unwrap(), first, "{pipeline}");
+        assert_eq!(built(&k), per_version, "{pipeline}");
+
+        // Equal values at another address are refused too (the views are held by address).
+        let copy = p.clone();
+        assert!(err_text(every_kernel(&mut k, &copy)).contains("weights version 1"));
+        // Weights changed in place without a new version: refused, naming the version.
+        p.data.iter_mut().for_each(|w| *w *= 1.5);
+        let e = err_text(every_kernel(&mut k, &p));
+        assert!(
+            e.contains("fwd_attn of layer 0")
+                && e.contains("weights version 1")
+                && e.contains("announce a new version"),
+            "{pipeline}: {e}"
+        );
+        assert_eq!(
+            built(&k),
+            per_version,
+            "{pipeline}: a refused call builds nothing"
+        );
+
+        // The new version: rebuilt once more, and it runs on the new weights, exactly as a
+        // fresh backend given them as its first version.
+        k.prepare(2, Pass::Training).unwrap();
+        let second = every_kernel(&mut k, &p).unwrap();
+        assert_eq!(
+            built(&k),
+            (2 * per_version.0, 2 * per_version.1),
+            "{pipeline}"
+        );
+        assert_ne!(second, first, "{pipeline}");
+        let mut fresh = new(pipeline);
+        fresh.prepare(1, Pass::Training).unwrap();
+        assert_eq!(every_kernel(&mut fresh, &p).unwrap(), second, "{pipeline}");
+        p.data.iter_mut().for_each(|w| *w /= 1.5);
+    }
 }
 
 #[test]

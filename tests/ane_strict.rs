@@ -809,6 +809,10 @@ fn profile_table() -> String {
                     .map_or("—".to_string(), |n| n.to_string())
             }),
         ),
+        (
+            "C25 `background_compile`",
+            Box::new(move |p| yn(p.background_compile)),
+        ),
     ];
     let mut s = String::from("| field |");
     for p in &ps {

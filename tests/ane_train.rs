@@ -18,7 +18,7 @@ use anetrain::ane::backend::{AneKernels, BudgetExhausted};
 use anetrain::ane::sim::SimDevice;
 use anetrain::ane::Pipeline;
 use anetrain::kernels::cpu::CpuKernels;
-use anetrain::kernels::Kernels;
+use anetrain::kernels::{Kernels, Spec};
 use anetrain::model::{llama2c, Config, Params};
 use anetrain::train::step::Workspace;
 use anetrain::train::timing::Timings;
@@ -70,7 +70,12 @@ fn one_step_gradients_match_cpu() {
     let p = model();
     let c = p.config().clone();
     let mut ws = Workspace::new(&c, BATCH, SEQ);
-    let (lc, gc) = grads(&mut CpuKernels::new(), &mut ws, &p, 1);
+    let (lc, gc) = grads(
+        &mut CpuKernels::new(Spec::new(&c, BATCH, SEQ)),
+        &mut ws,
+        &p,
+        1,
+    );
     for pipeline in [Pipeline::Static, Pipeline::Dynamic] {
         let mut ane =
             AneKernels::new(Box::new(SimDevice::new()), &c, BATCH, SEQ, pipeline).unwrap();
@@ -144,7 +149,11 @@ fn sgd_loss_curves_follow_cpu() {
     let c = p.config().clone();
     let steps = 50;
     let t = Instant::now();
-    let (cpu, _) = sgd_curve(|| Box::new(CpuKernels::new()), &p, steps);
+    let (cpu, _) = sgd_curve(
+        || Box::new(CpuKernels::new(Spec::new(&c, BATCH, SEQ))),
+        &p,
+        steps,
+    );
     let cpu_ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
     assert!(
         cpu[steps - 1] < 0.5 * cpu[0],
@@ -229,7 +238,12 @@ fn dynamic_loss_scaling_backs_off_from_overflow() {
     // 2^24 overflows fp16 gradients; the scaler halves until they are finite, and the
     // gradients it then accepts match the CPU's.
     assert!(skipped >= 1, "2^24 should overflow");
-    let (_, gc) = grads(&mut CpuKernels::new(), &mut ws, &p, 1);
+    let (_, gc) = grads(
+        &mut CpuKernels::new(Spec::new(&c, BATCH, SEQ)),
+        &mut ws,
+        &p,
+        1,
+    );
     let num: f64 = g
         .data
         .iter()
@@ -247,4 +261,62 @@ fn dynamic_loss_scaling_backs_off_from_overflow() {
         "loss scale 2^24 → {} after {skipped} skipped steps; gradient rel. L2 error {rel:.2e}",
         scaler.scale
     );
+}
+
+/// A validation pass right after an update (as the trainer's, through the same workspace)
+/// runs on the updated weights on both pipelines: the step announces the new weights version,
+/// so the Neural Engine backend rebuilds its copy instead of reusing the one of the step.
+#[test]
+fn validation_after_an_update_sees_the_updated_weights() {
+    use anetrain::train::loss_scale::LossScaler;
+    use anetrain::train::optim::AdamW;
+    use anetrain::train::stepper::{StepOutcome, Stepper};
+    let p = Params::init_random(&Config::preset("stories260k").unwrap(), 5);
+    let c = p.config().clone();
+    let (inp, tgt) = batch(c.vocab_size);
+    let mut cfg = anetrain::train::bench::bench_optim();
+    cfg.lr = 1e-2;
+    cfg.warmup = 0;
+    let mut cpu = CpuKernels::new(Spec::new(&c, BATCH, SEQ));
+    let mut t = Timings::default();
+    let mut cpu_loss = |params: &Params| {
+        Workspace::new(&c, BATCH, SEQ)
+            .forward_loss(&mut cpu, params, &inp, &tgt, &mut Timings::default())
+            .unwrap()
+    };
+    let before = cpu_loss(&p);
+    for pipeline in [Pipeline::Static, Pipeline::Dynamic] {
+        let mut ane =
+            AneKernels::new(Box::new(SimDevice::new()), &c, BATCH, SEQ, pipeline).unwrap();
+        let mut ws = Workspace::new(&c, BATCH, SEQ);
+        let opt = AdamW::new(&p.layout);
+        let mut st = Stepper::new(p.clone(), opt, LossScaler::fixed(LOSS_SCALE), BATCH * SEQ);
+        let out = st
+            .step(
+                &mut ane,
+                &mut ws,
+                &cfg,
+                0,
+                1,
+                &mut |i, g| {
+                    i.copy_from_slice(&inp);
+                    g.copy_from_slice(&tgt);
+                },
+                &mut t,
+            )
+            .unwrap();
+        assert!(matches!(out, StepOutcome::Applied { .. }), "{out:?}");
+        let val = ws
+            .forward_loss(&mut ane, &st.params, &inp, &tgt, &mut t)
+            .unwrap();
+        let after = cpu_loss(&st.params);
+        assert!(
+            ((val - after) / after).abs() < 2e-3,
+            "{pipeline}: validation {val}, cpu on the updated weights {after}"
+        );
+        assert!(
+            (before - after).abs() > 10.0 * (val - after).abs(),
+            "{pipeline}: the update moved the loss too little to tell ({before} → {after})"
+        );
+    }
 }

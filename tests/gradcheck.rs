@@ -17,7 +17,7 @@ use anetrain::kernels::blas;
 use anetrain::kernels::cpu::CpuKernels;
 use anetrain::kernels::gemm::{self, Engine, Selection, Threading};
 use anetrain::kernels::reference::ReferenceKernels;
-use anetrain::kernels::Kernels;
+use anetrain::kernels::{Kernels, Spec};
 use anetrain::model::{Config, LayerTensor, Layout, Params};
 use anetrain::train::step::Workspace;
 use anetrain::train::timing::Timings;
@@ -191,16 +191,20 @@ fn check(
     }
     let p64 = p64;
     let mut runs: Vec<(Box<dyn Kernels>, Selection, &str)> = vec![
-        (Box::new(CpuKernels::new()), Selection::NATIVE, "native"),
         (
-            Box::new(ReferenceKernels::default()),
+            Box::new(CpuKernels::new(Spec::new(&c, batch, seq))),
+            Selection::NATIVE,
+            "native",
+        ),
+        (
+            Box::new(ReferenceKernels::new(Spec::new(&c, batch, seq))),
             Selection::NATIVE,
             "native",
         ),
     ];
     if let Some(b) = blas::system_or_skip(&format!("{name}/cpu on BLAS")) {
         runs.push((
-            Box::new(CpuKernels::new()),
+            Box::new(CpuKernels::new(Spec::new(&c, batch, seq))),
             Selection {
                 engine: Engine::Blas(b),
                 threading: Threading::Split,

@@ -6,11 +6,11 @@
 //! kernel runs twice, so a kernel that reads its outputs or leaves part of them is caught.
 
 use anetrain::kernels::cpu::CpuKernels;
-use anetrain::kernels::ops::Rope;
 use anetrain::kernels::reference::ReferenceKernels;
 use anetrain::kernels::{
-    AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
+    AttnFwd, AttnWeights, Checked, FfnBwd, FfnFwd, FfnWeights, SdpaBwd1, SdpaBwd2, Spec,
 };
+use anetrain::model::Config;
 use anetrain::util::rng::Rng;
 
 fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
@@ -39,21 +39,16 @@ fn close(shape: &str, what: &str, got: &[f32], want: &[f32], may_vanish: bool) {
     }
 }
 
+/// The spec of a one-layer model of these shapes (llama2.c's eps and RoPE theta).
 #[allow(clippy::too_many_arguments)]
-fn dims(dim: usize, hidden: usize, heads: usize, kv: usize, hd: usize, b: usize, s: usize) -> Dims {
-    Dims {
-        dim,
-        hidden,
-        n_heads: heads,
-        n_kv_heads: kv,
-        head_dim: hd,
-        batch: b,
-        seq: s,
-    }
+fn dims(dim: usize, hidden: usize, heads: usize, kv: usize, hd: usize, b: usize, s: usize) -> Spec {
+    let mut c = Config::llama(dim, hidden, 1, heads, kv, 8, s);
+    c.head_dim = hd;
+    Spec::new(&c, b, s)
 }
 
-/// The shapes: (name, dims).
-fn shapes() -> Vec<(&'static str, Dims)> {
+/// The shapes: (name, spec).
+fn shapes() -> Vec<(&'static str, Spec)> {
     vec![
         // GQA, head_dim·heads ≠ dim, two sequences longer than one 64-row tile
         ("gqa_b2_s70", dims(12, 20, 4, 2, 4, 2, 70)),
@@ -66,15 +61,17 @@ fn shapes() -> Vec<(&'static str, Dims)> {
 /// Runs `f` on a fresh `cpu` backend twice (outputs NaN-filled before the first call) and
 /// on the reference once; returns (cpu outputs, reference outputs).
 fn both(
+    spec: &Spec,
     lens: &[usize],
-    mut f: impl FnMut(&mut dyn Kernels, &mut [Vec<f32>]),
+    mut f: impl FnMut(&mut Checked, &mut [Vec<f32>]),
 ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let mut cpu_out: Vec<Vec<f32>> = lens.iter().map(|&l| vec![f32::NAN; l]).collect();
     let mut ref_out: Vec<Vec<f32>> = lens.iter().map(|&l| vec![f32::NAN; l]).collect();
-    let mut cpu = CpuKernels::new();
-    f(&mut cpu, &mut cpu_out);
-    f(&mut cpu, &mut cpu_out);
-    f(&mut ReferenceKernels::new(1e-5), &mut ref_out);
+    let mut cpu = CpuKernels::new(spec.clone());
+    f(&mut Checked::new(&mut cpu), &mut cpu_out);
+    f(&mut Checked::new(&mut cpu), &mut cpu_out);
+    let mut reference = ReferenceKernels::new(spec.clone());
+    f(&mut Checked::new(&mut reference), &mut ref_out);
     (cpu_out, ref_out)
 }
 
@@ -87,7 +84,8 @@ fn compare(shape: &str, names: &[&str], (c, r): (Vec<Vec<f32>>, Vec<Vec<f32>>)) 
 
 #[test]
 fn fwd_attn_matches_the_reference() {
-    for (name, d) in shapes() {
+    for (name, spec) in shapes() {
+        let d = spec.dims;
         let (n, dim, qd, kvd) = (d.n(), d.dim, d.q_dim(), d.kv_dim());
         let x = rand_vec(dim * n, 1);
         let g = rand_vec(dim, 2);
@@ -97,7 +95,6 @@ fn fwd_attn_matches_the_reference() {
             rand_vec(kvd * dim, 5),
             rand_vec(dim * qd, 6),
         );
-        let rope = Rope::new(d.head_dim, 256, 10000.0);
         let w = AttnWeights {
             g: &g,
             wq: &wq,
@@ -106,7 +103,7 @@ fn fwd_attn_matches_the_reference() {
             wo: &wo,
         };
         let lens = [dim * n, qd * n, kvd * n, kvd * n, qd * n, dim * n];
-        let out = both(&lens, |k, o| {
+        let out = both(&spec, &lens, |k, o| {
             let [xn, q, kk, v, attn, oo] = o.get_disjoint_mut([0, 1, 2, 3, 4, 5]).unwrap();
             let out = AttnFwd {
                 xn,
@@ -116,7 +113,7 @@ fn fwd_attn_matches_the_reference() {
                 attn,
                 o: oo,
             };
-            k.fwd_attn(0, &d, &rope, &x, &w, out).unwrap();
+            k.fwd_attn(0, &x, &w, out).unwrap();
         });
         compare(name, &["xn", "q", "k", "v", "attn", "o"], out);
     }
@@ -124,7 +121,8 @@ fn fwd_attn_matches_the_reference() {
 
 #[test]
 fn ffn_kernels_match_the_reference() {
-    for (name, d) in shapes() {
+    for (name, spec) in shapes() {
+        let d = spec.dims;
         let (n, dim, h) = (d.n(), d.dim, d.hidden);
         let x2 = rand_vec(dim * n, 21);
         let g = rand_vec(dim, 22);
@@ -140,11 +138,10 @@ fn ffn_kernels_match_the_reference() {
             w3: &w3,
         };
         let lens = [dim * n, h * n, h * n, h * n, dim * n];
-        let out = both(&lens, |k, o| {
+        let out = both(&spec, &lens, |k, o| {
             let [x2n, h1, h3, gate, f] = o.get_disjoint_mut([0, 1, 2, 3, 4]).unwrap();
             k.fwd_ffn(
                 0,
-                &d,
                 &x2,
                 &w,
                 FfnFwd {
@@ -161,9 +158,9 @@ fn ffn_kernels_match_the_reference() {
         compare(name, &["x2n", "h1", "h3", "gate", "f"], out);
 
         let dy = rand_vec(dim * n, 26);
-        let out = both(&[dim * n, h * n, h * n], |k, o| {
+        let out = both(&spec, &[dim * n, h * n, h * n], |k, o| {
             let [dx2n, dh1, dh3] = o.get_disjoint_mut([0, 1, 2]).unwrap();
-            k.ffn_bwd(0, &d, &dy, &h1, &h3, &w, FfnBwd { dx2n, dh1, dh3 })
+            k.ffn_bwd(0, &dy, &h1, &h3, &w, FfnBwd { dx2n, dh1, dh3 })
                 .unwrap();
         });
         compare(name, &["dx2n", "dh1", "dh3"], out);
@@ -172,7 +169,8 @@ fn ffn_kernels_match_the_reference() {
 
 #[test]
 fn sdpa_backward_kernels_match_the_reference() {
-    for (name, d) in shapes() {
+    for (name, spec) in shapes() {
+        let d = spec.dims;
         let (n, dim, qd, kvd) = (d.n(), d.dim, d.q_dim(), d.kv_dim());
         let (q, k, v) = (
             rand_vec(qd * n, 11),
@@ -180,17 +178,34 @@ fn sdpa_backward_kernels_match_the_reference() {
             rand_vec(kvd * n, 13),
         );
         let (dx2, wo) = (rand_vec(dim * n, 14), rand_vec(dim * qd, 15));
-        let out = both(&[kvd * n, d.probs_len(), d.probs_len()], |kern, o| {
-            let [dv, dp, probs] = o.get_disjoint_mut([0, 1, 2]).unwrap();
-            kern.sdpa_bwd1(0, &d, &dx2, &q, &k, &v, &wo, SdpaBwd1 { dv, dp, probs })
-                .unwrap();
-        });
+        // Only wo is read; the rest of the block is there because the views are whole.
+        let (g, wq, wkv) = (
+            rand_vec(dim, 16),
+            rand_vec(qd * dim, 17),
+            rand_vec(kvd * dim, 18),
+        );
+        let w = AttnWeights {
+            g: &g,
+            wq: &wq,
+            wk: &wkv,
+            wv: &wkv,
+            wo: &wo,
+        };
+        let out = both(
+            &spec,
+            &[kvd * n, d.probs_len(), d.probs_len()],
+            |kern, o| {
+                let [dv, dp, probs] = o.get_disjoint_mut([0, 1, 2]).unwrap();
+                kern.sdpa_bwd1(0, &dx2, &q, &k, &v, &w, SdpaBwd1 { dv, dp, probs })
+                    .unwrap();
+            },
+        );
         let (dp, probs) = (out.1[1].clone(), out.1[2].clone());
         compare(name, &["dv", "dp", "probs"], out);
 
-        let out = both(&[qd * n, kvd * n], |kern, o| {
+        let out = both(&spec, &[qd * n, kvd * n], |kern, o| {
             let [dq, dk] = o.get_disjoint_mut([0, 1]).unwrap();
-            kern.sdpa_bwd2(0, &d, &probs, &dp, &q, &k, SdpaBwd2 { dq, dk })
+            kern.sdpa_bwd2(0, &probs, &dp, &q, &k, SdpaBwd2 { dq, dk })
                 .unwrap();
         });
         compare(name, &["dq", "dk"], out);
@@ -199,7 +214,8 @@ fn sdpa_backward_kernels_match_the_reference() {
 
 #[test]
 fn qkv_bwd_matches_the_reference() {
-    for (name, d) in shapes() {
+    for (name, spec) in shapes() {
+        let d = spec.dims;
         let (n, dim, qd, kvd) = (d.n(), d.dim, d.q_dim(), d.kv_dim());
         let (dq, dk, dv) = (
             rand_vec(qd * n, 31),
@@ -220,8 +236,8 @@ fn qkv_bwd_matches_the_reference() {
             wv: &wv,
             wo: &wo,
         };
-        let out = both(&[dim * n], |kern, o| {
-            kern.qkv_bwd(0, &d, &dq, &dk, &dv, &w, &mut o[0]).unwrap();
+        let out = both(&spec, &[dim * n], |kern, o| {
+            kern.qkv_bwd(0, &dq, &dk, &dv, &w, &mut o[0]).unwrap();
         });
         compare(name, &["dxn"], out);
     }
@@ -229,7 +245,8 @@ fn qkv_bwd_matches_the_reference() {
 
 #[test]
 fn the_reference_rejects_bad_shapes() {
-    let d = shapes()[0].1;
+    let spec = shapes()[0].1.clone();
+    let d = spec.dims;
     let (n, dim, qd, kvd) = (d.n(), d.dim, d.q_dim(), d.kv_dim());
     let (dq, dk, dv) = (vec![0.0; qd * n], vec![0.0; kvd * n], vec![0.0; kvd * n]);
     let w = vec![0.0; qd * dim];
@@ -242,9 +259,94 @@ fn the_reference_rejects_bad_shapes() {
         wo: &w,
     };
     let mut dxn = vec![0.0; dim * n - 1];
-    let e = ReferenceKernels::default()
-        .qkv_bwd(0, &d, &dq, &dk, &dv, &aw, &mut dxn)
+    let mut reference = ReferenceKernels::new(spec.clone());
+    let e = Checked::new(&mut reference)
+        .qkv_bwd(0, &dq, &dk, &dv, &aw, &mut dxn)
         .unwrap_err()
         .to_string();
     assert!(e.contains("dxn") && e.contains("expected"), "{e}");
+    // A layer the spec does not have.
+    let mut dxn = vec![0.0; dim * n];
+    let e = Checked::new(&mut reference)
+        .qkv_bwd(1, &dq, &dk, &dv, &aw, &mut dxn)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer 1 of a 1-layer model"), "{e}");
+}
+
+/// A backend built for one geometry refuses the slices of another (here: the same model at
+/// batch 1 instead of 2, and at seq 35 instead of 70), naming the argument and the geometry
+/// it was built for; the cpu backend's loops never see them.
+#[test]
+fn a_backend_refuses_a_call_of_another_geometry() {
+    let spec = shapes()[0].1.clone();
+    let d = spec.dims;
+    let (dim, qd, kvd) = (d.dim, d.q_dim(), d.kv_dim());
+    let g = rand_vec(dim, 1);
+    let (wq, wkv, wo) = (
+        rand_vec(qd * dim, 2),
+        rand_vec(kvd * dim, 3),
+        rand_vec(dim * qd, 4),
+    );
+    let w = AttnWeights {
+        g: &g,
+        wq: &wq,
+        wk: &wkv,
+        wv: &wkv,
+        wo: &wo,
+    };
+    for n in [d.n() / 2, d.batch * (d.seq / 2)] {
+        let x = rand_vec(dim * n, 5);
+        let z = |len: usize| vec![0f32; len];
+        let (mut xn, mut q, mut k, mut v, mut attn, mut o) = (
+            z(dim * n),
+            z(qd * n),
+            z(kvd * n),
+            z(kvd * n),
+            z(qd * n),
+            z(dim * n),
+        );
+        let mut cpu = CpuKernels::new(spec.clone());
+        let mut reference = ReferenceKernels::new(spec.clone());
+        for e in [
+            Checked::new(&mut cpu).fwd_attn(
+                0,
+                &x,
+                &w,
+                AttnFwd {
+                    xn: &mut xn,
+                    q: &mut q,
+                    k: &mut k,
+                    v: &mut v,
+                    attn: &mut attn,
+                    o: &mut o,
+                },
+            ),
+            Checked::new(&mut reference).fwd_attn(
+                0,
+                &x,
+                &w,
+                AttnFwd {
+                    xn: &mut xn,
+                    q: &mut q,
+                    k: &mut k,
+                    v: &mut v,
+                    attn: &mut attn,
+                    o: &mut o,
+                },
+            ),
+        ] {
+            let e = e.unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "fwd_attn: x has {} elements, expected {}",
+                    dim * n,
+                    dim * d.n()
+                )) && e.contains("built for")
+                    && e.contains("batch 2 × seq 70"),
+                "{e}"
+            );
+        }
+        assert!(xn.iter().chain(&o).all(|&v| v == 0.0), "outputs touched");
+    }
 }

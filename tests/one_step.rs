@@ -7,7 +7,7 @@ mod common;
 
 use anetrain::data::TokenData;
 use anetrain::kernels::cpu::CpuKernels;
-use anetrain::kernels::BackendKind;
+use anetrain::kernels::{BackendKind, Spec};
 use anetrain::model::{Config, ModelSource, Params};
 use anetrain::train::bench::{self, BenchSpec};
 use anetrain::train::log::LogWriter;
@@ -59,7 +59,7 @@ fn by_hand(
     let opt = AdamW::new(&params.layout);
     let mut s = Stepper::new(params, opt, LossScaler::fixed(1.0), BATCH * SEQ);
     let mut ws = Workspace::new(&c, BATCH, SEQ);
-    let mut k = CpuKernels::new();
+    let mut k = CpuKernels::new(Spec::new(&c, BATCH, SEQ));
     let mut t = Timings::default();
     for i in 0..steps {
         let out = s
@@ -96,7 +96,11 @@ fn the_trainer_runs_the_stepper() {
         quiet: true,
         until: None,
     };
-    let mut tr = Trainer::new(settings, params.clone(), Box::new(CpuKernels::new()));
+    let mut tr = Trainer::new(
+        settings,
+        params.clone(),
+        Box::new(CpuKernels::new(Spec::new(params.config(), BATCH, SEQ))),
+    );
     let mut log = LogWriter::open(&d.path().join("run.jsonl")).unwrap();
     let out = tr.run(&data, None, &mut log, None, 0.0).unwrap();
     assert_eq!(out.steps_done, STEPS);
@@ -133,7 +137,7 @@ fn the_benchmark_runs_the_stepper_and_reports_its_timings() {
     };
     let mut calls = Vec::new();
     let run = bench::measure(
-        &mut CpuKernels::new(),
+        &mut CpuKernels::new(Spec::new(&c, BATCH, SEQ)),
         params.clone(),
         &spec,
         &mut |m, _| calls.push(m),

@@ -172,7 +172,7 @@ fn stories260k_window_loss_matches_run_c_in_f64() {
     let want = (per_seq[0] + per_seq[1]) / 2.0;
 
     let mut ws = Workspace::new(&c, batch, seq);
-    let mut k = CpuKernels::new();
+    let mut k = CpuKernels::new(anetrain::kernels::Spec::new(&c, batch, seq));
     let mut t = Timings::default();
     let got = ws
         .forward_loss(&mut k, &params, &inputs, &targets, &mut t)

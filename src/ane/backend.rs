@@ -7,22 +7,35 @@
 //! f32; tiled gradients summed over their group). Attention kernels run once per sequence
 //! (`W = S`); the attention-free ones once per `chunk` of sequences.
 //!
-//! - **Static**: `new()` compiles the weight-free `sdpaBwd2` once; `prepare()` compiles the
-//!   five weight-bearing kernels of every layer whenever `weights_version` changes, after
-//!   checking that the device's compile budget covers all of them (the trainer asks
-//!   [`AneKernels::compiles_left`] and [`AneKernels::compiles_per_update`] first and
-//!   checkpoints + re-execs itself when it does not). Input/output surfaces are shared by
-//!   the layers.
-//! - **Dynamic**: `new()` compiles every program once; each weight-carrying kernel has one
-//!   input surface per layer whose weight columns `prepare()` re-stages (fp16) when
-//!   `weights_version` changes; each call rewrites only the activation columns. RMSNorm runs
-//!   on the CPU in fp32 (the programs take `xn`, `x2n`), as in the reference. ffnBwd's
-//!   `dgate` goes surface → surface in fp16.
+//! Weights arrive as every backend's do: per-call views of one layer, with `prepare()`
+//! announcing a new weights version. Each program keeps the version it was built or staged
+//! for, per layer; the first call of a contract kernel in a layer under a newer version
+//! rebuilds that kernel's programs of the layer from the call's views:
 //!
-//! Weight arguments of the kernel calls are ignored by these backends: the weights come
-//! from the arena given to `prepare()`, the version number says when they changed.
+//! - **Static**: `new()` compiles the weight-free `sdpaBwd2` once; the five weight-bearing
+//!   kernels are compiled per layer with the weights baked in, each at its first call under
+//!   a new version. `prepare(version, pass)` first checks that the device's compile budget
+//!   covers the compiles the pass still needs (a training pass under a new version: the
+//!   whole update; a validation pass: its forward kernels) and returns [`BudgetExhausted`]
+//!   before anything is compiled when it does not (the trainer asks
+//!   [`AneKernels::compiles_left`] and [`AneKernels::compiles_per_update`] before each step
+//!   and checkpoints + re-execs itself first). Input/output surfaces are shared by the
+//!   layers.
+//! - **Dynamic**: `new()` compiles every program once; each weight-carrying kernel has one
+//!   input surface per layer whose weight columns are re-staged (fp16) at the first call
+//!   under a new version; each call rewrites only the activation columns. RMSNorm runs on
+//!   the CPU in fp32 from the call's gain (the programs take `xn`, `x2n`), as in the
+//!   reference. ffnBwd's `dgate` goes surface → surface in fp16.
+//!
+//! Within one version the weights must not change. The backend holds the first views of a
+//! (block, layer) in each version by a fingerprint — every tensor's address, length and
+//! [`SAMPLES`] values spread over it — and a later call of that version whose views differ
+//! is an error asking for a new version, rather than a silent run on the old copy. (A change
+//! that keeps the address and every sampled value is not seen; an optimizer update changes
+//! them all.) A kernel running on the CPU after a refusal reads the views directly.
 
 use crate::ane::chip::Profile;
+use crate::ane::compile_queue::{CompileQueue, Ticket, Timeline};
 use crate::ane::device::{Device, ProgramId, SurfaceId};
 use crate::ane::fit::{self, Plan};
 use crate::ane::mil::kernels::{
@@ -30,26 +43,27 @@ use crate::ane::mil::kernels::{
     SurfaceLayout,
 };
 use crate::kernels::cpu::CpuKernels;
-use crate::kernels::ops::{self, Rope};
+use crate::kernels::ops;
 use crate::kernels::{
-    AttnFwd, AttnWeights, BackendStats, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1,
-    SdpaBwd2,
+    AttnFwd, AttnWeights, BackendStats, FfnBwd, FfnFwd, FfnWeights, Kernels, Pass, SdpaBwd1,
+    SdpaBwd2, ShapesChecked, Spec,
 };
-use crate::model::{Config, LayerTensor, Params};
+use crate::model::Config;
 use anyhow::{anyhow, bail, Context, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// The static pipeline's next weight update needs more compiles than the process has left.
-/// Returned by `prepare()` before anything is compiled; the trainer finds it with
+/// The static pipeline's next pass needs more compiles (its kernels not yet built for the
+/// weights version) than the process has left. Returned by `prepare()` before anything is
+/// compiled; the trainer finds it with
 /// `err.downcast_ref::<BudgetExhausted>()` (also through added context), checkpoints and
 /// restarts the process.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the static pipeline needs {needed} compiles for this weight update but only {left} of the \
-     process's {budget} remain: checkpoint and restart the process"
+    "the static pipeline needs {needed} compiles for this pass under the new weights but only \
+     {left} of the process's {budget} remain: checkpoint and restart the process"
 )]
 pub struct BudgetExhausted {
     pub needed: u64,
@@ -97,6 +111,14 @@ impl Contract {
             Contract::QkvBwd => "qkv_bwd",
         }
     }
+    /// The weight views the kernel takes (`None`: weight-free).
+    fn block(self) -> Option<Block> {
+        match self {
+            Contract::FwdAttn | Contract::SdpaBwd1 | Contract::QkvBwd => Some(Block::Attn),
+            Contract::FwdFfn | Contract::FfnBwd => Some(Block::Ffn),
+            Contract::SdpaBwd2 => None,
+        }
+    }
     /// The contract kernel a program serves.
     pub fn of(k: Kernel) -> Contract {
         match k {
@@ -107,6 +129,45 @@ impl Contract {
             Kernel::SdpaBwd2 => Contract::SdpaBwd2,
             Kernel::QkvBwd => Contract::QkvBwd,
         }
+    }
+}
+
+/// The two weight blocks of a layer, as the kernel calls pass them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Block {
+    Attn,
+    Ffn,
+}
+
+/// Values sampled per tensor by a [`Fingerprint`].
+pub const SAMPLES: usize = 64;
+
+/// What a call's weight views are: per tensor its address, its length and the bits of
+/// [`SAMPLES`] values evenly spread over it (first and last included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint(Vec<(usize, usize, [u32; SAMPLES])>);
+
+impl Fingerprint {
+    fn of(w: &LayerWeights, b: Block) -> Fingerprint {
+        use crate::model::LayerTensor::*;
+        let ts: &[_] = match b {
+            Block::Attn => &[AttentionNorm, Wq, Wk, Wv, Wo],
+            Block::Ffn => &[FfnNorm, W1, W2, W3],
+        };
+        Fingerprint(
+            ts.iter()
+                .map(|&t| {
+                    let m = w.tensor(t);
+                    let mut v = [0u32; SAMPLES];
+                    if !m.is_empty() {
+                        for (i, x) in v.iter_mut().enumerate() {
+                            *x = m[i * (m.len() - 1) / (SAMPLES - 1)].to_bits();
+                        }
+                    }
+                    (m.as_ptr() as usize, m.len(), v)
+                })
+                .collect(),
+        )
     }
 }
 
@@ -150,20 +211,22 @@ struct Io {
 /// The Neural Engine kernels over a device.
 pub struct AneKernels {
     dev: Box<dyn Device>,
-    cfg: Config,
-    dims: Dims,
+    spec: Spec,
     plan: Plan,
     name: String,
-    rope: Rope,
     specs: BTreeMap<Kernel, KernelSpec>,
     io: BTreeMap<Kernel, Io>,
     /// Programs used by every layer (sdpaBwd2; everything in the dynamic pipeline).
     shared: BTreeMap<Kernel, ProgramId>,
     /// Static pipeline: per (kernel, layer).
     per_layer: BTreeMap<(Kernel, usize), ProgramId>,
-    weights_version: Option<u64>,
-    /// Dynamic pipeline: per layer, the attention and FFN RMSNorm gains (CPU norms).
-    gains: Vec<(Vec<f32>, Vec<f32>)>,
+    /// The version `prepare()` announced last (`None`: none yet, or it was refused).
+    version: Option<u64>,
+    /// Per weight-bearing (kernel, layer): the version its program (static) or its input
+    /// surface's weight columns (dynamic) were built from.
+    built: BTreeMap<(Kernel, usize), u64>,
+    /// Per (block, layer): the version and fingerprint of the first views of that version.
+    seen: BTreeMap<(Block, usize), (u64, Fingerprint)>,
     stats: BackendStats,
     kstats: BTreeMap<Kernel, KernelStat>,
     /// f32 scratch (da, inverse RMS).
@@ -178,6 +241,14 @@ pub struct AneKernels {
     /// Fallbacks not yet taken by [`Kernels::take_fallbacks`].
     pending: Vec<crate::kernels::Fallback>,
     cpu_ms: f64,
+    /// Static pipeline under profile rule C25: the background compile thread.
+    queue: Option<CompileQueue>,
+    /// The pass `prepare()` announced last.
+    pass: Pass,
+    /// Per weight-bearing (kernel, layer): the submitted compile and its version.
+    tickets: BTreeMap<(Kernel, usize), (Ticket, u64)>,
+    /// The Neural Engine's time line in the device's estimates (compiles and evaluations).
+    timeline: Timeline,
 }
 
 fn pack(dev: &mut dyn Device, s: SurfaceId, lay: &SurfaceLayout, srcs: &[Src]) -> Result<()> {
@@ -250,13 +321,6 @@ fn dst<'a>(region: &'static str, data: &'a mut [f32], stride: usize, col0: usize
     }
 }
 
-fn check_len(what: &str, s: &[f32], n: usize) -> Result<()> {
-    if s.len() != n {
-        bail!("{what} has {} values, expected {n}", s.len());
-    }
-    Ok(())
-}
-
 impl AneKernels {
     /// A backend for `cfg` at `batch` sequences of `seq` tokens per call, on `device`,
     /// planned for the device's chip profile (`conservative` when the device names none).
@@ -299,32 +363,40 @@ impl AneKernels {
     ) -> Result<AneKernels> {
         let plan = fit::plan(cfg, batch, seq, pipeline, profile, device.compile_budget())
             .context("Neural Engine backend")?;
-        let dims = Dims::new(cfg, batch, seq);
+        let spec = Spec::new(cfg, batch, seq);
         let specs: BTreeMap<Kernel, KernelSpec> =
             plan.specs.iter().map(|s| (s.kernel, s.clone())).collect();
         let mut me = AneKernels {
             name: device.name().to_string(),
             dev: device,
-            cfg: cfg.clone(),
-            dims,
-            rope: Rope::for_config(cfg, seq),
+            cpu: CpuKernels::new(spec.clone()),
+            spec,
             specs,
             plan,
             io: BTreeMap::new(),
             shared: BTreeMap::new(),
             per_layer: BTreeMap::new(),
-            weights_version: None,
-            gains: Vec::new(),
+            version: None,
+            built: BTreeMap::new(),
+            seen: BTreeMap::new(),
             stats: BackendStats::default(),
             kstats: BTreeMap::new(),
             scratch32: Vec::new(),
             inv_rms: Vec::new(),
             fallback,
-            cpu: CpuKernels::with_eps(cfg.norm_eps),
             on_cpu: BTreeMap::new(),
             pending: Vec::new(),
             cpu_ms: 0.0,
+            queue: None,
+            tickets: BTreeMap::new(),
+            pass: Pass::Training,
+            timeline: Timeline::default(),
         };
+        if pipeline == Pipeline::Static && profile.background_compile {
+            if let Some(c) = me.dev.background_compiler() {
+                me.queue = Some(CompileQueue::new(c)?);
+            }
+        }
         for k in kernel_set(pipeline) {
             let sp = &me.specs[&k];
             let (ie, oe) = (sp.input.elems(), sp.output.elems());
@@ -375,9 +447,28 @@ impl AneKernels {
             .saturating_sub(self.dev.compiles())
     }
 
-    /// Compiles one `prepare()` with a new weights version makes (0 for dynamic).
+    /// Compiles one weight update makes (0 for dynamic): every weight-bearing kernel of
+    /// every layer, each at its first call under the new version.
     pub fn compiles_per_update(&self) -> u64 {
         self.plan.compiles_per_update()
+    }
+
+    /// Static pipeline: the compiles a `pass` under weights version `v` still needs — its
+    /// weight-bearing kernels of every layer not built for `v` and not moved to the CPU.
+    fn compiles_needed(&self, v: u64, pass: Pass) -> u64 {
+        let kernels: Vec<Kernel> = kernel_set(Pipeline::Static)
+            .into_iter()
+            .filter(|&k| {
+                k.has_weights()
+                    && !self.on_cpu(Contract::of(k))
+                    && (pass == Pass::Training
+                        || matches!(Contract::of(k), Contract::FwdAttn | Contract::FwdFfn))
+            })
+            .collect();
+        (0..self.spec.layers)
+            .flat_map(|l| kernels.iter().map(move |&k| (k, l)))
+            .filter(|kl| self.built.get(kl) != Some(&v))
+            .count() as u64
     }
 
     /// Evaluations and times per kernel type, in pipeline order.
@@ -399,36 +490,115 @@ impl AneKernels {
 
     fn compile(&mut self, k: Kernel, w: Option<&LayerWeights>) -> Result<ProgramId> {
         let t = Instant::now();
-        let p = generate(self.plan.pipeline, k, &self.plan.geo, w, &self.rope)?;
+        let p = generate(self.plan.pipeline, k, &self.plan.geo, w, &self.spec.rope)?;
         let id = self.dev.compile(&p).map_err(|e| DeviceRefused {
             kernel: k.name(),
             message: format!("compile: {e:#}"),
         })?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
+        self.timeline
+            .serial_compile(self.dev.estimated_compile_ms(id).unwrap_or(0.0));
+        self.compiled(k, ms);
+        Ok(id)
+    }
+
+    fn compiled(&mut self, k: Kernel, ms: f64) {
         self.stats.compile_ms += ms;
         if let Some(st) = self.kstats.get_mut(&k) {
             st.compiles += 1;
             st.compile_ms += ms;
         }
         self.stats.compiles = self.dev.compiles();
+    }
+
+    /// Static pipeline: the program of `k` for `layer` under version `v` — the background
+    /// compile submitted by [`Kernels::upcoming`] when there is one (waiting for it only
+    /// now), else compiled here.
+    fn obtain(&mut self, k: Kernel, layer: usize, w: &LayerWeights, v: u64) -> Result<ProgramId> {
+        match self.tickets.remove(&(k, layer)) {
+            Some((t, tv)) if tv == v => self.collect(k, t),
+            Some((t, _)) => {
+                // Compiled for a version that was never run: install and release it.
+                if let Ok(id) = self.collect(k, t) {
+                    self.dev.free(id)?;
+                }
+                self.compile(k, Some(w))
+            }
+            None => self.compile(k, Some(w)),
+        }
+    }
+
+    /// Waits for a background compile and installs it on the device.
+    fn collect(&mut self, k: Kernel, t: Ticket) -> Result<ProgramId> {
+        let q = self.queue.as_mut().expect("tickets come from the queue");
+        let r = q.wait(t, &mut self.timeline).map_err(|e| DeviceRefused {
+            kernel: k.name(),
+            message: format!("compile (background): {e:#}"),
+        })?;
+        self.stats.compile_waited_ms += r.waited_ms;
+        self.stats.background_compiles += 1;
+        let id = self.dev.install(r.compiled).map_err(|e| DeviceRefused {
+            kernel: k.name(),
+            message: format!("install: {e:#}"),
+        })?;
+        self.compiled(k, r.compile_wall_ms);
         Ok(id)
     }
 
-    fn check(&self, what: &str, layer: usize, d: &Dims) -> Result<()> {
-        if *d != self.dims {
-            bail!(
-                "{what}: called with {d:?}, but this Neural Engine backend was built for {:?}",
-                self.dims
-            );
+    /// Records the first views of `b` in `layer` under version `v`, or checks later views
+    /// against them.
+    fn see(&mut self, what: &str, b: Block, layer: usize, w: &LayerWeights, v: u64) -> Result<()> {
+        let fp = Fingerprint::of(w, b);
+        match self.seen.get(&(b, layer)) {
+            Some((sv, f)) if *sv == v => {
+                if *f != fp {
+                    bail!(
+                        "{what} of layer {layer}: the weights differ from those this backend was \
+                         given earlier in weights version {v}; announce a new version \
+                         (prepare) whenever the weights change"
+                    );
+                }
+            }
+            _ => {
+                self.seen.insert((b, layer), (v, fp));
+            }
         }
-        if layer >= self.cfg.n_layers {
+        Ok(())
+    }
+
+    /// Before contract kernel `c` of `layer` runs on the device with weight views `w`:
+    /// checks that a version was announced and that `w` are the weights of this version seen
+    /// so far, then rebuilds the kernel's programs (static) or weight columns (dynamic) of
+    /// the layer that are older than the version.
+    fn sync(&mut self, c: Contract, layer: usize, w: &LayerWeights) -> Result<()> {
+        let Some(v) = self.version else {
             bail!(
-                "{what}: layer {layer} of a {}-layer model",
-                self.cfg.n_layers
+                "{}: prepare() has not announced a weights version yet (or refused the last one)",
+                c.name()
             );
-        }
-        if self.weights_version.is_none() {
-            bail!("{what}: prepare() has not been given the weights yet");
+        };
+        let Some(b) = c.block() else {
+            return Ok(());
+        };
+        self.see(c.name(), b, layer, w, v)?;
+        let pipeline = self.plan.pipeline;
+        for k in kernel_set(pipeline) {
+            if Contract::of(k) != c || !k.has_weights() || self.built.get(&(k, layer)) == Some(&v) {
+                continue;
+            }
+            match pipeline {
+                Pipeline::Static => {
+                    if let Some(old) = self.per_layer.remove(&(k, layer)) {
+                        self.dev.free(old)?;
+                    }
+                    let id = self
+                        .obtain(k, layer, w, v)
+                        .with_context(|| format!("layer {layer}"))?;
+                    self.per_layer.insert((k, layer), id);
+                }
+                Pipeline::Dynamic => self.stage(k, layer, w)?,
+            }
+            self.built.insert((k, layer), v);
         }
         Ok(())
     }
@@ -491,6 +661,7 @@ impl AneKernels {
         st.eval_ms += ms;
         if let Some(e) = est {
             *st.est_ane_ms.get_or_insert(0.0) += e;
+            self.timeline.eval(e);
         }
         Ok(())
     }
@@ -506,7 +677,7 @@ impl AneKernels {
 
     /// Token-column offsets of the evaluations of `k`: one per sequence or per chunk.
     fn col0s(&self, k: Kernel) -> Vec<usize> {
-        let (b, s) = (self.dims.batch, self.dims.seq);
+        let (b, s) = (self.spec.dims.batch, self.spec.dims.seq);
         let per = if k.per_sequence() {
             1
         } else {
@@ -555,94 +726,44 @@ impl AneKernels {
         Ok(())
     }
 
-    /// Writes the weight columns of every dynamic kernel's per-layer input surface.
-    fn stage_weights(&mut self, params: &Params) -> Result<()> {
+    /// Writes the weight columns of dynamic kernel `k`'s input surface of `layer` from `w`
+    /// (nothing for a kernel without weight columns).
+    fn stage(&mut self, k: Kernel, layer: usize, w: &LayerWeights) -> Result<()> {
         let t = Instant::now();
-        let geo = self.plan.geo.clone();
-        let kernels: Vec<Kernel> = self.specs.keys().copied().collect();
-        for k in kernels {
-            let lay = self.specs[&k].input.clone();
-            if !lay.regions.iter().any(|r| r.weight.is_some()) {
-                continue;
-            }
-            for layer in 0..self.cfg.n_layers {
-                let s = self.io[&k].inputs[layer];
-                let w = lay.width;
-                let mut blocks = Vec::new();
-                for r in lay.regions.iter() {
-                    let Some(src) = r.weight else { continue };
-                    let m = params.layer(layer, src.tensor);
-                    let shape = tensor_shape(&geo, src.tensor);
-                    if m.len() != shape.0 * shape.1 {
-                        bail!(
-                            "{} layer {layer}: {} has {} values, expected {}×{}",
-                            k.name(),
-                            src.tensor.name(layer),
-                            m.len(),
-                            shape.0,
-                            shape.1
-                        );
-                    }
-                    blocks.push((r, dense(m, shape, src.transposed, r.rows, r.cols)));
-                }
-                self.dev.write_surface(s, &mut |buf| {
-                    for (r, d) in &blocks {
-                        let cols = r.width();
-                        for i in 0..r.ch() {
-                            let o = (r.ch0 + i) * w + r.col0;
-                            buf[o..o + cols].convert_from_f32_slice(&d[i * cols..][..cols]);
-                        }
-                    }
-                })?;
-            }
+        let lay = &self.specs[&k].input;
+        if !lay.regions.iter().any(|r| r.weight.is_some()) {
+            return Ok(()); // all its weights are upstream (sdpaBwd1 takes Woᵀ·dx2)
         }
-        self.gains = (0..self.cfg.n_layers)
-            .map(|l| {
-                (
-                    params.layer(l, LayerTensor::AttentionNorm).to_vec(),
-                    params.layer(l, LayerTensor::FfnNorm).to_vec(),
-                )
-            })
-            .collect();
-        self.stats.io_ms += t.elapsed().as_secs_f64() * 1e3;
-        Ok(())
-    }
-
-    fn compile_static(&mut self, params: &Params) -> Result<()> {
-        let need = self.compiles_per_update();
-        let left = self.compiles_left();
-        if left < need {
-            return Err(BudgetExhausted {
-                needed: need,
-                left,
-                budget: self.dev.compile_budget(),
+        let s = self.io[&k].inputs[layer];
+        let width = lay.width;
+        let mut blocks = Vec::new();
+        for r in lay.regions.iter() {
+            let Some(src) = r.weight else { continue };
+            let m = w.tensor(src.tensor);
+            let shape = tensor_shape(&self.plan.geo, src.tensor);
+            if m.len() != shape.0 * shape.1 {
+                bail!(
+                    "{} layer {layer}: {} has {} values, expected {}×{}",
+                    k.name(),
+                    src.tensor.name(layer),
+                    m.len(),
+                    shape.0,
+                    shape.1
+                );
             }
-            .into());
+            blocks.push((r, dense(m, shape, src.transposed, r.rows, r.cols)));
         }
-        let old: Vec<ProgramId> = std::mem::take(&mut self.per_layer).into_values().collect();
-        for p in old {
-            self.dev.free(p)?;
-        }
-        let kernels: Vec<Kernel> = kernel_set(Pipeline::Static)
-            .into_iter()
-            .filter(|k| k.has_weights())
-            .collect();
-        for layer in 0..self.cfg.n_layers {
-            let w = LayerWeights::from_params(params, layer);
-            for &k in &kernels {
-                if self.on_cpu(Contract::of(k)) {
-                    continue;
-                }
-                match self.compile(k, Some(&w)) {
-                    Ok(id) => {
-                        self.per_layer.insert((k, layer), id);
-                    }
-                    Err(e) => {
-                        self.fail_over(Contract::of(k), e.context(format!("layer {layer}")))?
-                    }
+        self.dev.write_surface(s, &mut |buf| {
+            for (r, d) in &blocks {
+                let cols = r.width();
+                for i in 0..r.ch() {
+                    let o = (r.ch0 + i) * width + r.col0;
+                    buf[o..o + cols].convert_from_f32_slice(&d[i * cols..][..cols]);
                 }
             }
-        }
+        })?;
+        self.stats.weight_stages += 1;
+        self.io_done(k, t);
         Ok(())
     }
 
@@ -687,29 +808,10 @@ impl AneKernels {
             .collect()
     }
 
-    fn check_rope(&self, rope: &Rope) -> Result<()> {
-        let n = self.dims.seq * self.cfg.head_dim / 2;
-        if rope.head_dim != self.cfg.head_dim
-            || rope.cos.len() < n
-            || rope.cos[..n] != self.rope.cos[..]
-            || rope.sin[..n] != self.rope.sin[..]
-        {
-            bail!(
-                "fwd_attn: the RoPE tables differ from the ones compiled into the programs \
-                 (head_dim {}, theta {})",
-                self.cfg.head_dim,
-                self.cfg.rope_theta
-            );
-        }
-        Ok(())
-    }
-
     /// Dynamic pipeline: `out = rmsnorm(x)·g` on the CPU (fp32).
-    fn cpu_norm(&mut self, out: &mut [f32], x: &[f32], layer: usize, ffn: bool) {
-        let (ga, gf) = &self.gains[layer];
-        let g = if ffn { gf } else { ga };
-        self.inv_rms.resize(self.dims.n(), 0.0);
-        ops::rmsnorm_fwd(out, &mut self.inv_rms, x, g, self.cfg.norm_eps);
+    fn cpu_norm(&mut self, out: &mut [f32], x: &[f32], g: &[f32]) {
+        self.inv_rms.resize(self.spec.dims.n(), 0.0);
+        ops::rmsnorm_fwd(out, &mut self.inv_rms, x, g, self.spec.eps);
     }
 }
 
@@ -717,16 +819,12 @@ impl AneKernels {
     fn ane_fwd_attn(
         &mut self,
         layer: usize,
-        d: &Dims,
-        rope: &Rope,
         x: &[f32],
-        _w: &AttnWeights,
+        w: &AttnWeights,
         out: AttnFwd,
     ) -> Result<()> {
-        self.check("fwd_attn", layer, d)?;
-        self.check_rope(rope)?;
-        let (dm, qd, kvd, n) = (d.dim, d.q_dim(), d.kv_dim(), d.n());
-        check_len("fwd_attn x", x, dm * n)?;
+        self.sync(Contract::FwdAttn, layer, &LayerWeights::attn(w))?;
+        let n = self.spec.dims.n();
         let AttnFwd {
             xn,
             q,
@@ -735,12 +833,6 @@ impl AneKernels {
             attn,
             o,
         } = out;
-        check_len("fwd_attn xn", xn, dm * n)?;
-        check_len("fwd_attn q", q, qd * n)?;
-        check_len("fwd_attn k", kk, kvd * n)?;
-        check_len("fwd_attn v", v, kvd * n)?;
-        check_len("fwd_attn attn", attn, qd * n)?;
-        check_len("fwd_attn o", o, dm * n)?;
         let k = Kernel::FwdAttn;
         match self.plan.pipeline {
             Pipeline::Static => {
@@ -761,7 +853,7 @@ impl AneKernels {
                 }
             }
             Pipeline::Dynamic => {
-                self.cpu_norm(xn, x, layer, false);
+                self.cpu_norm(xn, x, w.g);
                 for c0 in self.col0s(k) {
                     self.run(
                         k,
@@ -789,17 +881,9 @@ impl AneKernels {
         Ok(())
     }
 
-    fn ane_fwd_ffn(
-        &mut self,
-        layer: usize,
-        d: &Dims,
-        x2: &[f32],
-        _w: &FfnWeights,
-        out: FfnFwd,
-    ) -> Result<()> {
-        self.check("fwd_ffn", layer, d)?;
-        let (dm, h, n) = (d.dim, d.hidden, d.n());
-        check_len("fwd_ffn x2", x2, dm * n)?;
+    fn ane_fwd_ffn(&mut self, layer: usize, x2: &[f32], w: &FfnWeights, out: FfnFwd) -> Result<()> {
+        self.sync(Contract::FwdFfn, layer, &LayerWeights::ffn(w))?;
+        let n = self.spec.dims.n();
         let FfnFwd {
             x2n,
             h1,
@@ -807,19 +891,10 @@ impl AneKernels {
             gate,
             f,
         } = out;
-        for (nm, s, len) in [
-            ("x2n", &*x2n, dm),
-            ("h1", &*h1, h),
-            ("h3", &*h3, h),
-            ("gate", &*gate, h),
-            ("f", &*f, dm),
-        ] {
-            check_len(&format!("fwd_ffn {nm}"), s, len * n)?;
-        }
         let k = Kernel::FwdFfn;
         let dynamic = self.plan.pipeline == Pipeline::Dynamic;
         if dynamic {
-            self.cpu_norm(x2n, x2, layer, true);
+            self.cpu_norm(x2n, x2, w.g);
         }
         for c0 in self.col0s(k) {
             let mut outs = vec![
@@ -842,21 +917,14 @@ impl AneKernels {
     fn ane_ffn_bwd(
         &mut self,
         layer: usize,
-        d: &Dims,
         dy: &[f32],
         h1: &[f32],
         h3: &[f32],
-        _w: &FfnWeights,
+        w: &FfnWeights,
         out: FfnBwd,
     ) -> Result<()> {
-        self.check("ffn_bwd", layer, d)?;
-        let (dm, h, n) = (d.dim, d.hidden, d.n());
-        check_len("ffn_bwd dy", dy, dm * n)?;
-        check_len("ffn_bwd h1", h1, h * n)?;
-        check_len("ffn_bwd h3", h3, h * n)?;
-        check_len("ffn_bwd dx2n", out.dx2n, dm * n)?;
-        check_len("ffn_bwd dh1", out.dh1, h * n)?;
-        check_len("ffn_bwd dh3", out.dh3, h * n)?;
+        self.sync(Contract::FfnBwd, layer, &LayerWeights::ffn(w))?;
+        let n = self.spec.dims.n();
         let FfnBwd { dx2n, dh1, dh3 } = out;
         let last = match self.plan.pipeline {
             Pipeline::Static => Kernel::FfnBwd,
@@ -900,24 +968,17 @@ impl AneKernels {
     fn ane_sdpa_bwd1(
         &mut self,
         layer: usize,
-        d: &Dims,
         dx2: &[f32],
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        _wo: &[f32],
+        w: &AttnWeights,
         out: SdpaBwd1,
     ) -> Result<()> {
-        self.check("sdpa_bwd1", layer, d)?;
-        let (dm, qd, kvd, n, s) = (d.dim, d.q_dim(), d.kv_dim(), d.n(), d.seq);
+        self.sync(Contract::SdpaBwd1, layer, &LayerWeights::attn(w))?;
+        let d = self.spec.dims;
+        let (qd, n, s) = (d.q_dim(), d.n(), d.seq);
         let per = d.n_heads * s * s;
-        check_len("sdpa_bwd1 dx2", dx2, dm * n)?;
-        check_len("sdpa_bwd1 q", q, qd * n)?;
-        check_len("sdpa_bwd1 k", k, kvd * n)?;
-        check_len("sdpa_bwd1 v", v, kvd * n)?;
-        check_len("sdpa_bwd1 dv", out.dv, kvd * n)?;
-        check_len("sdpa_bwd1 dp", out.dp, d.probs_len())?;
-        check_len("sdpa_bwd1 probs", out.probs, d.probs_len())?;
         let kern = Kernel::SdpaBwd1;
         let mut da = std::mem::take(&mut self.scratch32);
         let dynamic = self.plan.pipeline == Pipeline::Dynamic;
@@ -985,22 +1046,16 @@ impl AneKernels {
     fn ane_sdpa_bwd2(
         &mut self,
         layer: usize,
-        d: &Dims,
         probs: &[f32],
         dp: &[f32],
         q: &[f32],
         k: &[f32],
         out: SdpaBwd2,
     ) -> Result<()> {
-        self.check("sdpa_bwd2", layer, d)?;
-        let (qd, kvd, n, s) = (d.q_dim(), d.kv_dim(), d.n(), d.seq);
+        self.sync(Contract::SdpaBwd2, layer, &LayerWeights::default())?;
+        let d = self.spec.dims;
+        let (n, s) = (d.n(), d.seq);
         let per = d.n_heads * s * s;
-        check_len("sdpa_bwd2 probs", probs, d.probs_len())?;
-        check_len("sdpa_bwd2 dp", dp, d.probs_len())?;
-        check_len("sdpa_bwd2 q", q, qd * n)?;
-        check_len("sdpa_bwd2 k", k, kvd * n)?;
-        check_len("sdpa_bwd2 dq", out.dq, qd * n)?;
-        check_len("sdpa_bwd2 dk", out.dk, kvd * n)?;
         let kern = Kernel::SdpaBwd2;
         let SdpaBwd2 { dq, dk } = out;
         for (b, c0) in self.col0s(kern).into_iter().enumerate() {
@@ -1046,19 +1101,14 @@ impl AneKernels {
     fn ane_qkv_bwd(
         &mut self,
         layer: usize,
-        d: &Dims,
         dq: &[f32],
         dk: &[f32],
         dv: &[f32],
-        _w: &AttnWeights,
+        w: &AttnWeights,
         dxn: &mut [f32],
     ) -> Result<()> {
-        self.check("qkv_bwd", layer, d)?;
-        let (dm, qd, kvd, n) = (d.dim, d.q_dim(), d.kv_dim(), d.n());
-        check_len("qkv_bwd dq", dq, qd * n)?;
-        check_len("qkv_bwd dk", dk, kvd * n)?;
-        check_len("qkv_bwd dv", dv, kvd * n)?;
-        check_len("qkv_bwd dxn", dxn, dm * n)?;
+        self.sync(Contract::QkvBwd, layer, &LayerWeights::attn(w))?;
+        let n = self.spec.dims.n();
         let k = Kernel::QkvBwd;
         for c0 in self.col0s(k) {
             self.run(
@@ -1086,43 +1136,102 @@ impl Kernels for AneKernels {
         &self.name
     }
 
-    fn prepare(&mut self, params: &Params, weights_version: u64) -> Result<()> {
-        let pc = params.config();
-        if (
-            pc.dim,
-            pc.hidden_dim,
-            pc.n_layers,
-            pc.n_heads,
-            pc.n_kv_heads,
-            pc.head_dim,
-        ) != (
-            self.cfg.dim,
-            self.cfg.hidden_dim,
-            self.cfg.n_layers,
-            self.cfg.n_heads,
-            self.cfg.n_kv_heads,
-            self.cfg.head_dim,
-        ) {
-            bail!("prepare: the parameters' config differs from the backend's");
+    fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// A new version marks every program (static) or weight column (dynamic) stale; they are
+    /// rebuilt from the views of each kernel's first call under it. The static pipeline
+    /// refuses a pass whose kernels not yet compiled for the version need more compiles than
+    /// are left ([`BudgetExhausted`]; a training pass under a new version needs
+    /// [`AneKernels::compiles_per_update`]), before compiling anything; the kernels then fail
+    /// until a version is accepted.
+    fn prepare(&mut self, weights_version: u64, pass: Pass) -> Result<()> {
+        self.version = None;
+        if self.plan.pipeline == Pipeline::Static {
+            let need = self.compiles_needed(weights_version, pass);
+            let left = self.compiles_left();
+            if left < need {
+                return Err(BudgetExhausted {
+                    needed: need,
+                    left,
+                    budget: self.dev.compile_budget(),
+                }
+                .into());
+            }
         }
-        if self.weights_version == Some(weights_version) {
+        self.version = Some(weights_version);
+        self.pass = pass;
+        Ok(())
+    }
+
+    /// Static pipeline with a background compiler (C25): submits every weight-bearing
+    /// program of this version that is not built or submitted yet, in the order the step
+    /// evaluates them (the forward's layer by layer, then the backward's from the last layer),
+    /// so each compiles while the ones before it run.
+    fn upcoming(&mut self, layers: &[crate::kernels::LayerViews]) -> Result<()> {
+        let (Some(v), true) = (self.version, self.queue.is_some()) else {
             return Ok(());
+        };
+        let ks = kernel_set(Pipeline::Static);
+        let forward = |k: &Kernel| matches!(Contract::of(*k), Contract::FwdAttn | Contract::FwdFfn);
+        let mut order: Vec<(Kernel, usize)> = Vec::new();
+        for l in 0..layers.len() {
+            order.extend(ks.iter().filter(|k| forward(k)).map(|&k| (k, l)));
         }
-        self.weights_version = None;
-        self.cpu.prepare(params, weights_version)?;
-        match self.plan.pipeline {
-            Pipeline::Static => self.compile_static(params)?,
-            Pipeline::Dynamic => self.stage_weights(params)?,
+        let backward = if self.pass == Pass::Training {
+            layers.len()
+        } else {
+            0 // an evaluation pass needs no backward programs
+        };
+        for l in (0..backward).rev() {
+            for c in [Contract::FfnBwd, Contract::SdpaBwd1, Contract::QkvBwd] {
+                order.extend(
+                    ks.iter()
+                        .filter(|k| Contract::of(**k) == c)
+                        .map(|&k| (k, l)),
+                );
+            }
         }
-        self.weights_version = Some(weights_version);
+        for (k, l) in order {
+            let c = Contract::of(k);
+            let (Some(b), true) = (c.block(), k.has_weights()) else {
+                continue;
+            };
+            if self.on_cpu(c)
+                || self.built.get(&(k, l)) == Some(&v)
+                || self.tickets.get(&(k, l)).is_some_and(|t| t.1 == v)
+            {
+                continue;
+            }
+            let w = match b {
+                Block::Attn => LayerWeights::attn(&layers[l].attn),
+                Block::Ffn => LayerWeights::ffn(&layers[l].ffn),
+            };
+            self.see(c.name(), b, l, &w, v)?;
+            let p = generate(
+                Pipeline::Static,
+                k,
+                &self.plan.geo,
+                Some(&w),
+                &self.spec.rope,
+            )?;
+            let q = self.queue.as_mut().expect("checked above");
+            let t = q.submit(p, &self.timeline)?;
+            if let Some((old, _)) = self.tickets.insert((k, l), (t, v)) {
+                // A compile for a version that was never run.
+                if let Ok(id) = self.collect(k, old) {
+                    self.dev.free(id)?;
+                }
+            }
+        }
         Ok(())
     }
 
     fn fwd_attn(
         &mut self,
+        ok: ShapesChecked,
         layer: usize,
-        d: &Dims,
-        rope: &Rope,
         x: &[f32],
         w: &AttnWeights,
         out: AttnFwd,
@@ -1136,18 +1245,18 @@ impl Kernels for AneKernels {
                 attn: &mut *out.attn,
                 o: &mut *out.o,
             };
-            match self.ane_fwd_attn(layer, d, rope, x, w, o) {
+            match self.ane_fwd_attn(layer, x, w, o) {
                 Ok(()) => return Ok(()),
                 Err(e) => self.fail_over(Contract::FwdAttn, e)?,
             }
         }
-        self.timed_cpu(|c| c.fwd_attn(layer, d, rope, x, w, out))
+        self.timed_cpu(|c| c.fwd_attn(ok, layer, x, w, out))
     }
 
     fn fwd_ffn(
         &mut self,
+        ok: ShapesChecked,
         layer: usize,
-        d: &Dims,
         x2: &[f32],
         w: &FfnWeights,
         out: FfnFwd,
@@ -1160,18 +1269,18 @@ impl Kernels for AneKernels {
                 gate: &mut *out.gate,
                 f: &mut *out.f,
             };
-            match self.ane_fwd_ffn(layer, d, x2, w, o) {
+            match self.ane_fwd_ffn(layer, x2, w, o) {
                 Ok(()) => return Ok(()),
                 Err(e) => self.fail_over(Contract::FwdFfn, e)?,
             }
         }
-        self.timed_cpu(|c| c.fwd_ffn(layer, d, x2, w, out))
+        self.timed_cpu(|c| c.fwd_ffn(ok, layer, x2, w, out))
     }
 
     fn ffn_bwd(
         &mut self,
+        ok: ShapesChecked,
         layer: usize,
-        d: &Dims,
         dy: &[f32],
         h1: &[f32],
         h3: &[f32],
@@ -1184,23 +1293,23 @@ impl Kernels for AneKernels {
                 dh1: &mut *out.dh1,
                 dh3: &mut *out.dh3,
             };
-            match self.ane_ffn_bwd(layer, d, dy, h1, h3, w, o) {
+            match self.ane_ffn_bwd(layer, dy, h1, h3, w, o) {
                 Ok(()) => return Ok(()),
                 Err(e) => self.fail_over(Contract::FfnBwd, e)?,
             }
         }
-        self.timed_cpu(|c| c.ffn_bwd(layer, d, dy, h1, h3, w, out))
+        self.timed_cpu(|c| c.ffn_bwd(ok, layer, dy, h1, h3, w, out))
     }
 
     fn sdpa_bwd1(
         &mut self,
+        ok: ShapesChecked,
         layer: usize,
-        d: &Dims,
         dx2: &[f32],
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        wo: &[f32],
+        w: &AttnWeights,
         out: SdpaBwd1,
     ) -> Result<()> {
         if !self.on_cpu(Contract::SdpaBwd1) {
@@ -1209,18 +1318,18 @@ impl Kernels for AneKernels {
                 dp: &mut *out.dp,
                 probs: &mut *out.probs,
             };
-            match self.ane_sdpa_bwd1(layer, d, dx2, q, k, v, wo, o) {
+            match self.ane_sdpa_bwd1(layer, dx2, q, k, v, w, o) {
                 Ok(()) => return Ok(()),
                 Err(e) => self.fail_over(Contract::SdpaBwd1, e)?,
             }
         }
-        self.timed_cpu(|c| c.sdpa_bwd1(layer, d, dx2, q, k, v, wo, out))
+        self.timed_cpu(|c| c.sdpa_bwd1(ok, layer, dx2, q, k, v, w, out))
     }
 
     fn sdpa_bwd2(
         &mut self,
+        ok: ShapesChecked,
         layer: usize,
-        d: &Dims,
         probs: &[f32],
         dp: &[f32],
         q: &[f32],
@@ -1232,18 +1341,18 @@ impl Kernels for AneKernels {
                 dq: &mut *out.dq,
                 dk: &mut *out.dk,
             };
-            match self.ane_sdpa_bwd2(layer, d, probs, dp, q, k, o) {
+            match self.ane_sdpa_bwd2(layer, probs, dp, q, k, o) {
                 Ok(()) => return Ok(()),
                 Err(e) => self.fail_over(Contract::SdpaBwd2, e)?,
             }
         }
-        self.timed_cpu(|c| c.sdpa_bwd2(layer, d, probs, dp, q, k, out))
+        self.timed_cpu(|c| c.sdpa_bwd2(ok, layer, probs, dp, q, k, out))
     }
 
     fn qkv_bwd(
         &mut self,
+        ok: ShapesChecked,
         layer: usize,
-        d: &Dims,
         dq: &[f32],
         dk: &[f32],
         dv: &[f32],
@@ -1251,12 +1360,12 @@ impl Kernels for AneKernels {
         dxn: &mut [f32],
     ) -> Result<()> {
         if !self.on_cpu(Contract::QkvBwd) {
-            match self.ane_qkv_bwd(layer, d, dq, dk, dv, w, &mut *dxn) {
+            match self.ane_qkv_bwd(layer, dq, dk, dv, w, &mut *dxn) {
                 Ok(()) => return Ok(()),
                 Err(e) => self.fail_over(Contract::QkvBwd, e)?,
             }
         }
-        self.timed_cpu(|c| c.qkv_bwd(layer, d, dq, dk, dv, w, dxn))
+        self.timed_cpu(|c| c.qkv_bwd(ok, layer, dq, dk, dv, w, dxn))
     }
 
     fn stats(&self) -> BackendStats {
@@ -1265,6 +1374,10 @@ impl Kernels for AneKernels {
         s.fallback_cpu_ms = self.cpu_ms;
         s.measured = self.dev.name() == "ane";
         s.on_cpu = self.on_cpu.keys().map(|c| c.name()).collect();
+        if !s.measured {
+            s.compile_est_ms = Some(self.timeline.compile_ms);
+            s.compile_exposed_est_ms = Some(self.timeline.exposed_ms);
+        }
         s.programs = self
             .kernel_report()
             .into_iter()

@@ -16,8 +16,10 @@ use crate::ane::mil::kernels::{generate, Kernel, LayerWeights, Pipeline};
 use crate::ane::{check, sim, AneKernels};
 use crate::kernels::cpu::CpuKernels;
 use crate::kernels::ops::Rope;
-use crate::kernels::{AttnFwd, Dims, FfnBwd, FfnFwd, Kernels, SdpaBwd1, SdpaBwd2};
-use crate::model::{Config, LayerTensor, Params};
+use crate::kernels::{
+    AttnFwd, AttnWeights, Checked, FfnBwd, FfnFwd, FfnWeights, Kernels, Pass, SdpaBwd1, SdpaBwd2,
+};
+use crate::model::{Config, Params};
 use crate::util::rng::Rng;
 use anyhow::Result;
 use half::f16;
@@ -432,7 +434,7 @@ pub fn run(spec: &CheckSpec, progress: &mut dyn FnMut(&str)) -> Result<CheckRepo
     }
     // The contract, kernel by kernel, against the CPU.
     progress("the six kernels against the CPU kernels");
-    match compare(spec, &cfg1, &params, &profile, &rope) {
+    match compare(spec, &cfg1, &params, &profile) {
         Ok(k) => rep.kernels = k,
         Err(e) => rep.compare_error = Some(format!("{e:#}")),
     }
@@ -489,7 +491,6 @@ fn compare(
     cfg1: &Config,
     params: &Params,
     profile: &Profile,
-    rope: &Rope,
 ) -> Result<Vec<KernelCompare>> {
     let dev = (spec.device)(profile)?;
     // With fallback: a refused program's kernel runs on the CPU, the others are still compared.
@@ -502,30 +503,18 @@ fn compare(
         profile,
         true,
     )?;
-    let mut cpu = CpuKernels::with_eps(cfg1.norm_eps);
-    ane.prepare(params, 1)?;
-    cpu.prepare(params, 1)?;
-    let d = Dims::new(cfg1, spec.batch, spec.seq);
+    // The CPU backend is built for the same spec (geometry, epsilon, RoPE table).
+    let mut cpu = CpuKernels::new(ane.spec().clone());
+    ane.prepare(1, Pass::Training)?;
+    let d = ane.dims();
     let (dm, h, qd, kvd, n, pl) = (d.dim, d.hidden, d.q_dim(), d.kv_dim(), d.n(), d.probs_len());
     let mut rng = Rng::new(9);
     let mut randn =
         |len: usize, s: f32| -> Vec<f32> { (0..len).map(|_| rng.normal() * s).collect() };
     let x = randn(dm * n, 1.0);
     let dy = randn(dm * n, 1.0);
-    let lw = LayerWeights::from_params(params, 0);
-    let aw = crate::kernels::AttnWeights {
-        g: lw.tensor(LayerTensor::AttentionNorm),
-        wq: lw.tensor(LayerTensor::Wq),
-        wk: lw.tensor(LayerTensor::Wk),
-        wv: lw.tensor(LayerTensor::Wv),
-        wo: lw.tensor(LayerTensor::Wo),
-    };
-    let fw = crate::kernels::FfnWeights {
-        g: lw.tensor(LayerTensor::FfnNorm),
-        w1: lw.tensor(LayerTensor::W1),
-        w2: lw.tensor(LayerTensor::W2),
-        w3: lw.tensor(LayerTensor::W3),
-    };
+    let aw = AttnWeights::of(params, 0);
+    let fw = FfnWeights::of(params, 0);
     type Outs = Vec<(&'static str, Vec<f32>)>;
     let mut results: Vec<(&'static str, Outs, Outs)> = Vec::new();
     // Each kernel runs on both backends from the same (CPU-computed) inputs.
@@ -539,10 +528,8 @@ fn compare(
             vec![0.0; dm * n],
         );
         for _ in 0..spec.evals.max(1) {
-            k.fwd_attn(
+            Checked::new(k).fwd_attn(
                 0,
-                &d,
-                rope,
                 &x,
                 &aw,
                 AttnFwd {
@@ -579,9 +566,8 @@ fn compare(
             unreachable!()
         };
         for _ in 0..spec.evals.max(1) {
-            k.fwd_ffn(
+            Checked::new(k).fwd_ffn(
                 0,
-                &d,
                 &x,
                 &fw,
                 FfnFwd {
@@ -607,7 +593,7 @@ fn compare(
             unreachable!()
         };
         for _ in 0..spec.evals.max(1) {
-            k.ffn_bwd(0, &d, &dy, &h1, &h3, &fw, FfnBwd { dx2n, dh1, dh3 })?;
+            Checked::new(k).ffn_bwd(0, &dy, &h1, &h3, &fw, FfnBwd { dx2n, dh1, dh3 })?;
         }
         Ok(["dx2n", "dh1", "dh3"].into_iter().zip(o).collect())
     };
@@ -619,7 +605,7 @@ fn compare(
             unreachable!()
         };
         for _ in 0..spec.evals.max(1) {
-            k.sdpa_bwd1(0, &d, &dy, &q, &kk, &v, aw.wo, SdpaBwd1 { dv, dp, probs })?;
+            Checked::new(k).sdpa_bwd1(0, &dy, &q, &kk, &v, &aw, SdpaBwd1 { dv, dp, probs })?;
         }
         Ok(["dv", "dp", "probs"].into_iter().zip(o).collect())
     };
@@ -630,7 +616,7 @@ fn compare(
         let mut o = vec![vec![0.0; qd * n], vec![0.0; kvd * n]];
         let [dq, dk] = &mut o[..] else { unreachable!() };
         for _ in 0..spec.evals.max(1) {
-            k.sdpa_bwd2(0, &d, &pp, &dpp, &q, &kk, SdpaBwd2 { dq, dk })?;
+            Checked::new(k).sdpa_bwd2(0, &pp, &dpp, &q, &kk, SdpaBwd2 { dq, dk })?;
         }
         Ok(["dq", "dk"].into_iter().zip(o).collect())
     };
@@ -640,7 +626,7 @@ fn compare(
     let qb = |k: &mut dyn Kernels| -> Result<Outs> {
         let mut dxn = vec![0.0; dm * n];
         for _ in 0..spec.evals.max(1) {
-            k.qkv_bwd(0, &d, &dq, &dk, &dvv, &aw, &mut dxn)?;
+            Checked::new(k).qkv_bwd(0, &dq, &dk, &dvv, &aw, &mut dxn)?;
         }
         Ok(vec![("dxn", dxn)])
     };

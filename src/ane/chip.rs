@@ -82,6 +82,10 @@ pub struct Profile {
     /// C19: dual-die (Ultra) chips lose throughput after about this many evaluations of one
     /// loaded program; recompiling restores it (rustane PR #9/#12, M3 Ultra).
     pub throughput_decay_evals: Option<u64>,
+    /// C25: programs compile on a second thread while others evaluate (dev-erik/ANE's
+    /// double-buffered compiles, M4 Max); not reported on other chips, so off there (the
+    /// static pipeline then compiles on the critical path, as the reference does).
+    pub background_compile: bool,
 }
 
 /// C14: about this many in-memory compiles into a process, the compiler starts failing (it
@@ -126,6 +130,7 @@ impl Profile {
             dialect: Dialect::Ios16,
             compile_budget: 100,
             throughput_decay_evals: None,
+            background_compile: false,
         }
     }
 
@@ -148,7 +153,7 @@ impl Profile {
     }
 
     /// Overrides one rule: `dialect` (ios16, ios18), `rope` (permutation, pairs),
-    /// `max-surface-mb`, `max-axis`, `budget`.
+    /// `max-surface-mb`, `max-axis`, `budget`, `background-compile` (on, off).
     pub fn set(&mut self, key: &str, val: &str) -> Result<()> {
         let num = || -> Result<usize> {
             val.parse::<usize>()
@@ -174,8 +179,16 @@ impl Profile {
             "max-surface-mb" => self.max_surface_bytes = num()? * MB,
             "max-axis" => self.max_axis = num()?,
             "budget" => self.compile_budget = num()? as u64,
+            "background-compile" => {
+                self.background_compile = match val {
+                    "on" => true,
+                    "off" => false,
+                    _ => bail!("background-compile={val}: expected on or off"),
+                }
+            }
             _ => bail!(
-                "unknown profile override {key:?}: expected dialect, rope, max-surface-mb, max-axis or budget"
+                "unknown profile override {key:?}: expected dialect, rope, max-surface-mb, \
+                 max-axis, budget or background-compile"
             ),
         }
         Ok(())
@@ -210,6 +223,8 @@ impl Profile {
                 p.dialect = Dialect::Ios18;
                 // C24: 128-byte rows on M5.
                 p.width_multiple = if gen == "m5" { 64 } else { 32 };
+                // C25: double-buffered compiles ran on an M4 Max.
+                p.background_compile = gen == "m4";
             }
             _ => bail!(
                 "unknown Neural Engine profile {name:?}; known: {}",
@@ -332,5 +347,13 @@ mod tests {
         assert!(Profile::named("m4-ultra").is_err());
         assert_eq!(Profile::named("M2").unwrap().max_axis, 16384);
         assert_eq!(Profile::named("m4").unwrap().max_axis, 65536);
+        assert!(Profile::named("m4").unwrap().background_compile);
+        assert!(!Profile::named("m3").unwrap().background_compile);
+        assert!(
+            Profile::named("m3,background-compile=on")
+                .unwrap()
+                .background_compile
+        );
+        assert!(Profile::named("m3,background-compile=maybe").is_err());
     }
 }

@@ -8,8 +8,40 @@
 //! budget) is shared by `ane` and `ane-sim`.
 
 use crate::ane::mil::Program;
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
 use half::f16;
+use std::any::Any;
+
+/// A program compiled and loaded away from the device's thread, waiting for
+/// [`Device::install`] to give it a [`ProgramId`].
+pub struct Compiled {
+    program: Box<dyn Any + Send>,
+    /// The device's estimate of the compile + load time (the simulator's cost model);
+    /// `None` on hardware.
+    pub est_compile_ms: Option<f64>,
+}
+
+impl Compiled {
+    pub fn new<T: Any + Send>(program: T, est_compile_ms: Option<f64>) -> Compiled {
+        Compiled {
+            program: Box::new(program),
+            est_compile_ms,
+        }
+    }
+    /// The device's own representation (a device installs only what its compiler made).
+    pub fn take<T: Any>(self) -> Result<T> {
+        self.program
+            .downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| anyhow!("a program compiled for another kind of device"))
+    }
+}
+
+/// Compiles programs on a thread of its own while the device evaluates others (the static
+/// pipeline's background compiles, [`crate::ane::compile_queue`]).
+pub trait Compiler: Send {
+    fn compile(&mut self, p: &Program) -> Result<Compiled>;
+}
 
 /// A compiled and loaded program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,6 +63,17 @@ pub trait Device: Send {
     /// Compiles and loads `p` (MIL text + weight dictionary). Counts against the compile
     /// budget when it succeeds.
     fn compile(&mut self, p: &Program) -> Result<ProgramId>;
+
+    /// A compiler that runs beside evaluations, where the device has one.
+    fn background_compiler(&self) -> Option<Box<dyn Compiler>> {
+        None
+    }
+
+    /// Gives a program from [`Device::background_compiler`] its id; counts against the
+    /// compile budget (refused when the budget is spent).
+    fn install(&mut self, _c: Compiled) -> Result<ProgramId> {
+        bail!("{} has no background compiler", self.name())
+    }
 
     /// Unloads a program and releases what it holds.
     fn free(&mut self, p: ProgramId) -> Result<()>;
@@ -58,6 +101,12 @@ pub trait Device: Send {
     /// Estimated Neural Engine milliseconds of one evaluation of `p`, where the device has a
     /// cost model (the simulator); `None` for the real device.
     fn estimated_eval_ms(&self, _p: ProgramId) -> Option<f64> {
+        None
+    }
+
+    /// Estimated compile + load milliseconds of `p`, where the device has a cost model (the
+    /// simulator); `None` for the real device, whose compile time is measured.
+    fn estimated_compile_ms(&self, _p: ProgramId) -> Option<f64> {
         None
     }
 

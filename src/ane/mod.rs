@@ -20,6 +20,7 @@ pub mod blob;
 pub mod bringup;
 pub mod check;
 pub mod chip;
+pub mod compile_queue;
 pub mod device;
 pub mod fit;
 pub mod mil;

@@ -362,8 +362,47 @@ pub struct PrivateDevice {
     api: &'static Api,
     programs: Vec<Option<Model>>,
     surfaces: Vec<Option<Surface>>,
-    tmp_refs: HashMap<PathBuf, usize>,
+    tmp_refs: TmpRefs,
     budget: u64,
+}
+
+/// Reference counts of the compiler's temporary directories (identical programs share one,
+/// ANE_FACTS defect 17), shared with the background compiler.
+type TmpRefs = std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, usize>>>;
+
+fn release_tmp(refs: &TmpRefs, dir: &PathBuf) {
+    let mut r = refs.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = r.get_mut(dir) {
+        *n -= 1;
+        if *n == 0 {
+            r.remove(dir);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Compiles and loads programs on another thread than the device's evaluations (the
+/// static pipeline's background compiles; [`crate::ane::compile_queue`]).
+struct PrivateCompiler {
+    api: &'static Api,
+    tmp_refs: TmpRefs,
+}
+
+// SAFETY: the compiler only creates new Objective-C objects and hands the retained model to
+// the device; it shares nothing with the device's thread but the mutex-guarded refcounts.
+unsafe impl Send for PrivateCompiler {}
+
+/// A model compiled by [`PrivateCompiler`], on its way to the device.
+struct SendModel(Model);
+// SAFETY: the model is retained and not used by the compiling thread after it is sent.
+unsafe impl Send for SendModel {}
+
+impl crate::ane::device::Compiler for PrivateCompiler {
+    fn compile(&mut self, p: &Program) -> Result<crate::ane::device::Compiled> {
+        let a = self.api;
+        let m = pooled(a, || compile_model(a, &self.tmp_refs, p))?;
+        Ok(crate::ane::device::Compiled::new(SendModel(m), None))
+    }
 }
 
 // SAFETY: the device is used from one thread at a time (`&mut self` everywhere); the
@@ -378,7 +417,7 @@ impl PrivateDevice {
             api,
             programs: Vec::new(),
             surfaces: Vec::new(),
-            tmp_refs: HashMap::new(),
+            tmp_refs: TmpRefs::default(),
             budget: DEFAULT_COMPILE_BUDGET,
         })
     }
@@ -387,16 +426,6 @@ impl PrivateDevice {
     pub fn with_budget(mut self, budget: u64) -> PrivateDevice {
         self.budget = budget;
         self
-    }
-
-    fn release_tmp(&mut self, dir: &PathBuf) {
-        if let Some(n) = self.tmp_refs.get_mut(dir) {
-            *n -= 1;
-            if *n == 0 {
-                self.tmp_refs.remove(dir);
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
     }
 
     fn surface(&self, s: SurfaceId) -> Result<&Surface> {
@@ -411,78 +440,6 @@ impl PrivateDevice {
             .get(p.0)
             .and_then(|x| x.as_ref())
             .ok_or_else(|| anyhow!("program {} is not loaded", p.0))
-    }
-
-    fn compile_inner(&mut self, p: &Program) -> Result<Model> {
-        let a = self.api;
-        // SAFETY: every message below is sent with the signature the method declares
-        // (docs/ANE.md, "The private runtime"); objects kept beyond the pool are retained.
-        unsafe {
-            let mut weights: Vec<(&str, Id)> = Vec::new();
-            for (path, blob) in &p.weights {
-                let entry =
-                    a.dictionary(&[("offset", a.nsnumber_u64(0)), ("data", a.nsdata(blob))]);
-                weights.push((path.as_str(), entry));
-            }
-            let wdict = a.dictionary(&weights);
-            let text = a.nsdata(p.text.as_bytes());
-            let f: unsafe extern "C" fn(Id, Sel, Id, Id, Id) -> Id =
-                std::mem::transmute(a.msg_send);
-            let desc = f(
-                a.descriptor_class,
-                a.sel("modelWithMILText:weights:optionsPlist:"),
-                text,
-                wdict,
-                std::ptr::null_mut(),
-            );
-            if desc.is_null() {
-                bail!(
-                    "{}: _ANEInMemoryModelDescriptor rejected the MIL text or weights (it reports no reason)",
-                    p.label
-                );
-            }
-            let model = a.send1(a.model_class, "inMemoryModelWithDescriptor:", desc);
-            if model.is_null() {
-                bail!("{}: _ANEInMemoryModel could not be created", p.label);
-            }
-            let hex = a.to_string(a.send0(model, "hexStringIdentifier"));
-            let tmp = PathBuf::from(a.to_string((a.ns_temporary_directory)())).join(&hex);
-            std::fs::create_dir_all(tmp.join("weights"))
-                .with_context(|| format!("{}: cannot create {}", p.label, tmp.display()))?;
-            std::fs::write(tmp.join("model.mil"), &p.text)
-                .with_context(|| format!("{}: cannot write model.mil", p.label))?;
-            for (path, blob) in &p.weights {
-                let rel = path.strip_prefix("@model_path/").unwrap_or(path);
-                std::fs::write(tmp.join(rel), blob)
-                    .with_context(|| format!("{}: cannot write {rel}", p.label))?;
-            }
-            *self.tmp_refs.entry(tmp.clone()).or_insert(0) += 1;
-            let mut err: Id = std::ptr::null_mut();
-            if !a.qos_call(model, "compileWithQoS:options:error:", &mut err) {
-                let msg = a.error_text(err);
-                self.release_tmp(&tmp);
-                bail!("{}: Neural Engine compile failed: {msg}", p.label);
-            }
-            let mut err: Id = std::ptr::null_mut();
-            if !a.qos_call(model, "loadWithQoS:options:error:", &mut err) {
-                // The reference bridge retries once: slots may need time to be reclaimed.
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                let mut err2: Id = std::ptr::null_mut();
-                if !a.qos_call(model, "loadWithQoS:options:error:", &mut err2) {
-                    let msg = a.error_text(err2);
-                    self.release_tmp(&tmp);
-                    bail!("{}: Neural Engine load failed: {msg}", p.label);
-                }
-            }
-            Ok(Model {
-                label: p.label.clone(),
-                model: a.retain(model),
-                tmpdir: tmp,
-                input_bytes: 2 * p.input.iter().product::<usize>(),
-                output_bytes: 2 * p.output.iter().product::<usize>(),
-                requests: HashMap::new(),
-            })
-        }
     }
 
     /// The lock/unlock pair around a surface access; `read_only` selects the lock mode.
@@ -510,6 +467,80 @@ impl PrivateDevice {
     }
 }
 
+/// Compiles and loads one program (steps 1–3 of the module doc).
+fn compile_model(a: &Api, tmp_refs: &TmpRefs, p: &Program) -> Result<Model> {
+    // SAFETY: every message below is sent with the signature the method declares
+    // (docs/ANE.md, "The private runtime"); objects kept beyond the pool are retained.
+    unsafe {
+        let mut weights: Vec<(&str, Id)> = Vec::new();
+        for (path, blob) in &p.weights {
+            let entry = a.dictionary(&[("offset", a.nsnumber_u64(0)), ("data", a.nsdata(blob))]);
+            weights.push((path.as_str(), entry));
+        }
+        let wdict = a.dictionary(&weights);
+        let text = a.nsdata(p.text.as_bytes());
+        let f: unsafe extern "C" fn(Id, Sel, Id, Id, Id) -> Id = std::mem::transmute(a.msg_send);
+        let desc = f(
+            a.descriptor_class,
+            a.sel("modelWithMILText:weights:optionsPlist:"),
+            text,
+            wdict,
+            std::ptr::null_mut(),
+        );
+        if desc.is_null() {
+            bail!(
+                "{}: _ANEInMemoryModelDescriptor rejected the MIL text or weights (it reports no reason)",
+                p.label
+            );
+        }
+        let model = a.send1(a.model_class, "inMemoryModelWithDescriptor:", desc);
+        if model.is_null() {
+            bail!("{}: _ANEInMemoryModel could not be created", p.label);
+        }
+        let hex = a.to_string(a.send0(model, "hexStringIdentifier"));
+        let tmp = PathBuf::from(a.to_string((a.ns_temporary_directory)())).join(&hex);
+        std::fs::create_dir_all(tmp.join("weights"))
+            .with_context(|| format!("{}: cannot create {}", p.label, tmp.display()))?;
+        std::fs::write(tmp.join("model.mil"), &p.text)
+            .with_context(|| format!("{}: cannot write model.mil", p.label))?;
+        for (path, blob) in &p.weights {
+            let rel = path.strip_prefix("@model_path/").unwrap_or(path);
+            std::fs::write(tmp.join(rel), blob)
+                .with_context(|| format!("{}: cannot write {rel}", p.label))?;
+        }
+        *tmp_refs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tmp.clone())
+            .or_insert(0) += 1;
+        let mut err: Id = std::ptr::null_mut();
+        if !a.qos_call(model, "compileWithQoS:options:error:", &mut err) {
+            let msg = a.error_text(err);
+            release_tmp(tmp_refs, &tmp);
+            bail!("{}: Neural Engine compile failed: {msg}", p.label);
+        }
+        let mut err: Id = std::ptr::null_mut();
+        if !a.qos_call(model, "loadWithQoS:options:error:", &mut err) {
+            // The reference bridge retries once: slots may need time to be reclaimed.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let mut err2: Id = std::ptr::null_mut();
+            if !a.qos_call(model, "loadWithQoS:options:error:", &mut err2) {
+                let msg = a.error_text(err2);
+                release_tmp(tmp_refs, &tmp);
+                bail!("{}: Neural Engine load failed: {msg}", p.label);
+            }
+        }
+        Ok(Model {
+            label: p.label.clone(),
+            model: a.retain(model),
+            tmpdir: tmp,
+            input_bytes: 2 * p.input.iter().product::<usize>(),
+            output_bytes: 2 * p.output.iter().product::<usize>(),
+            requests: HashMap::new(),
+        })
+    }
+}
+
 impl Device for PrivateDevice {
     fn name(&self) -> &str {
         "ane"
@@ -517,7 +548,21 @@ impl Device for PrivateDevice {
 
     fn compile(&mut self, p: &Program) -> Result<ProgramId> {
         let a = self.api;
-        let m = pooled(a, || self.compile_inner(p))?;
+        let m = pooled(a, || compile_model(a, &self.tmp_refs, p))?;
+        COMPILES.fetch_add(1, Ordering::SeqCst);
+        self.programs.push(Some(m));
+        Ok(ProgramId(self.programs.len() - 1))
+    }
+
+    fn background_compiler(&self) -> Option<Box<dyn crate::ane::device::Compiler>> {
+        Some(Box::new(PrivateCompiler {
+            api: self.api,
+            tmp_refs: self.tmp_refs.clone(),
+        }))
+    }
+
+    fn install(&mut self, c: crate::ane::device::Compiled) -> Result<ProgramId> {
+        let SendModel(m) = c.take::<SendModel>()?;
         COMPILES.fetch_add(1, Ordering::SeqCst);
         self.programs.push(Some(m));
         Ok(ProgramId(self.programs.len() - 1))
@@ -543,7 +588,7 @@ impl Device for PrivateDevice {
             a.release(m.model);
             msg
         });
-        self.release_tmp(&m.tmpdir);
+        release_tmp(&self.tmp_refs, &m.tmpdir);
         if let Some(msg) = msg {
             bail!("{}: unload failed: {msg}", m.label);
         }

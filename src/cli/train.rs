@@ -712,7 +712,7 @@ pub struct BenchArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 256, value_parser = super::at_least_one)]
     pub seq: usize,
-    /// Sequences accumulated per optimizer step.
+    /// Micro-steps (of --batch sequences) accumulated per optimizer step.
     #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]
     pub accum: usize,
     /// Measured optimizer steps (after the warm-up).

@@ -7,22 +7,28 @@
 //! dv stay inside one task. Causal attention walks query rows in tiles of [`TILE`] and
 //! touches only keys up to the tile's end, so about half of the `S²` work is skipped.
 //!
+//! Every call arrives through [`super::Checked`], which has checked each slice against the
+//! backend's [`Spec`]: the raw-pointer loops below rely on those lengths.
+//!
 //! Scratch lives in the struct and only grows: after the first call of a shape nothing is
 //! allocated here (the GEMM library allocates its packing buffers per call; glibc serves
 //! most of them from memory already touched: a Stories110M step sees ~4k page faults).
 
 use super::gemm::{sgemm, sgemm_raw, Op};
-use super::ops::{self, Rope};
-use super::{AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2};
+use super::ops;
+use super::{
+    AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
+    ShapesChecked, Spec,
+};
 use anyhow::Result;
 use rayon::prelude::*;
 
 /// Query rows per causal tile.
 pub const TILE: usize = 64;
 
-/// The fp32 CPU implementation of [`Kernels`].
+/// The fp32 CPU implementation of [`Kernels`], for one [`Spec`].
 pub struct CpuKernels {
-    eps: f32,
+    spec: Spec,
     /// `[N]` per-token RMS scale.
     inv_rms: Vec<f32>,
     /// `[QD, N]` Woᵀ·dx2 in sdpa_bwd1; `[H, N]` W2ᵀ·dy in ffn_bwd.
@@ -31,21 +37,10 @@ pub struct CpuKernels {
     heads: Vec<f32>,
 }
 
-impl Default for CpuKernels {
-    fn default() -> Self {
-        CpuKernels::new()
-    }
-}
-
 impl CpuKernels {
-    /// RMSNorm epsilon 1e-5 until [`Kernels::prepare`] reads the model's.
-    pub fn new() -> CpuKernels {
-        CpuKernels::with_eps(1e-5)
-    }
-
-    pub fn with_eps(eps: f32) -> CpuKernels {
+    pub fn new(spec: Spec) -> CpuKernels {
         CpuKernels {
-            eps,
+            spec,
             inv_rms: Vec::new(),
             tmp: Vec::new(),
             heads: Vec::new(),
@@ -192,24 +187,22 @@ impl Kernels for CpuKernels {
         "cpu"
     }
 
-    fn prepare(&mut self, params: &crate::model::Params, _weights_version: u64) -> Result<()> {
-        self.eps = params.config().norm_eps;
-        Ok(())
+    fn spec(&self) -> &Spec {
+        &self.spec
     }
 
     fn fwd_attn(
         &mut self,
+        _: ShapesChecked,
         _layer: usize,
-        d: &Dims,
-        rope: &Rope,
         x: &[f32],
         w: &AttnWeights,
         out: AttnFwd,
     ) -> Result<()> {
-        d.check_fwd_attn(rope, x, w, &out)?;
+        let d = &self.spec.dims;
         let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
         let inv = grow(&mut self.inv_rms, n);
-        ops::rmsnorm_fwd(out.xn, inv, x, w.g, self.eps);
+        ops::rmsnorm_fwd(out.xn, inv, x, w.g, self.spec.eps);
         let xn = &*out.xn;
         sgemm(
             Op::N,
@@ -256,8 +249,8 @@ impl Kernels for CpuKernels {
             out.v,
             n,
         );
-        ops::rope_fwd(out.q, rope, n, d.seq);
-        ops::rope_fwd(out.k, rope, n, d.seq);
+        ops::rope_fwd(out.q, &self.spec.rope, n, d.seq);
+        ops::rope_fwd(out.k, &self.spec.rope, n, d.seq);
 
         let (q, k, v) = (
             out.q.as_ptr() as usize,
@@ -329,16 +322,16 @@ impl Kernels for CpuKernels {
 
     fn fwd_ffn(
         &mut self,
+        _: ShapesChecked,
         _layer: usize,
-        d: &Dims,
         x2: &[f32],
         w: &FfnWeights,
         out: FfnFwd,
     ) -> Result<()> {
-        d.check_fwd_ffn(x2, w, &out)?;
+        let d = &self.spec.dims;
         let (dim, n, h) = (d.dim, d.n(), d.hidden);
         let inv = grow(&mut self.inv_rms, n);
-        ops::rmsnorm_fwd(out.x2n, inv, x2, w.g, self.eps);
+        ops::rmsnorm_fwd(out.x2n, inv, x2, w.g, self.spec.eps);
         sgemm(
             Op::N,
             Op::N,
@@ -394,15 +387,15 @@ impl Kernels for CpuKernels {
 
     fn ffn_bwd(
         &mut self,
+        _: ShapesChecked,
         _layer: usize,
-        d: &Dims,
         dy: &[f32],
         h1: &[f32],
         h3: &[f32],
         w: &FfnWeights,
         out: FfnBwd,
     ) -> Result<()> {
-        d.check_ffn_bwd(dy, h1, h3, w, &out)?;
+        let d = &self.spec.dims;
         let (dim, n, h) = (d.dim, d.n(), d.hidden);
         let dgate = grow(&mut self.tmp, h * n);
         sgemm(Op::T, Op::N, h, n, dim, 1.0, w.w2, h, dy, n, 0.0, dgate, n);
@@ -451,19 +444,33 @@ impl Kernels for CpuKernels {
 
     fn sdpa_bwd1(
         &mut self,
+        _: ShapesChecked,
         _layer: usize,
-        d: &Dims,
         dx2: &[f32],
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        wo: &[f32],
+        w: &AttnWeights,
         out: SdpaBwd1,
     ) -> Result<()> {
-        d.check_sdpa_bwd1(dx2, q, k, v, wo, &out)?;
+        let d = &self.spec.dims;
         let (dim, n, qd) = (d.dim, d.n(), d.q_dim());
         let dattn = grow(&mut self.tmp, qd * n);
-        sgemm(Op::T, Op::N, qd, n, dim, 1.0, wo, qd, dx2, n, 0.0, dattn, n);
+        sgemm(
+            Op::T,
+            Op::N,
+            qd,
+            n,
+            dim,
+            1.0,
+            w.wo,
+            qd,
+            dx2,
+            n,
+            0.0,
+            dattn,
+            n,
+        );
         let dattn = &*dattn;
 
         let (qp, kp, vp, dap) = (
@@ -547,15 +554,15 @@ impl Kernels for CpuKernels {
 
     fn sdpa_bwd2(
         &mut self,
+        _: ShapesChecked,
         _layer: usize,
-        d: &Dims,
         probs: &[f32],
         dp: &[f32],
         q: &[f32],
         k: &[f32],
         out: SdpaBwd2,
     ) -> Result<()> {
-        d.check_sdpa_bwd2(probs, dp, q, k, &out)?;
+        let d = &self.spec.dims;
         let (qp, kp) = (q.as_ptr() as usize, k.as_ptr() as usize);
         let (dq, dk) = (
             SharedMut(out.dq.as_mut_ptr()),
@@ -633,15 +640,15 @@ impl Kernels for CpuKernels {
 
     fn qkv_bwd(
         &mut self,
+        _: ShapesChecked,
         _layer: usize,
-        d: &Dims,
         dq: &[f32],
         dk: &[f32],
         dv: &[f32],
         w: &AttnWeights,
         dxn: &mut [f32],
     ) -> Result<()> {
-        d.check_qkv_bwd(dq, dk, dv, w, dxn)?;
+        let d = &self.spec.dims;
         let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
         sgemm(Op::T, Op::N, dim, n, qd, 1.0, w.wq, dim, dq, n, 0.0, dxn, n);
         sgemm(
@@ -691,28 +698,30 @@ mod tests {
     }
 
     /// GQA, head_dim·heads ≠ dim, two sequences longer than one tile.
-    fn dims() -> Dims {
-        Dims {
-            dim: 12,
-            hidden: 20,
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 4,
-            batch: 2,
-            seq: 70,
-        }
+    fn spec() -> Spec {
+        let mut c = crate::model::Config::llama(12, 20, 1, 4, 2, 8, 70);
+        c.head_dim = 4;
+        Spec::new(&c, 2, 70)
     }
 
     #[test]
     fn scratch_is_reused_and_bad_shapes_are_errors() {
-        let d = dims();
+        let s = spec();
+        let d = s.dims;
         let (n, qd, kvd) = (d.n(), d.q_dim(), d.kv_dim());
         let (probs, dp) = (vec![0.0; d.probs_len()], vec![0.0; d.probs_len()]);
         let (q, k) = (rand_vec(qd * n, 1), rand_vec(kvd * n, 2));
         let (mut dq, mut dk) = (vec![0.0; qd * n], vec![0.0; kvd * n]);
-        let mut kern = CpuKernels::new();
+        let mut kern = CpuKernels::new(s);
         let mut run = |kern: &mut CpuKernels, dq: &mut [f32]| {
-            kern.sdpa_bwd2(0, &d, &probs, &dp, &q, &k, SdpaBwd2 { dq, dk: &mut dk })
+            super::super::Checked::new(kern).sdpa_bwd2(
+                0,
+                &probs,
+                &dp,
+                &q,
+                &k,
+                SdpaBwd2 { dq, dk: &mut dk },
+            )
         };
         run(&mut kern, &mut dq).unwrap();
         let ptr = kern.heads.as_ptr();

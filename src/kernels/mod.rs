@@ -5,6 +5,13 @@
 //! embedding, RMSNorm backward, RoPE backward, classifier and cross-entropy, the dW GEMMs —
 //! is written once above this seam ([`ops`], called by `train::step`).
 //!
+//! The seam has one way in. A backend is built for one [`Spec`] (dims, batch, seq, layers,
+//! RMSNorm epsilon, RoPE table) and its methods take none of these per call. Weights reach
+//! every backend the same way, as per-call views of one layer ([`AttnWeights`],
+//! [`FfnWeights`]), with [`Kernels::prepare`] announcing each new weights version. Every call
+//! goes through [`Checked`], which checks the slices and the layer index against the spec
+//! once for all backends and hands the backend a [`ShapesChecked`] proof.
+//!
 //! Layout: every activation is a channel-first matrix `[C, N]` (row-major, `a[c·N + t]`),
 //! N = B·S token columns, sequence b in columns `b·S..(b+1)·S` — exactly the Neural Engine's
 //! `[1, C, 1, S]` surface order. Weights are llama2.c's `W[out, in]`, so `Y = W·X`.
@@ -16,7 +23,7 @@
 //! |---|---|---|---|---|
 //! | `fwd_ffn`: x2n = rmsnorm(x2)·g; h1 = W1·x2n; h3 = W3·x2n; gate = silu(h1)⊙h3; f = W2·gate | x2n `[D,N]`, h1 h3 gate `[H,N]`, f `[D,N]` | `ffn_bwd` | dy `[D,N]`, h1 h3 `[H,N]`, W1 W3 `[H,D]`, W2 `[D,H]` | dx2n `[D,N]`, dh1 dh3 `[H,N]` |
 //! | … its RMSNorm | | `ops::rmsnorm_bwd` (CPU) | dx2n, x2 `[D,N]`, g `[D]` | adds into dx2 `[D,N]`, dg `[D]` |
-//! | `fwd_attn`: o = Wo·attn | attn `[QD,N]`, o `[D,N]` | `sdpa_bwd1` (dattn = Woᵀ·dx2 fused) | dx2 `[D,N]`, q `[QD,N]`, k v `[KVD,N]`, Wo `[D,QD]` | dv `[KVD,N]`, dP P `[B,NH,S,S]` |
+//! | `fwd_attn`: o = Wo·attn | attn `[QD,N]`, o `[D,N]` | `sdpa_bwd1` (dattn = Woᵀ·dx2 fused) | dx2 `[D,N]`, q `[QD,N]`, k v `[KVD,N]`, Wo `[D,QD]` (of the attention weights) | dv `[KVD,N]`, dP P `[B,NH,S,S]` |
 //! | `fwd_attn`: P = causal softmax(qᵀk/√hd) | (P recomputed, not a tap) | `sdpa_bwd2` | P dP `[B,NH,S,S]`, q `[QD,N]`, k `[KVD,N]` | dq `[QD,N]`, dk `[KVD,N]` (post-RoPE) |
 //! | `fwd_attn`: RoPE(q), RoPE(k) | q `[QD,N]`, k `[KVD,N]` | `ops::rope_bwd` (CPU, in place) | dq, dk | dq, dk (pre-RoPE) |
 //! | `fwd_attn`: q,k,v = Wq,Wk,Wv·xn | xn `[D,N]`, v `[KVD,N]` | `qkv_bwd` | dq `[QD,N]`, dk dv `[KVD,N]`, Wq `[QD,D]`, Wk Wv `[KVD,D]` | dxn `[D,N]` |
@@ -38,7 +45,7 @@ pub mod gemm;
 pub mod ops;
 pub mod reference;
 
-use crate::model::Config;
+use crate::model::{Config, LayerTensor, Params};
 use anyhow::{ensure, Result};
 
 /// Shapes of one kernel call: the model's dimensions and the batch geometry.
@@ -81,42 +88,103 @@ impl Dims {
     }
 }
 
-/// Every argument's length against the shape the contract gives it, as `(name, got, want)`.
-fn check_lens(kernel: &str, args: &[(&str, usize, usize)]) -> Result<()> {
-    for &(what, got, want) in args {
-        ensure!(
-            got == want,
-            "{kernel}: {what} has {got} elements, expected {want}"
-        );
-    }
-    Ok(())
+/// What a backend is built for, fixed at construction: the shapes of every call, the number
+/// of layers, RMSNorm's epsilon and the RoPE table (from the config's theta). The kernel
+/// methods take none of these; [`Checked`] holds every call to them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    pub dims: Dims,
+    pub layers: usize,
+    pub eps: f32,
+    pub rope_theta: f32,
+    /// `[seq, head_dim/2]`, as llama2.c computes it (with the config's RoPE scaling, if any).
+    pub rope: ops::Rope,
 }
 
-/// The shape checks of the six kernels, written once: every backend calls the one for its
-/// kernel before touching a slice (the `cpu` backend's loops index through raw pointers).
-impl Dims {
+impl Spec {
+    /// The spec of `c` at `batch` sequences of `seq` tokens per call.
+    pub fn new(c: &Config, batch: usize, seq: usize) -> Spec {
+        Spec {
+            dims: Dims::new(c, batch, seq),
+            layers: c.n_layers,
+            eps: c.norm_eps,
+            rope_theta: c.rope_theta,
+            rope: ops::Rope::for_config(c, seq),
+        }
+    }
+
+    /// One line naming the geometry, for error messages.
+    pub fn describe(&self) -> String {
+        let d = &self.dims;
+        format!(
+            "dim {}, hidden {}, {} heads ({} kv) of {}, {} layers, batch {} × seq {}, eps {:e}, \
+             RoPE theta {}",
+            d.dim,
+            d.hidden,
+            d.n_heads,
+            d.n_kv_heads,
+            d.head_dim,
+            self.layers,
+            d.batch,
+            d.seq,
+            self.eps,
+            self.rope_theta
+        )
+    }
+
     /// Head geometry of the attention kernels: whole GQA groups, RoPE pairs, a sequence.
     fn check_heads(&self, kernel: &str) -> Result<()> {
+        let d = &self.dims;
         ensure!(
-            self.n_kv_heads > 0
-                && self.n_heads.is_multiple_of(self.n_kv_heads)
-                && self.head_dim.is_multiple_of(2)
-                && self.seq > 0,
-            "{kernel}: invalid dims {self:?}"
+            d.n_kv_heads > 0
+                && d.n_heads.is_multiple_of(d.n_kv_heads)
+                && d.head_dim.is_multiple_of(2)
+                && d.seq > 0,
+            "{kernel}: invalid dims {d:?}"
         );
         Ok(())
     }
 
-    pub fn check_fwd_attn(
+    fn check_layer(&self, kernel: &str, layer: usize) -> Result<()> {
+        ensure!(
+            layer < self.layers,
+            "{kernel}: layer {layer} of a {}-layer model",
+            self.layers
+        );
+        Ok(())
+    }
+
+    /// Every argument's length against the shape the contract gives it, as
+    /// `(name, got, want)`; a mismatch names the geometry the backend was built for.
+    fn check_lens(&self, kernel: &str, args: &[(&str, usize, usize)]) -> Result<()> {
+        for &(what, got, want) in args {
+            ensure!(
+                got == want,
+                "{kernel}: {what} has {got} elements, expected {want} (the backend was built for \
+                 {})",
+                self.describe()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The shape checks of the six kernels, written once, above the seam: [`Checked`] runs the
+/// one for its kernel before the backend touches a slice (the `cpu` backend's loops index
+/// through raw pointers).
+impl Spec {
+    fn check_fwd_attn(
         &self,
-        rope: &ops::Rope,
+        layer: usize,
         x: &[f32],
         w: &AttnWeights,
         out: &AttnFwd,
     ) -> Result<()> {
         self.check_heads("fwd_attn")?;
-        let (dim, n, qd, kvd) = (self.dim, self.n(), self.q_dim(), self.kv_dim());
-        check_lens(
+        self.check_layer("fwd_attn", layer)?;
+        let d = &self.dims;
+        let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
+        self.check_lens(
             "fwd_attn",
             &[
                 ("x", x.len(), dim * n),
@@ -134,19 +202,21 @@ impl Dims {
             ],
         )?;
         ensure!(
-            rope.head_dim == self.head_dim && rope.len() >= self.seq,
+            self.rope.head_dim == d.head_dim && self.rope.len() >= d.seq,
             "fwd_attn: RoPE table (head_dim {}, {} positions) does not cover head_dim {} × seq {}",
-            rope.head_dim,
-            rope.len(),
-            self.head_dim,
-            self.seq
+            self.rope.head_dim,
+            self.rope.len(),
+            d.head_dim,
+            d.seq
         );
         Ok(())
     }
 
-    pub fn check_fwd_ffn(&self, x2: &[f32], w: &FfnWeights, out: &FfnFwd) -> Result<()> {
-        let (dim, n, h) = (self.dim, self.n(), self.hidden);
-        check_lens(
+    fn check_fwd_ffn(&self, layer: usize, x2: &[f32], w: &FfnWeights, out: &FfnFwd) -> Result<()> {
+        self.check_layer("fwd_ffn", layer)?;
+        let d = &self.dims;
+        let (dim, n, h) = (d.dim, d.n(), d.hidden);
+        self.check_lens(
             "fwd_ffn",
             &[
                 ("x2", x2.len(), dim * n),
@@ -163,21 +233,26 @@ impl Dims {
         )
     }
 
-    pub fn check_ffn_bwd(
+    #[allow(clippy::too_many_arguments)]
+    fn check_ffn_bwd(
         &self,
+        layer: usize,
         dy: &[f32],
         h1: &[f32],
         h3: &[f32],
         w: &FfnWeights,
         out: &FfnBwd,
     ) -> Result<()> {
-        let (dim, n, h) = (self.dim, self.n(), self.hidden);
-        check_lens(
+        self.check_layer("ffn_bwd", layer)?;
+        let d = &self.dims;
+        let (dim, n, h) = (d.dim, d.n(), d.hidden);
+        self.check_lens(
             "ffn_bwd",
             &[
                 ("dy", dy.len(), dim * n),
                 ("h1", h1.len(), h * n),
                 ("h3", h3.len(), h * n),
+                ("g", w.g.len(), dim),
                 ("w1", w.w1.len(), h * dim),
                 ("w2", w.w2.len(), dim * h),
                 ("w3", w.w3.len(), h * dim),
@@ -189,34 +264,43 @@ impl Dims {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn check_sdpa_bwd1(
+    fn check_sdpa_bwd1(
         &self,
+        layer: usize,
         dx2: &[f32],
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        wo: &[f32],
+        w: &AttnWeights,
         out: &SdpaBwd1,
     ) -> Result<()> {
         self.check_heads("sdpa_bwd1")?;
-        let (dim, n, qd, kvd) = (self.dim, self.n(), self.q_dim(), self.kv_dim());
-        check_lens(
+        self.check_layer("sdpa_bwd1", layer)?;
+        let d = &self.dims;
+        let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
+        self.check_lens(
             "sdpa_bwd1",
             &[
                 ("dx2", dx2.len(), dim * n),
                 ("q", q.len(), qd * n),
                 ("k", k.len(), kvd * n),
                 ("v", v.len(), kvd * n),
-                ("wo", wo.len(), dim * qd),
+                ("g", w.g.len(), dim),
+                ("wq", w.wq.len(), qd * dim),
+                ("wk", w.wk.len(), kvd * dim),
+                ("wv", w.wv.len(), kvd * dim),
+                ("wo", w.wo.len(), dim * qd),
                 ("dv", out.dv.len(), kvd * n),
-                ("dp", out.dp.len(), self.probs_len()),
-                ("probs", out.probs.len(), self.probs_len()),
+                ("dp", out.dp.len(), d.probs_len()),
+                ("probs", out.probs.len(), d.probs_len()),
             ],
         )
     }
 
-    pub fn check_sdpa_bwd2(
+    #[allow(clippy::too_many_arguments)]
+    fn check_sdpa_bwd2(
         &self,
+        layer: usize,
         probs: &[f32],
         dp: &[f32],
         q: &[f32],
@@ -224,12 +308,14 @@ impl Dims {
         out: &SdpaBwd2,
     ) -> Result<()> {
         self.check_heads("sdpa_bwd2")?;
-        let (n, qd, kvd) = (self.n(), self.q_dim(), self.kv_dim());
-        check_lens(
+        self.check_layer("sdpa_bwd2", layer)?;
+        let d = &self.dims;
+        let (n, qd, kvd) = (d.n(), d.q_dim(), d.kv_dim());
+        self.check_lens(
             "sdpa_bwd2",
             &[
-                ("probs", probs.len(), self.probs_len()),
-                ("dp", dp.len(), self.probs_len()),
+                ("probs", probs.len(), d.probs_len()),
+                ("dp", dp.len(), d.probs_len()),
                 ("q", q.len(), qd * n),
                 ("k", k.len(), kvd * n),
                 ("dq", out.dq.len(), qd * n),
@@ -238,24 +324,30 @@ impl Dims {
         )
     }
 
-    pub fn check_qkv_bwd(
+    #[allow(clippy::too_many_arguments)]
+    fn check_qkv_bwd(
         &self,
+        layer: usize,
         dq: &[f32],
         dk: &[f32],
         dv: &[f32],
         w: &AttnWeights,
         dxn: &[f32],
     ) -> Result<()> {
-        let (dim, n, qd, kvd) = (self.dim, self.n(), self.q_dim(), self.kv_dim());
-        check_lens(
+        self.check_layer("qkv_bwd", layer)?;
+        let d = &self.dims;
+        let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
+        self.check_lens(
             "qkv_bwd",
             &[
                 ("dq", dq.len(), qd * n),
                 ("dk", dk.len(), kvd * n),
                 ("dv", dv.len(), kvd * n),
+                ("g", w.g.len(), dim),
                 ("wq", w.wq.len(), qd * dim),
                 ("wk", w.wk.len(), kvd * dim),
                 ("wv", w.wv.len(), kvd * dim),
+                ("wo", w.wo.len(), dim * qd),
                 ("dxn", dxn.len(), dim * n),
             ],
         )
@@ -277,6 +369,26 @@ pub struct AttnWeights<'a> {
     pub wo: &'a [f32],
 }
 
+impl<'a> AttnWeights<'a> {
+    /// Layer `l`'s attention weights in the parameter arena.
+    pub fn of(p: &'a Params, l: usize) -> AttnWeights<'a> {
+        AttnWeights {
+            g: p.layer(l, LayerTensor::AttentionNorm),
+            wq: p.layer(l, LayerTensor::Wq),
+            wk: p.layer(l, LayerTensor::Wk),
+            wv: p.layer(l, LayerTensor::Wv),
+            wo: p.layer(l, LayerTensor::Wo),
+        }
+    }
+}
+
+/// Both weight blocks of one layer (for [`Kernels::upcoming`]).
+#[derive(Clone, Copy)]
+pub struct LayerViews<'a> {
+    pub attn: AttnWeights<'a>,
+    pub ffn: FfnWeights<'a>,
+}
+
 /// Weights of the feed-forward block of one layer.
 #[derive(Clone, Copy)]
 pub struct FfnWeights<'a> {
@@ -288,6 +400,18 @@ pub struct FfnWeights<'a> {
     pub w2: &'a [f32],
     /// `[H, D]`
     pub w3: &'a [f32],
+}
+
+impl<'a> FfnWeights<'a> {
+    /// Layer `l`'s feed-forward weights in the parameter arena.
+    pub fn of(p: &'a Params, l: usize) -> FfnWeights<'a> {
+        FfnWeights {
+            g: p.layer(l, LayerTensor::FfnNorm),
+            w1: p.layer(l, LayerTensor::W1),
+            w2: p.layer(l, LayerTensor::W2),
+            w3: p.layer(l, LayerTensor::W3),
+        }
+    }
 }
 
 /// fwdAttn outputs: `o` and the taps the backward pass needs.
@@ -356,6 +480,9 @@ pub struct BackendStats {
     pub compile_ms: f64,
     /// Time spent converting and copying surfaces (Neural Engine backends).
     pub io_ms: f64,
+    /// Weight surfaces written from the call's views, one per (kernel, layer) and weights
+    /// version (the dynamic Neural Engine pipeline).
+    pub weight_stages: u64,
     /// Time spent in kernels that fell back to the CPU (Neural Engine backends).
     pub fallback_cpu_ms: f64,
     /// Per program type (Neural Engine backends): evaluations and their time.
@@ -365,6 +492,14 @@ pub struct BackendStats {
     pub measured: bool,
     /// Contract kernels running on the CPU after a refusal.
     pub on_cpu: Vec<&'static str>,
+    /// Programs compiled on the background compile thread (static pipeline, rule C25).
+    pub background_compiles: u64,
+    /// Wall time the backend blocked waiting for background compiles.
+    pub compile_waited_ms: f64,
+    /// The device's estimate of the compile time in all (the simulator's cost model) and of
+    /// what of it the Neural Engine's time line waited for (`ane::compile_queue::Timeline`).
+    pub compile_est_ms: Option<f64>,
+    pub compile_exposed_est_ms: Option<f64>,
 }
 
 /// One Neural Engine program type's counters.
@@ -387,9 +522,21 @@ impl BackendStats {
     pub fn since(&self, earlier: &BackendStats) -> BackendStats {
         let mut d = self.clone();
         d.compiles -= earlier.compiles.min(d.compiles);
+        d.weight_stages -= earlier.weight_stages.min(d.weight_stages);
         d.compile_ms -= earlier.compile_ms;
         d.io_ms -= earlier.io_ms;
         d.fallback_cpu_ms -= earlier.fallback_cpu_ms;
+        d.background_compiles -= earlier.background_compiles.min(d.background_compiles);
+        d.compile_waited_ms -= earlier.compile_waited_ms;
+        if let (Some(a), Some(b)) = (d.compile_est_ms.as_mut(), earlier.compile_est_ms) {
+            *a -= b;
+        }
+        if let (Some(a), Some(b)) = (
+            d.compile_exposed_est_ms.as_mut(),
+            earlier.compile_exposed_est_ms,
+        ) {
+            *a -= b;
+        }
         for p in d.programs.iter_mut() {
             if let Some(e) = earlier.programs.iter().find(|e| e.name == p.name) {
                 p.compiles -= e.compiles.min(p.compiles);
@@ -429,6 +576,22 @@ impl BackendStats {
                 self.compile_ms / steps
             )
         });
+        if let (Some(total), Some(exposed)) = (self.compile_est_ms, self.compile_exposed_est_ms) {
+            v.push(format!(
+                "  compile (est.) {:.2} of which {:.2} on the critical path ({} of {} programs \
+                 compiled in the background; the device's estimates)",
+                total / steps,
+                exposed / steps,
+                self.background_compiles,
+                self.compiles
+            ));
+        } else if self.background_compiles > 0 {
+            v.push(format!(
+                "  compile wait   {:.2} ({} programs compiled in the background)",
+                self.compile_waited_ms / steps,
+                self.background_compiles
+            ));
+        }
         v.push(if self.on_cpu.is_empty() {
             "  CPU fallback   none".to_string()
         } else {
@@ -471,24 +634,64 @@ pub struct Fallback {
     pub error: String,
 }
 
-/// The six kernels of one transformer layer. `layer` lets a backend that bakes weights into
-/// compiled programs pick the right one; a backend that does not may ignore it.
+/// Which kernels a pass over the layers calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// `fwd_attn` and `fwd_ffn` (evaluation).
+    Forward,
+    /// All six (a training micro-step).
+    Training,
+}
+
+/// Proof that a call's shapes were checked against the backend's [`Spec`]: only
+/// [`Checked`] makes one, so a backend method cannot be reached with unchecked slices.
+pub struct ShapesChecked(());
+
+/// The six kernels of one transformer layer, for the one geometry in [`Kernels::spec`].
+/// Callers go through [`Checked`], which checks every slice and the layer index, then
+/// dispatches here with a [`ShapesChecked`]; an implementation relies on those checks and
+/// repeats none of them.
+///
+/// Weights arrive one way, for every backend: as per-call views ([`AttnWeights`],
+/// [`FfnWeights`]) of layer `layer`. [`Kernels::prepare`] announces that a new weights
+/// version starts; within one version the weights must not change. A backend that keeps a
+/// copy of the weights (the Neural Engine programs and surfaces) takes it from the views at
+/// the first call of the version that needs it; a backend that keeps none (cpu, reference)
+/// reads the views on every call.
 pub trait Kernels: Send {
-    /// Short name (`cpu`, `ane`, `ane-sim`).
+    /// Short name (`cpu`, `reference`, `ane`, `ane-sim`).
     fn name(&self) -> &str;
 
-    /// Called before each forward pass with the full parameter arena. A backend that compiles
-    /// weights into programs (re)compiles here when `weights_version` changed.
-    fn prepare(&mut self, _params: &crate::model::Params, _weights_version: u64) -> Result<()> {
+    /// The geometry, epsilon and RoPE table this backend was built for.
+    fn spec(&self) -> &Spec;
+
+    /// The shapes of every call ([`Spec::dims`]).
+    fn dims(&self) -> Dims {
+        self.spec().dims
+    }
+
+    /// Called before each pass over the layers: weights version `weights_version` starts
+    /// (the same number again: nothing changed), for a pass that calls the kernels of `pass`.
+    /// A backend that keeps a copy of the weights marks it stale on a new version, and may
+    /// refuse a pass it cannot afford before starting it (the static Neural Engine pipeline,
+    /// when the compiles the pass still needs exceed the budget left).
+    fn prepare(&mut self, _weights_version: u64, _pass: Pass) -> Result<()> {
+        Ok(())
+    }
+
+    /// The weights of every layer under the version `prepare` announced, ahead of the calls
+    /// that will pass the same views: a backend that compiles weights into programs may start
+    /// on all of them now (the static Neural Engine pipeline compiles them in the background,
+    /// profile rule C25); the others ignore it.
+    fn upcoming(&mut self, _layers: &[LayerViews]) -> Result<()> {
         Ok(())
     }
 
     /// xn = rmsnorm(x)·g; q,k,v = W·xn; RoPE(q,k); causal softmax(qᵀk/√hd)·v; o = Wo·attn.
     fn fwd_attn(
         &mut self,
+        ok: ShapesChecked,
         layer: usize,
-        d: &Dims,
-        rope: &ops::Rope,
         x: &[f32],
         w: &AttnWeights,
         out: AttnFwd,
@@ -497,8 +700,8 @@ pub trait Kernels: Send {
     /// x2n = rmsnorm(x2)·g; h1 = W1·x2n; h3 = W3·x2n; gate = silu(h1)⊙h3; f = W2·gate.
     fn fwd_ffn(
         &mut self,
+        ok: ShapesChecked,
         layer: usize,
-        d: &Dims,
         x2: &[f32],
         w: &FfnWeights,
         out: FfnFwd,
@@ -508,8 +711,8 @@ pub trait Kernels: Send {
     #[allow(clippy::too_many_arguments)]
     fn ffn_bwd(
         &mut self,
+        ok: ShapesChecked,
         layer: usize,
-        d: &Dims,
         dy: &[f32],
         h1: &[f32],
         h3: &[f32],
@@ -518,16 +721,17 @@ pub trait Kernels: Send {
     ) -> Result<()>;
 
     /// dattn = Woᵀ·dx2; per head: P = causal softmax(qᵀk/√hd), dv = dattn·P, dP = dattnᵀ·v.
+    /// Of the weights only `w.wo` is read.
     #[allow(clippy::too_many_arguments)]
     fn sdpa_bwd1(
         &mut self,
+        ok: ShapesChecked,
         layer: usize,
-        d: &Dims,
         dx2: &[f32],
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        wo: &[f32],
+        w: &AttnWeights,
         out: SdpaBwd1,
     ) -> Result<()>;
 
@@ -535,8 +739,8 @@ pub trait Kernels: Send {
     #[allow(clippy::too_many_arguments)]
     fn sdpa_bwd2(
         &mut self,
+        ok: ShapesChecked,
         layer: usize,
-        d: &Dims,
         probs: &[f32],
         dp: &[f32],
         q: &[f32],
@@ -548,8 +752,8 @@ pub trait Kernels: Send {
     #[allow(clippy::too_many_arguments)]
     fn qkv_bwd(
         &mut self,
+        ok: ShapesChecked,
         layer: usize,
-        d: &Dims,
         dq: &[f32],
         dk: &[f32],
         dv: &[f32],
@@ -588,6 +792,107 @@ pub trait Kernels: Send {
     /// weight-bearing kernel; 0 for backends that never recompile).
     fn compiles_per_update(&self) -> u64 {
         0
+    }
+}
+
+/// The one way into a backend: every call's slices and layer index checked against the
+/// backend's [`Spec`], then dispatched. A slice of another geometry (another batch, seq or
+/// model) is an error naming the kernel, the argument and the geometry the backend was
+/// built for.
+pub struct Checked<'a> {
+    k: &'a mut dyn Kernels,
+}
+
+impl<'a> Checked<'a> {
+    pub fn new(k: &'a mut dyn Kernels) -> Checked<'a> {
+        Checked { k }
+    }
+
+    /// [`Kernels::upcoming`], for every layer of the spec.
+    pub fn upcoming(&mut self, layers: &[LayerViews]) -> Result<()> {
+        ensure!(
+            layers.len() == self.k.spec().layers,
+            "upcoming: {} layers of weights for a {}-layer backend",
+            layers.len(),
+            self.k.spec().layers
+        );
+        self.k.upcoming(layers)
+    }
+
+    pub fn fwd_attn(
+        &mut self,
+        layer: usize,
+        x: &[f32],
+        w: &AttnWeights,
+        out: AttnFwd,
+    ) -> Result<()> {
+        self.k.spec().check_fwd_attn(layer, x, w, &out)?;
+        self.k.fwd_attn(ShapesChecked(()), layer, x, w, out)
+    }
+
+    pub fn fwd_ffn(&mut self, layer: usize, x2: &[f32], w: &FfnWeights, out: FfnFwd) -> Result<()> {
+        self.k.spec().check_fwd_ffn(layer, x2, w, &out)?;
+        self.k.fwd_ffn(ShapesChecked(()), layer, x2, w, out)
+    }
+
+    pub fn ffn_bwd(
+        &mut self,
+        layer: usize,
+        dy: &[f32],
+        h1: &[f32],
+        h3: &[f32],
+        w: &FfnWeights,
+        out: FfnBwd,
+    ) -> Result<()> {
+        self.k.spec().check_ffn_bwd(layer, dy, h1, h3, w, &out)?;
+        self.k.ffn_bwd(ShapesChecked(()), layer, dy, h1, h3, w, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn sdpa_bwd1(
+        &mut self,
+        layer: usize,
+        dx2: &[f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        w: &AttnWeights,
+        out: SdpaBwd1,
+    ) -> Result<()> {
+        self.k
+            .spec()
+            .check_sdpa_bwd1(layer, dx2, q, k, v, w, &out)?;
+        self.k
+            .sdpa_bwd1(ShapesChecked(()), layer, dx2, q, k, v, w, out)
+    }
+
+    pub fn sdpa_bwd2(
+        &mut self,
+        layer: usize,
+        probs: &[f32],
+        dp: &[f32],
+        q: &[f32],
+        k: &[f32],
+        out: SdpaBwd2,
+    ) -> Result<()> {
+        self.k
+            .spec()
+            .check_sdpa_bwd2(layer, probs, dp, q, k, &out)?;
+        self.k
+            .sdpa_bwd2(ShapesChecked(()), layer, probs, dp, q, k, out)
+    }
+
+    pub fn qkv_bwd(
+        &mut self,
+        layer: usize,
+        dq: &[f32],
+        dk: &[f32],
+        dv: &[f32],
+        w: &AttnWeights,
+        dxn: &mut [f32],
+    ) -> Result<()> {
+        self.k.spec().check_qkv_bwd(layer, dq, dk, dv, w, dxn)?;
+        self.k.qkv_bwd(ShapesChecked(()), layer, dq, dk, dv, w, dxn)
     }
 }
 

@@ -46,9 +46,9 @@ macro_rules! multiversion {
 pub(crate) use multiversion;
 
 /// RoPE tables computed exactly as llama2.c's `run.c` does in f32:
-/// `freq = 1 / 10000^(i/hd)` for even `i`, angle `pos·freq`; pairs `(2j, 2j+1)` of each head
-/// rotate together.
-#[derive(Clone, Debug)]
+/// `freq = 1 / theta^(i/hd)` for even `i` (llama2.c's theta is 10000), angle `pos·freq`;
+/// pairs `(2j, 2j+1)` of each head rotate together.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Rope {
     pub head_dim: usize,
     /// `[seq_len, hd/2]`

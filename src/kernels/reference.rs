@@ -3,31 +3,26 @@
 //! oracle the fast backends are tested against (`tests/kernels_reference.rs` for `cpu`), and
 //! it passes the finite-difference gradient checks itself (`tests/gradcheck.rs`).
 //!
-//! Shapes are checked by the contract's own `Dims::check_*` (as for every backend).
+//! Shapes are checked above the seam, by [`super::Checked`] (as for every backend).
 //! Every activation is `[C, N]` (element `(c, t)` at `c·N + t`), token `t` at position
 //! `t mod S` of sequence `t / S`; weights are `W[out, in]`. Intermediate values stay in f64
 //! inside a kernel; only the outputs are rounded to f32.
 
 use super::ops::Rope;
-use super::{AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2};
+use super::{
+    AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
+    ShapesChecked, Spec,
+};
 use anyhow::Result;
 
-/// The plain-loop implementation of [`Kernels`].
+/// The plain-loop implementation of [`Kernels`], for one [`Spec`].
 pub struct ReferenceKernels {
-    eps: f64,
+    spec: Spec,
 }
 
 impl ReferenceKernels {
-    /// RMSNorm epsilon `eps` (replaced by the model's at [`Kernels::prepare`], as the `cpu`
-    /// backend does).
-    pub fn new(eps: f32) -> ReferenceKernels {
-        ReferenceKernels { eps: eps as f64 }
-    }
-}
-
-impl Default for ReferenceKernels {
-    fn default() -> Self {
-        ReferenceKernels::new(1e-5)
+    pub fn new(spec: Spec) -> ReferenceKernels {
+        ReferenceKernels { spec }
     }
 }
 
@@ -138,23 +133,21 @@ impl Kernels for ReferenceKernels {
         "reference"
     }
 
-    fn prepare(&mut self, params: &crate::model::Params, _weights_version: u64) -> Result<()> {
-        self.eps = params.config().norm_eps as f64;
-        Ok(())
+    fn spec(&self) -> &Spec {
+        &self.spec
     }
 
     fn fwd_attn(
         &mut self,
+        _: ShapesChecked,
         _layer: usize,
-        d: &Dims,
-        r: &Rope,
         x: &[f32],
         w: &AttnWeights,
         out: AttnFwd,
     ) -> Result<()> {
-        d.check_fwd_attn(r, x, w, &out)?;
+        let (d, r) = (&self.spec.dims, &self.spec.rope);
         let (dim, n, qd, kvd, hd) = (d.dim, d.n(), d.q_dim(), d.kv_dim(), d.head_dim);
-        let xn = rmsnorm(x, w.g, dim, n, self.eps);
+        let xn = rmsnorm(x, w.g, dim, n, self.spec.eps as f64);
         let mut q = matmul(w.wq, &xn, qd, dim, n);
         let mut k = matmul(w.wk, &xn, kvd, dim, n);
         let v = matmul(w.wv, &xn, kvd, dim, n);
@@ -187,15 +180,15 @@ impl Kernels for ReferenceKernels {
 
     fn fwd_ffn(
         &mut self,
+        _: ShapesChecked,
         _layer: usize,
-        d: &Dims,
         x2: &[f32],
         w: &FfnWeights,
         out: FfnFwd,
     ) -> Result<()> {
-        d.check_fwd_ffn(x2, w, &out)?;
+        let d = &self.spec.dims;
         let (dim, n, hid) = (d.dim, d.n(), d.hidden);
-        let x2n = rmsnorm(x2, w.g, dim, n, self.eps);
+        let x2n = rmsnorm(x2, w.g, dim, n, self.spec.eps as f64);
         let h1 = matmul(w.w1, &x2n, hid, dim, n);
         let h3 = matmul(w.w3, &x2n, hid, dim, n);
         let gate: Vec<f64> = h1.iter().zip(&h3).map(|(&a, &b)| silu(a) * b).collect();
@@ -210,15 +203,15 @@ impl Kernels for ReferenceKernels {
 
     fn ffn_bwd(
         &mut self,
+        _: ShapesChecked,
         _layer: usize,
-        d: &Dims,
         dy: &[f32],
         h1: &[f32],
         h3: &[f32],
         w: &FfnWeights,
         out: FfnBwd,
     ) -> Result<()> {
-        d.check_ffn_bwd(dy, h1, h3, w, &out)?;
+        let d = &self.spec.dims;
         let (dim, n, hid) = (d.dim, d.n(), d.hidden);
         let dgate = matmul_t(w.w2, &f64s(dy), dim, hid, n);
         let mut dh1 = vec![0f64; hid * n];
@@ -239,18 +232,18 @@ impl Kernels for ReferenceKernels {
 
     fn sdpa_bwd1(
         &mut self,
+        _: ShapesChecked,
         _layer: usize,
-        d: &Dims,
         dx2: &[f32],
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        wo: &[f32],
+        w: &AttnWeights,
         out: SdpaBwd1,
     ) -> Result<()> {
-        d.check_sdpa_bwd1(dx2, q, k, v, wo, &out)?;
+        let d = &self.spec.dims;
         let (dim, n, qd, kvd, hd, s) = (d.dim, d.n(), d.q_dim(), d.kv_dim(), d.head_dim, d.seq);
-        let dattn = matmul_t(wo, &f64s(dx2), dim, qd, n);
+        let dattn = matmul_t(w.wo, &f64s(dx2), dim, qd, n);
         let (q, k, v) = (f64s(q), f64s(k), f64s(v));
         let mut dv = vec![0f64; kvd * n];
         for b in 0..d.batch {
@@ -290,15 +283,15 @@ impl Kernels for ReferenceKernels {
 
     fn sdpa_bwd2(
         &mut self,
+        _: ShapesChecked,
         _layer: usize,
-        d: &Dims,
         probs: &[f32],
         dp: &[f32],
         q: &[f32],
         k: &[f32],
         out: SdpaBwd2,
     ) -> Result<()> {
-        d.check_sdpa_bwd2(probs, dp, q, k, &out)?;
+        let d = &self.spec.dims;
         let (n, qd, kvd, hd, s) = (d.n(), d.q_dim(), d.kv_dim(), d.head_dim, d.seq);
         let scale = 1.0 / (hd as f64).sqrt();
         let mut dq = vec![0f64; qd * n];
@@ -331,15 +324,15 @@ impl Kernels for ReferenceKernels {
 
     fn qkv_bwd(
         &mut self,
+        _: ShapesChecked,
         _layer: usize,
-        d: &Dims,
         dq: &[f32],
         dk: &[f32],
         dv: &[f32],
         w: &AttnWeights,
         dxn: &mut [f32],
     ) -> Result<()> {
-        d.check_qkv_bwd(dq, dk, dv, w, dxn)?;
+        let d = &self.spec.dims;
         let (dim, n, qd, kvd) = (d.dim, d.n(), d.q_dim(), d.kv_dim());
         let a = matmul_t(w.wq, &f64s(dq), qd, dim, n);
         let b = matmul_t(w.wk, &f64s(dk), kvd, dim, n);

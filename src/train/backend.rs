@@ -60,7 +60,8 @@ pub fn select_gemm(choice: &GemmChoice, c: &Config, batch: usize, seq: usize) ->
     super::gemm_choice::apply(choice, c, batch, seq)
 }
 
-/// Builds the backend `b` for config `c` and `batch × seq` token columns. The Neural Engine
+/// Builds the backend `b` for config `c` and `batch × seq` token columns (the only geometry
+/// it accepts: see [`crate::kernels::Spec`]). The Neural Engine
 /// backends plan for the chip profile and, unless `ane_strict`, run a kernel whose program the
 /// device refuses on the CPU.
 pub fn make_kernels(
@@ -71,7 +72,9 @@ pub fn make_kernels(
 ) -> Result<Box<dyn Kernels>> {
     super::check_computable(c)?;
     if b.kind == BackendKind::Cpu {
-        return Ok(Box::new(crate::kernels::cpu::CpuKernels::new()));
+        return Ok(Box::new(crate::kernels::cpu::CpuKernels::new(
+            crate::kernels::Spec::new(c, batch, seq),
+        )));
     }
     let profile = Profile::select(b.ane_profile.as_deref())?;
     let device = crate::ane::open_device(

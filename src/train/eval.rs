@@ -8,12 +8,13 @@ use super::step::Workspace;
 use super::timing::Timings;
 use crate::data::TokenData;
 use crate::kernels::cpu::CpuKernels;
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, Spec};
 use crate::model::Params;
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 
 /// Mean loss over `batches` consecutive windows from the start of `data` (deterministic).
+/// `k` and `ws` must be built for `batch × seq` (the step says so otherwise).
 pub fn evaluate(
     k: &mut dyn Kernels,
     ws: &mut Workspace,
@@ -91,7 +92,7 @@ pub fn eval_file_with(
     let batches = eval_batches(data, batch, seq, batches);
     let mut ws = Workspace::new(c, batch, seq);
     let loss = evaluate_with(
-        &mut CpuKernels::new(),
+        &mut CpuKernels::new(Spec::new(c, batch, seq)),
         &mut ws,
         params,
         data,
@@ -144,7 +145,7 @@ pub fn window_gradients(
     let mut grads = Params::zeros(c);
     let mut t = Timings::default();
     let loss = ws.forward_backward(
-        &mut CpuKernels::new(),
+        &mut CpuKernels::new(Spec::new(c, 1, seq)),
         params,
         &mut grads,
         &inputs,

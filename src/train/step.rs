@@ -22,18 +22,25 @@
 //! the other side's current product. The forward pass and the classifier split each
 //! product over both cores.
 //!
+//! The backend must be built for the workspace's [`Spec`] (same model, batch, seq): the step
+//! refuses another one with an error naming both. Kernel calls go through
+//! [`crate::kernels::Checked`], which checks every slice against that spec.
+//!
 //! The step runs inside its own rayon pool (one thread per core unless
 //! [`Workspace::set_threads`] says otherwise): kernel methods are called from a worker thread
 //! of that pool, always from the side of the join that runs the chain.
 //!
 //! Timings: each kernel and op is charged its wall time; the dW work that overlaps the
 //! chain is free, and only the time the dW side ran past the chain is charged to
-//! [`Component::Dw`], so the components add up to the step's wall time.
+//! [`Component::Dw`], so the components add up to the step's wall time. A backend that
+//! keeps a copy of the weights rebuilds it inside the first call of each kernel under a new
+//! weights version, so that compile or staging time is charged to the kernel.
 
 use crate::kernels::gemm::{sgemm_serial, Op};
 use crate::kernels::ops::{self, ClassifierGrads, Rope};
 use crate::kernels::{
-    AttnFwd, AttnWeights, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, SdpaBwd1, SdpaBwd2,
+    AttnFwd, AttnWeights, Checked, Dims, FfnBwd, FfnFwd, FfnWeights, Kernels, LayerViews, Pass,
+    SdpaBwd1, SdpaBwd2, Spec,
 };
 use crate::model::{Config, LayerTensor, Layout, Params};
 use crate::train::timing::{Component, Timings};
@@ -103,8 +110,8 @@ fn at_mut(v: &mut [f32], l: usize, len: usize) -> &mut [f32] {
 /// a (config, batch, seq) geometry.
 pub struct Workspace {
     cfg: Config,
-    dims: Dims,
-    rope: Rope,
+    /// The geometry every kernel call has (the backend must be built for the same).
+    spec: Spec,
     weights_version: u64,
     pool: Arc<rayon::ThreadPool>,
     taps: Taps,
@@ -188,25 +195,6 @@ fn split_grads<'a>(lay: &Layout, data: &'a mut [f32]) -> GradParts<'a> {
     }
 }
 
-fn attn_weights<'a>(p: &'a Params, l: usize) -> AttnWeights<'a> {
-    AttnWeights {
-        g: p.layer(l, LayerTensor::AttentionNorm),
-        wq: p.layer(l, LayerTensor::Wq),
-        wk: p.layer(l, LayerTensor::Wk),
-        wv: p.layer(l, LayerTensor::Wv),
-        wo: p.layer(l, LayerTensor::Wo),
-    }
-}
-
-fn ffn_weights<'a>(p: &'a Params, l: usize) -> FfnWeights<'a> {
-    FfnWeights {
-        g: p.layer(l, LayerTensor::FfnNorm),
-        w1: p.layer(l, LayerTensor::W1),
-        w2: p.layer(l, LayerTensor::W2),
-        w3: p.layer(l, LayerTensor::W3),
-    }
-}
-
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
@@ -232,15 +220,15 @@ impl Workspace {
     /// `seq_len`, checked by the step). Threads: as set by `kernels::gemm::set_threads`, else
     /// the global rayon pool's size.
     pub fn new(cfg: &Config, batch: usize, seq: usize) -> Workspace {
-        let d = Dims::new(cfg, batch, seq);
+        let spec = Spec::new(cfg, batch, seq);
+        let d = spec.dims;
         let (n, l) = (d.n(), cfg.n_layers);
         let (dim, h, qd, kvd) = (d.dim, d.hidden, d.q_dim(), d.kv_dim());
         let z = |len: usize| vec![0.0f32; len];
         let chunk = ops::ce_chunk_tokens(cfg.vocab_size, n);
         Workspace {
             cfg: cfg.clone(),
-            dims: d,
-            rope: Rope::for_config(cfg, seq),
+            spec,
             weights_version: 0,
             pool: build_pool(default_threads()),
             taps: Taps {
@@ -273,7 +261,8 @@ impl Workspace {
     }
 
     /// The version passed to [`Kernels::prepare`]: bump it whenever the parameters change
-    /// (after each optimizer update) so that backends that bake weights recompile.
+    /// (after each optimizer update) so that backends that keep a copy of the weights
+    /// rebuild it.
     pub fn set_weights_version(&mut self, v: u64) {
         self.weights_version = v;
     }
@@ -290,12 +279,17 @@ impl Workspace {
     /// Token columns per classifier chunk (default: a `[chunk, V]` logits buffer of about
     /// 32 MiB). Reallocates the chunk buffer when it grows.
     pub fn set_ce_chunk(&mut self, tokens: usize) {
-        self.chunk = tokens.clamp(1, self.dims.n());
+        self.chunk = tokens.clamp(1, self.spec.dims.n());
         self.logits.resize(self.chunk * self.cfg.vocab_size, 0.0);
     }
 
     pub fn dims(&self) -> &Dims {
-        &self.dims
+        &self.spec.dims
+    }
+
+    /// The geometry the backend of every call must be built for.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
     }
 
     /// inputs/targets: B·S ids, sequence b at b·S..(b+1)·S. Returns mean cross-entropy over
@@ -312,7 +306,7 @@ impl Workspace {
         grad_scale: f32,
         t: &mut Timings,
     ) -> Result<f32> {
-        self.check(params, inputs, targets)?;
+        self.check(k, params, inputs, targets)?;
         ensure!(
             grads.layout.total == params.layout.total && grads.config() == params.config(),
             "gradient arena ({} values) does not match the parameters ({} values)",
@@ -321,7 +315,7 @@ impl Workspace {
         );
         let pool = self.pool.clone();
         pool.install(|| {
-            self.forward(k, params, inputs, t)?;
+            self.forward(k, Pass::Training, params, inputs, t)?;
             let loss = self.classifier(params, Some(grads), targets, grad_scale, t);
             self.backward(k, params, grads, inputs, t)?;
             Ok(loss)
@@ -337,15 +331,21 @@ impl Workspace {
         targets: &[u32],
         t: &mut Timings,
     ) -> Result<f32> {
-        self.check(params, inputs, targets)?;
+        self.check(k, params, inputs, targets)?;
         let pool = self.pool.clone();
         pool.install(|| {
-            self.forward(k, params, inputs, t)?;
+            self.forward(k, Pass::Forward, params, inputs, t)?;
             Ok(self.classifier(params, None, targets, 0.0, t))
         })
     }
 
-    fn check(&self, params: &Params, inputs: &[u32], targets: &[u32]) -> Result<()> {
+    fn check(
+        &self,
+        k: &dyn Kernels,
+        params: &Params,
+        inputs: &[u32],
+        targets: &[u32],
+    ) -> Result<()> {
         let c = params.config();
         ensure!(
             *c == self.cfg,
@@ -353,19 +353,19 @@ impl Workspace {
             self.cfg
         );
         ensure!(
-            self.dims.seq <= c.seq_len,
+            self.spec.dims.seq <= c.seq_len,
             "sequence length {} exceeds the model's seq_len {}",
-            self.dims.seq,
+            self.spec.dims.seq,
             c.seq_len
         );
-        let n = self.dims.n();
+        let n = self.spec.dims.n();
         for (what, ids) in [("inputs", inputs), ("targets", targets)] {
             ensure!(
                 ids.len() == n,
                 "{what}: {} token ids, expected batch {} × seq {} = {n}",
                 ids.len(),
-                self.dims.batch,
-                self.dims.seq
+                self.spec.dims.batch,
+                self.spec.dims.seq
             );
             if let Some((i, &id)) = ids
                 .iter()
@@ -378,6 +378,14 @@ impl Workspace {
                 );
             }
         }
+        ensure!(
+            *k.spec() == self.spec,
+            "the {} backend was built for {}, but this step runs {}: build the backend for the \
+             step's model, batch and seq",
+            k.name(),
+            k.spec().describe(),
+            self.spec.describe()
+        );
         Ok(())
     }
 
@@ -385,17 +393,27 @@ impl Workspace {
     fn forward(
         &mut self,
         k: &mut dyn Kernels,
+        pass: Pass,
         params: &Params,
         inputs: &[u32],
         t: &mut Timings,
     ) -> Result<()> {
-        let d = self.dims;
+        let d = self.spec.dims;
         let (n, dim, qd, kvd, h) = (d.n(), d.dim, d.q_dim(), d.kv_dim(), d.hidden);
         let (dn, qn, kvn, hn) = (dim * n, qd * n, kvd * n, h * n);
         let c = &self.cfg;
         let tp = Instant::now();
-        k.prepare(params, self.weights_version)
+        k.prepare(self.weights_version, pass)
             .context("backend could not prepare the weights")?;
+        let mut k = Checked::new(k);
+        let views: Vec<LayerViews> = (0..c.n_layers)
+            .map(|l| LayerViews {
+                attn: AttnWeights::of(params, l),
+                ffn: FfnWeights::of(params, l),
+            })
+            .collect();
+        k.upcoming(&views)
+            .context("backend could not take the weights ahead")?;
         t.add(Component::Other, ms_since(tp));
         let tm = &mut self.taps;
         t.time(Component::Embedding, || {
@@ -410,10 +428,8 @@ impl Workspace {
             let ts = Instant::now();
             k.fwd_attn(
                 l,
-                &d,
-                &self.rope,
                 at(&tm.x, l, dn),
-                &attn_weights(params, l),
+                &AttnWeights::of(params, l),
                 AttnFwd {
                     xn: at_mut(&mut tm.xn, l, dn),
                     q: at_mut(&mut tm.q, l, qn),
@@ -434,9 +450,8 @@ impl Workspace {
             let ts = Instant::now();
             k.fwd_ffn(
                 l,
-                &d,
                 at(&tm.x2, l, dn),
-                &ffn_weights(params, l),
+                &FfnWeights::of(params, l),
                 FfnFwd {
                     x2n: at_mut(&mut tm.x2n, l, dn),
                     h1: at_mut(&mut tm.h1, l, hn),
@@ -477,7 +492,7 @@ impl Workspace {
         grad_scale: f32,
         t: &mut Timings,
     ) -> f32 {
-        let n = self.dims.n();
+        let n = self.spec.dims.n();
         let mut times = [0.0; 3];
         let cg = grads.map(|g| {
             let range = g.layout.output.clone();
@@ -490,7 +505,7 @@ impl Workspace {
             &self.xf,
             params.output(),
             targets,
-            self.dims.dim,
+            self.spec.dims.dim,
             self.chunk,
             &mut self.logits,
             grad_scale / n as f32,
@@ -512,7 +527,7 @@ impl Workspace {
         inputs: &[u32],
         t: &mut Timings,
     ) -> Result<()> {
-        let d = self.dims;
+        let d = self.spec.dims;
         let c = self.cfg.clone();
         let nl = c.n_layers;
         let (n, dim) = (d.n(), d.dim);
@@ -570,7 +585,7 @@ impl Workspace {
             let mut chain = Chain {
                 d: &d,
                 eps,
-                rope: &self.rope,
+                rope: &self.spec.rope,
                 taps: &self.taps,
                 dx2n: &mut self.dx2n,
                 dxn: &mut self.dxn,
@@ -644,13 +659,13 @@ impl Chain<'_> {
         let (n, dim, qd, kvd, h) = (d.n(), d.dim, d.q_dim(), d.kv_dim(), d.hidden);
         let (dn, qn, kvn, hn) = (dim * n, qd * n, kvd * n, h * n);
         let tp = self.taps;
-        let fw = ffn_weights(params, l);
-        let aw = attn_weights(params, l);
+        let fw = FfnWeights::of(params, l);
+        let aw = AttnWeights::of(params, l);
+        let mut k = Checked::new(k);
 
         let ts = Instant::now();
         k.ffn_bwd(
             l,
-            d,
             &g.dy,
             at(&tp.h1, l, hn),
             at(&tp.h3, l, hn),
@@ -680,12 +695,11 @@ impl Chain<'_> {
         let ts = Instant::now();
         k.sdpa_bwd1(
             l,
-            d,
             &g.dx2,
             at(&tp.q, l, qn),
             at(&tp.k, l, kvn),
             at(&tp.v, l, kvn),
-            aw.wo,
+            &aw,
             SdpaBwd1 {
                 dv: &mut g.dv,
                 dp: self.dp,
@@ -698,7 +712,6 @@ impl Chain<'_> {
         let ts = Instant::now();
         k.sdpa_bwd2(
             l,
-            d,
             self.probs,
             self.dp,
             at(&tp.q, l, qn),
@@ -717,7 +730,7 @@ impl Chain<'_> {
         t.add(Component::Rope, ms_since(ts));
 
         let ts = Instant::now();
-        k.qkv_bwd(l, d, &g.dq, &g.dk, &g.dv, &aw, self.dxn)
+        k.qkv_bwd(l, &g.dq, &g.dk, &g.dv, &aw, self.dxn)
             .with_context(|| format!("qkv_bwd, layer {l}"))?;
         t.add(Component::QkvBwd, ms_since(ts));
 
@@ -811,7 +824,7 @@ mod tests {
         let p = Params::init_random(&c, 1);
         let mut g = Params::zeros(&c);
         let mut ws = Workspace::new(&c, 2, 4);
-        let mut k = CpuKernels::new();
+        let mut k = CpuKernels::new(Spec::new(&c, 2, 4));
         let mut t = Timings::default();
         let ok: Vec<u32> = (0..8).collect();
         let mut bad = ok.clone();
@@ -847,12 +860,42 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_built_for_another_geometry_is_refused() {
+        let c = Config::llama(8, 16, 1, 2, 2, 10, 8);
+        let p = Params::init_random(&c, 1);
+        let mut ws = Workspace::new(&c, 2, 4);
+        let mut t = Timings::default();
+        let ok: Vec<u32> = (0..8).collect();
+        let mut one = CpuKernels::new(Spec::new(&c, 1, 4));
+        let e = ws
+            .forward_loss(&mut one, &p, &ok, &ok, &mut t)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cpu backend was built for")
+                && e.contains("batch 1 × seq 4")
+                && e.contains("this step runs")
+                && e.contains("batch 2 × seq 4"),
+            "{e}"
+        );
+        // The same shapes with another epsilon are another spec, too.
+        let mut other = c.clone();
+        other.norm_eps = 1e-6;
+        let mut k = CpuKernels::new(Spec::new(&other, 2, 4));
+        let e = ws
+            .forward_loss(&mut k, &p, &ok, &ok, &mut t)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("eps 1e-6"), "{e}");
+    }
+
+    #[test]
     fn gradients_accumulate_and_components_are_charged() {
         let c = Config::llama(8, 16, 2, 2, 1, 12, 8);
         let p = Params::init_random(&c, 2);
         let mut ws = Workspace::new(&c, 2, 5);
         ws.set_ce_chunk(3);
-        let mut k = CpuKernels::new();
+        let mut k = CpuKernels::new(Spec::new(&c, 2, 5));
         let ids: Vec<u32> = (0..10).map(|i| (i * 7 % 12) as u32).collect();
         let tg: Vec<u32> = (0..10).map(|i| (i * 5 % 12) as u32).collect();
         let mut once = Params::zeros(&c);

@@ -40,7 +40,8 @@ pub struct Stepper {
     pub opt: AdamW,
     pub scaler: LossScaler,
     /// Bumped after every applied update and handed to [`Kernels::prepare`], so that a
-    /// backend that bakes weights into programs recompiles exactly when they changed.
+    /// backend that keeps a copy of the weights (compiled programs, staged surfaces)
+    /// rebuilds it exactly when they changed.
     pub weights_version: u64,
     /// `[B·S]` input ids of the current micro-step.
     pub inputs: Vec<u32>,
@@ -125,7 +126,10 @@ impl Stepper {
                 scale,
             ) {
                 Ok(grad_norm) => {
+                    // The weights changed: the next use of the workspace (the next step, or
+                    // a validation pass) announces the new version.
                     self.weights_version += 1;
+                    ws.set_weights_version(self.weights_version);
                     StepOutcome::Applied { loss, grad_norm }
                 }
                 Err(bad) if bad.after_update => anyhow::bail!(

@@ -63,6 +63,7 @@ use super::{Builder, Program, Var};
 use crate::ane::blob;
 use crate::ane::chip::{Dialect, RopeForm};
 use crate::kernels::ops::Rope;
+use crate::kernels::{AttnWeights, FfnWeights};
 use crate::model::{Config, LayerTensor, Params};
 use anyhow::{bail, Result};
 
@@ -672,19 +673,54 @@ pub fn dense(
     out
 }
 
-/// One layer's weights, as the static generators bake them in.
-#[derive(Clone, Copy)]
+/// One layer's weights, as the static generators bake them in: the per-call views of the
+/// attention block, the feed-forward block, or both.
+#[derive(Clone, Copy, Default)]
 pub struct LayerWeights<'a> {
-    pub params: &'a Params,
-    pub layer: usize,
+    pub attn: Option<AttnWeights<'a>>,
+    pub ffn: Option<FfnWeights<'a>>,
 }
 
 impl<'a> LayerWeights<'a> {
+    /// Both blocks of layer `layer` of the parameter arena.
     pub fn from_params(p: &'a Params, layer: usize) -> LayerWeights<'a> {
-        LayerWeights { params: p, layer }
+        LayerWeights {
+            attn: Some(AttnWeights::of(p, layer)),
+            ffn: Some(FfnWeights::of(p, layer)),
+        }
     }
+
+    /// The attention block's views only.
+    pub fn attn(w: &AttnWeights<'a>) -> LayerWeights<'a> {
+        LayerWeights {
+            attn: Some(*w),
+            ffn: None,
+        }
+    }
+
+    /// The feed-forward block's views only.
+    pub fn ffn(w: &FfnWeights<'a>) -> LayerWeights<'a> {
+        LayerWeights {
+            attn: None,
+            ffn: Some(*w),
+        }
+    }
+
+    /// Tensor `t`; empty when the views of its block were not given.
     pub fn tensor(&self, t: LayerTensor) -> &'a [f32] {
-        self.params.layer(self.layer, t)
+        use LayerTensor::*;
+        match (t, self.attn, self.ffn) {
+            (AttentionNorm, Some(a), _) => a.g,
+            (Wq, Some(a), _) => a.wq,
+            (Wk, Some(a), _) => a.wk,
+            (Wv, Some(a), _) => a.wv,
+            (Wo, Some(a), _) => a.wo,
+            (FfnNorm, _, Some(f)) => f.g,
+            (W1, _, Some(f)) => f.w1,
+            (W2, _, Some(f)) => f.w2,
+            (W3, _, Some(f)) => f.w3,
+            _ => &[],
+        }
     }
 }
 

@@ -108,12 +108,19 @@ fn strict_refusal(p: &Profile, v: &[check::Violation]) -> String {
 ///   on an M4 Pro (≈45 GFLOP of forward linears and attention in ≈8.9 ms, §6.3), well below
 ///   the ≈10–12.5 TFLOPS of large chained 1×1 convolutions (§6.4);
 /// - `bandwidth_gbs` 100: an assumed DRAM bandwidth for streaming surfaces and constants (the
-///   repository measures none).
+///   repository measures none);
+/// - compile + load `13 ms + 7.5 ms per MB of fp16 weights`: a small conv compiles in 11–14 ms
+///   plus ≈1.7 ms load (M5), and the static pipeline's 60 weight-bearing Stories110M programs
+///   (≈5.7 MB each) recompile in 3.2–3.5 s on M4 Pro/Max and M5 (≈56 ms each); M1 Pro/Max take
+///   7.1–8.5 s, about 2.3× longer (docs/ANE.md, "Cost model"; the reference's compile timings).
 #[derive(Clone, Copy, Debug)]
 pub struct CostModel {
     pub dispatch_ms: f64,
     pub compute_tflops: f64,
     pub bandwidth_gbs: f64,
+    /// Compile + load of a program: `compile_base_ms + compile_ms_per_mb · weight MB`.
+    pub compile_base_ms: f64,
+    pub compile_ms_per_mb: f64,
 }
 
 impl Default for CostModel {
@@ -122,6 +129,8 @@ impl Default for CostModel {
             dispatch_ms: 0.07,
             compute_tflops: 5.0,
             bandwidth_gbs: 100.0,
+            compile_base_ms: 13.0,
+            compile_ms_per_mb: 7.5,
         }
     }
 }
@@ -133,12 +142,86 @@ impl CostModel {
         let memory = (plan.const_bytes + io_bytes) as f64 / (self.bandwidth_gbs * 1e9) * 1e3;
         self.dispatch_ms + compute.max(memory)
     }
+
+    /// Estimated milliseconds to compile and load a program carrying `const_bytes` of
+    /// weights (docs/ANE.md, "Cost model").
+    pub fn compile_ms(&self, const_bytes: usize) -> f64 {
+        self.compile_base_ms + self.compile_ms_per_mb * const_bytes as f64 / 1e6
+    }
 }
 
 struct Loaded {
     label: String,
     plan: Plan,
     est_ms: f64,
+    compile_est_ms: f64,
+}
+
+/// What a simulated compile needs besides the program: the chip, the injected failures and
+/// the cost model. Shared by [`SimDevice::compile`] and its background compiler.
+#[derive(Clone)]
+struct SimCompiler {
+    profile: Option<Profile>,
+    reject_kernels: Vec<(String, String)>,
+    reject_ops: Vec<String>,
+    cost: CostModel,
+}
+
+impl SimCompiler {
+    fn compile(&self, p: &Program) -> Result<Loaded> {
+        if let Some((sub, why)) = self
+            .reject_kernels
+            .iter()
+            .find(|(sub, _)| p.label.contains(sub.as_str()))
+        {
+            bail!(
+                "kernel {}: compile refused by an injected failure \
+                 (SimDevice::reject_kernel({sub:?})): {why}",
+                p.label
+            );
+        }
+        let plan = (|| {
+            let ast = parse::parse(&p.text).context("MIL parse error")?;
+            for f in &ast.functions {
+                if let Some(s) = f.body.iter().find(|s| self.reject_ops.contains(&s.op)) {
+                    bail!(
+                        "compile refused by an injected failure (SimDevice::reject_op({:?})): \
+                         line {}: {} = {}(…)",
+                        s.op,
+                        s.line,
+                        s.var,
+                        s.op
+                    );
+                }
+            }
+            compile_ast(&ast, &p.weights, self.profile.as_ref())
+        })()
+        .with_context(|| format!("kernel {}", p.label))?;
+        let io: usize = plan
+            .inputs
+            .iter()
+            .map(|i| i.1.iter().product::<usize>())
+            .sum::<usize>()
+            + plan
+                .output_shapes()
+                .iter()
+                .map(|s| s.iter().product::<usize>())
+                .sum::<usize>();
+        Ok(Loaded {
+            label: p.label.clone(),
+            est_ms: self.cost.eval_ms(&plan, 2 * io),
+            compile_est_ms: self.cost.compile_ms(plan.const_bytes),
+            plan,
+        })
+    }
+}
+
+impl crate::ane::device::Compiler for SimCompiler {
+    fn compile(&mut self, p: &Program) -> Result<crate::ane::device::Compiled> {
+        let l = SimCompiler::compile(self, p)?;
+        let est = Some(l.compile_est_ms);
+        Ok(crate::ane::device::Compiled::new(l, est))
+    }
 }
 
 /// The simulated device.
@@ -235,6 +318,32 @@ impl SimDevice {
             .ok_or_else(|| anyhow!("program {} is not loaded (freed or never compiled)", p.0))
     }
 
+    fn compiler(&self) -> SimCompiler {
+        SimCompiler {
+            profile: self.profile.clone(),
+            reject_kernels: self.reject_kernels.clone(),
+            reject_ops: self.reject_ops.clone(),
+            cost: self.cost,
+        }
+    }
+
+    fn check_budget(&self, label: &str) -> Result<()> {
+        if self.compiles >= self.budget {
+            bail!(
+                "{label}: compile budget exhausted ({} compiles in this process); the Neural \
+                 Engine compiler fails from here on — checkpoint and restart the process",
+                self.compiles
+            );
+        }
+        Ok(())
+    }
+
+    fn adopt(&mut self, l: Loaded) -> ProgramId {
+        self.compiles += 1;
+        self.programs.push(Some(l));
+        ProgramId(self.programs.len() - 1)
+    }
+
     fn surface_len(&self, s: SurfaceId) -> Result<usize> {
         self.surfaces
             .get(s.0)
@@ -254,60 +363,23 @@ impl Device for SimDevice {
     }
 
     fn compile(&mut self, p: &Program) -> Result<ProgramId> {
-        if self.compiles >= self.budget {
-            bail!(
-                "{}: compile budget exhausted ({} compiles in this process); the Neural Engine \
-                 compiler fails from here on — checkpoint and restart the process",
-                p.label,
-                self.compiles
-            );
-        }
-        if let Some((sub, why)) = self
-            .reject_kernels
-            .iter()
-            .find(|(sub, _)| p.label.contains(sub.as_str()))
-        {
-            bail!(
-                "kernel {}: compile refused by an injected failure \
-                 (SimDevice::reject_kernel({sub:?})): {why}",
-                p.label
-            );
-        }
-        let plan = (|| {
-            let ast = parse::parse(&p.text).context("MIL parse error")?;
-            for f in &ast.functions {
-                if let Some(s) = f.body.iter().find(|s| self.reject_ops.contains(&s.op)) {
-                    bail!(
-                        "compile refused by an injected failure (SimDevice::reject_op({:?})): \
-                         line {}: {} = {}(…)",
-                        s.op,
-                        s.line,
-                        s.var,
-                        s.op
-                    );
-                }
-            }
-            compile_ast(&ast, &p.weights, self.profile.as_ref())
-        })()
-        .with_context(|| format!("kernel {}", p.label))?;
-        let io: usize = plan
-            .inputs
-            .iter()
-            .map(|i| i.1.iter().product::<usize>())
-            .sum::<usize>()
-            + plan
-                .output_shapes()
-                .iter()
-                .map(|s| s.iter().product::<usize>())
-                .sum::<usize>();
-        let est_ms = self.cost.eval_ms(&plan, 2 * io);
-        self.compiles += 1;
-        self.programs.push(Some(Loaded {
-            label: p.label.clone(),
-            plan,
-            est_ms,
-        }));
-        Ok(ProgramId(self.programs.len() - 1))
+        self.check_budget(&p.label)?;
+        let l = self.compiler().compile(p)?;
+        Ok(self.adopt(l))
+    }
+
+    fn background_compiler(&self) -> Option<Box<dyn crate::ane::device::Compiler>> {
+        Some(Box::new(self.compiler()))
+    }
+
+    fn install(&mut self, c: crate::ane::device::Compiled) -> Result<ProgramId> {
+        let l: Loaded = c.take()?;
+        self.check_budget(&l.label)?;
+        Ok(self.adopt(l))
+    }
+
+    fn estimated_compile_ms(&self, p: ProgramId) -> Option<f64> {
+        self.loaded(p).ok().map(|l| l.compile_est_ms)
     }
 
     fn free(&mut self, p: ProgramId) -> Result<()> {
