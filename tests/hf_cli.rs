@@ -319,6 +319,62 @@ fn train_one_step_export_and_load_again() {
         err.contains("q_norm") && err.contains("--format hf"),
         "{err}"
     );
+    // The training step does not compute Qwen3's q/k norms: refused by name, not computed.
+    for args in [
+        &[
+            "train", "--model", "qwen", "--data", "tok.bin", "--steps", "1", "--seq", "8", "--out",
+            "qrun",
+        ][..],
+        &[
+            "eval", "--model", "qwen", "--data", "tok.bin", "--all", "--seq", "8",
+        ][..],
+        &[
+            "grad",
+            "--model",
+            "qwen",
+            "--data",
+            "tok.bin",
+            "--seq",
+            "8",
+            "-o",
+            "qg.safetensors",
+        ][..],
+    ] {
+        let (code, _, err) = run(args, d.path());
+        assert_ne!(code, 0, "{args:?}");
+        assert!(
+            err.contains("Qwen3ForCausalLM") && err.contains("q_norm"),
+            "{args:?}: {err}"
+        );
+    }
+
+    // The simulated Neural Engine trains the Llama-family folder too.
+    let (code, _, err) = run(
+        &[
+            "train",
+            "--model",
+            "smol",
+            "--data",
+            "tok.bin",
+            "--steps",
+            "1",
+            "--batch",
+            "1",
+            "--seq",
+            "8",
+            "--out",
+            "run-sim",
+            "--eval-every",
+            "0",
+            "--val-fraction",
+            "0",
+            "--backend",
+            "ane-sim",
+            "--quiet",
+        ],
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
 }
 
 /// A WordLevel tokenizer.json of more than 65536 words, built with the tokenizers crate:
