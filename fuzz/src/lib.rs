@@ -638,7 +638,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         vocab_size: 262,
         tokens: ids.len() as u64,
         documents: 4,
-        bos: 1,
+        bos: Some(1),
         skipped_empty: 0,
         inputs: vec!["a.json".into()],
         input_bytes: 100,

@@ -341,7 +341,7 @@ pub fn run(spec: &CheckSpec, progress: &mut dyn FnMut(&str)) -> Result<CheckRepo
     let mut cfg1 = spec.cfg.clone();
     cfg1.n_layers = 1;
     let params = Params::init_random(&cfg1, 1);
-    let rope = Rope::new(spec.cfg.head_dim, spec.seq, spec.cfg.rope_theta);
+    let rope = Rope::for_config(&spec.cfg, spec.seq);
     let mut rng = Rng::new(3);
     for k in plan.kernels() {
         progress(&format!("{}: generate, check, compile", k.name()));

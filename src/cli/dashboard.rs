@@ -90,6 +90,20 @@ pub const STORY_TOKENS: usize = 200;
 pub fn checkpoint_story(log: PathBuf, tokenizer: Option<PathBuf>) -> StoryFn {
     Box::new(move |ckpt: &Path| {
         let tok_path = find_tokenizer(&log, tokenizer.as_deref(), ckpt)?;
+        if crate::tokenizer::hf::is_hf_tokenizer(&tok_path) {
+            let tok = crate::tokenizer::hf::HfTokenizer::load(&tok_path)?;
+            let c = crate::train::checkpoint::load(ckpt)?;
+            return crate::generate::generate_text_hf(
+                &c.params,
+                &tok,
+                "",
+                STORY_TOKENS,
+                0.8,
+                0.9,
+                42,
+            )
+            .with_context(|| format!("{} with {}", ckpt.display(), tok_path.display()));
+        }
         let tok = crate::tokenizer::Tokenizer::load(&tok_path)?;
         let c = crate::train::checkpoint::load(ckpt)?;
         crate::generate::generate_text(&c.params, &tok, "", STORY_TOKENS, 0.8, 0.9, 42)

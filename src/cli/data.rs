@@ -69,7 +69,8 @@ pub struct InfoArgs {
 
 #[derive(clap::Args)]
 pub struct TokenizeArgs {
-    /// llama2.c tokenizer.bin used to encode.
+    /// Tokenizer used to encode: a llama2.c tokenizer.bin, a Hugging Face tokenizer.json, or a
+    /// Hugging Face model folder holding one.
     #[arg(long)]
     pub tokenizer: PathBuf,
     /// Input files: JSON arrays (TinyStories dataNN.json), JSON lines, or text.
@@ -78,9 +79,10 @@ pub struct TokenizeArgs {
     /// Output token file; its sidecar OUT.json is written beside it.
     #[arg(short = 'o', long = "out", alias = "output", value_name = "FILE")]
     pub out: PathBuf,
-    /// Id width: u16 (llama2.c's format, what training reads) or u32 (vocabularies > 65536).
-    #[arg(long, value_enum, default_value = "u16")]
-    pub format: TokenFormat,
+    /// Id width: u16 (llama2.c's format) or u32; default: u16 when the vocabulary fits
+    /// (≤ 65536 ids), else u32. Training reads both (the sidecar records the width).
+    #[arg(long, value_enum)]
+    pub format: Option<TokenFormat>,
     /// How to read the inputs (auto: by extension and first character).
     #[arg(long, value_enum, default_value = "auto")]
     pub input_format: InputFormat,
@@ -267,9 +269,24 @@ fn run_info(a: InfoArgs) -> Result<()> {
 }
 
 pub fn run_tokenize(a: TokenizeArgs) -> Result<()> {
-    let tok = load_tokenizer(&a.tokenizer)?;
+    use crate::tokenizer::hf::{is_hf_tokenizer, Encode, HfTokenizer};
+    let tok: Box<dyn Encode> = if is_hf_tokenizer(&a.tokenizer) {
+        Box::new(HfTokenizer::load(&a.tokenizer)?)
+    } else {
+        Box::new(load_tokenizer(&a.tokenizer)?)
+    };
+    let tok_file = if a.tokenizer.is_dir() {
+        a.tokenizer.join("tokenizer.json")
+    } else {
+        a.tokenizer.clone()
+    };
+    let format = a.format.unwrap_or(if tok.vocab_size() > 1 << 16 {
+        TokenFormat::U32
+    } else {
+        TokenFormat::U16
+    });
     let opts = TokenizeOptions {
-        format: a.format,
+        format,
         input_format: a.input_format,
         field: a.field.clone(),
         doc_per_file: a.doc_per_file,
@@ -277,7 +294,8 @@ pub fn run_tokenize(a: TokenizeArgs) -> Result<()> {
     };
     let progress = TermProgress::new();
     let t0 = Instant::now();
-    let sc = tokenize::tokenize_files(&tok, &a.tokenizer, &a.inputs, &a.out, &opts, &progress)?;
+    let sc =
+        tokenize::tokenize_files(tok.as_ref(), &tok_file, &a.inputs, &a.out, &opts, &progress)?;
     let secs = t0.elapsed().as_secs_f64();
     println!(
         "{} documents, {} tokens ({} per document) from {} in {:.1} s ({:.0} tokens/s)",

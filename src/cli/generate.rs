@@ -2,7 +2,16 @@
 //! `run` does (same defaults, same sampling, same tokens for the same seed).
 
 use crate::generate::{self, sampler, Sampler};
+use crate::tokenizer::hf::{HfTokenizer, StreamDecoder};
 use crate::tokenizer::Tokenizer;
+
+/// The tokenizer generation decodes with.
+enum Tok {
+    /// llama2.c `tokenizer.bin` (fitted to the model's vocabulary as run.c does).
+    Bin(Box<Tokenizer>),
+    /// Hugging Face `tokenizer.json`.
+    Hf(Box<HfTokenizer>),
+}
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,12 +26,13 @@ pub struct Args {
     /// Model to run, as run.c takes it (the same as --model).
     #[arg(value_name = "MODEL", conflicts_with = "model")]
     pub model_path: Option<PathBuf>,
-    /// Model to run: a llama2.c model file (.bin) or a training checkpoint (.ckpt)
-    /// [default: runs/default/model.ckpt, what `anetrain train` writes].
+    /// Model to run: a llama2.c model file (.bin), a training checkpoint (.ckpt) or a Hugging
+    /// Face model folder [default: runs/default/model.ckpt, what `anetrain train` writes].
     #[arg(long, short)]
     pub model: Option<PathBuf>,
-    /// llama2.c tokenizer.bin (default for a checkpoint: the tokenizer it was trained with);
-    /// without one, token ids are printed instead of text. run.c: -z.
+    /// llama2.c tokenizer.bin or Hugging Face tokenizer.json (default: the one a checkpoint was
+    /// trained with, or a model folder's own tokenizer.json); without one, token ids are
+    /// printed instead of text. run.c: -z.
     #[arg(long, short = 'z')]
     pub tokenizer: Option<PathBuf>,
     /// Text to continue (needs --tokenizer); encoded with BOS as run.c does. run.c: -i.
@@ -71,18 +81,38 @@ pub fn run(a: Args) -> Result<()> {
     let params = generate::load_model_params(model)?;
     let c = params.config();
     crate::train::backend::select_gemm(&a.gemm.gemm, c, 1, 1)?;
+    let recorded = crate::model::ModelSource::with_weights(model)
+        .checkpoint()
+        .and_then(|ck| crate::train::checkpoint::read_header(ck).ok())
+        .and_then(|h| h.tokenizer);
+    // A model folder's own tokenizer, else the one a checkpoint records.
+    let own =
+        c.hf.as_ref()
+            .and_then(|o| crate::model::hf::tokenizer_path(&o.dir));
     let tokenizer = a.tokenizer.clone().or_else(|| {
-        if let Some(ck) = crate::model::ModelSource::with_weights(model).checkpoint() {
-            crate::train::checkpoint::read_header(ck)
-                .ok()
-                .and_then(|h| h.tokenizer)
-                .map(PathBuf::from)
-                .filter(|p| p.exists())
-        } else {
-            None
-        }
+        recorded
+            .clone()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .or(own)
     });
     let tok = match &tokenizer {
+        Some(p) if crate::tokenizer::hf::is_hf_tokenizer(p) => {
+            let t = HfTokenizer::load(p)?.with_special(
+                c.hf.as_ref().and_then(|o| o.bos),
+                c.hf.as_ref().and_then(|o| o.eos),
+            );
+            if t.vocab_size() > c.vocab_size {
+                bail!(
+                    "{}: the tokenizer has {} ids but the model {} has a vocabulary of {}: use the model's own tokenizer",
+                    p.display(),
+                    t.vocab_size(),
+                    model.display(),
+                    c.vocab_size
+                );
+            }
+            Some(Tok::Hf(Box::new(t)))
+        }
         Some(p) => {
             let t = Tokenizer::load(p)?;
             let fitted = generate::fit_tokenizer(&t, c.vocab_size)
@@ -96,13 +126,9 @@ pub fn run(a: Args) -> Result<()> {
                     c.vocab_size
                 );
             }
-            Some(fitted)
+            Some(Tok::Bin(Box::new(fitted)))
         }
         None => {
-            let recorded = crate::model::ModelSource::with_weights(model)
-                .checkpoint()
-                .and_then(|ck| crate::train::checkpoint::read_header(ck).ok())
-                .and_then(|h| h.tokenizer);
             eprintln!(
                 "note: no tokenizer, so token ids are printed: {} (give --tokenizer FILE)",
                 match recorded {
@@ -113,12 +139,25 @@ pub fn run(a: Args) -> Result<()> {
             None
         }
     };
+    // The first token when no prompt is given: BOS (llama2.c), the config's BOS (a Hugging
+    // Face model), or for one without BOS (Qwen3) its EOS, which is what precedes a document.
+    let start = match &c.hf {
+        Some(o) => o.bos.or(o.eos).unwrap_or(generate::BOS),
+        None => generate::BOS,
+    };
     let prompt: Vec<u32> = match (&a.prompt, &a.prompt_ids, &tok) {
-        (Some(text), _, Some(t)) => t.encode(text, true, false),
+        (Some(text), _, Some(Tok::Bin(t))) => t.encode(text, true, false),
+        (Some(text), _, Some(Tok::Hf(t))) => {
+            let mut ids = t.encode_prompt(text)?;
+            if t.bos.is_none() {
+                ids.insert(0, start);
+            }
+            ids
+        }
         (Some(_), _, None) => bail!("--prompt needs --tokenizer (or give --prompt-ids)"),
         (None, Some(ids), _) => ids.clone(),
-        (None, None, Some(t)) => t.encode("", true, false),
-        (None, None, None) => vec![generate::BOS],
+        (None, None, Some(Tok::Bin(t))) => t.encode("", true, false),
+        (None, None, _) => vec![start],
     };
     let seed = match a.seed {
         Some(s) if s != 0 => s,
@@ -129,10 +168,20 @@ pub fn run(a: Args) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_err = None;
+    let mut stream = match &tok {
+        Some(Tok::Hf(t)) => Some(StreamDecoder::new(t)),
+        _ => None,
+    };
     let result = generate::generate_ids(&params, &prompt, a.tokens, &mut sampler, |prev, next| {
-        let r = match &tok {
-            Some(t) => out.write_all(generate::printable_piece(t.decode(prev, next))),
-            None => write!(out, "{next} "),
+        let r = match (&tok, stream.as_mut()) {
+            (Some(Tok::Hf(_)), Some(s)) => match s.push(next) {
+                Ok(text) => out.write_all(text.as_bytes()),
+                Err(e) => Err(std::io::Error::other(format!("{e:#}"))),
+            },
+            (Some(Tok::Bin(t)), _) => {
+                out.write_all(generate::printable_piece(t.decode(prev, next)))
+            }
+            _ => write!(out, "{next} "),
         };
         if let Err(e) = r.and_then(|_| out.flush()) {
             write_err.get_or_insert(e);

@@ -8,7 +8,8 @@ use anyhow::Result;
 #[derive(clap::Args)]
 pub struct Args {
     /// A preset (stories260k, stories15m, stories42m, stories110m, qwen3-0.6b-shape), a
-    /// llama2.c model file (.bin), a checkpoint (.ckpt) or a config file (.toml/.json).
+    /// llama2.c model file (.bin), a checkpoint (.ckpt), a config file (.toml/.json) or a
+    /// Hugging Face model folder (config.json + safetensors).
     #[arg(long, short, default_value = crate::train::settings::DEFAULT_MODEL)]
     pub model: String,
     /// Sequences per step, for the FLOP and memory figures.
@@ -63,6 +64,26 @@ pub fn print_info(name: &str, c: &Config, batch: usize, seq: usize) {
         c.seq_len,
         if c.tied { "tied" } else { "untied" }
     );
+    if let Some(o) = &c.hf {
+        println!(
+            "  Hugging Face {} ({}), {}, norm eps {:e}, rope theta {}{}{}",
+            o.architecture,
+            o.dir.display(),
+            o.dtype,
+            c.norm_eps,
+            c.rope_theta,
+            if c.rope_scaling.is_some() {
+                ", llama3 rope scaling"
+            } else {
+                ""
+            },
+            if c.qk_norm {
+                ", per-head q/k norms"
+            } else {
+                ""
+            }
+        );
+    }
     println!(
         "  parameters {} = {} transformer + {} embedding{}",
         m(c.num_params()),
@@ -93,6 +114,18 @@ pub fn print_info(name: &str, c: &Config, batch: usize, seq: usize) {
         gib(p),
         gib(act)
     );
+    if let Some(avail) = crate::train::available_memory_bytes() {
+        let fits = p + act <= avail;
+        println!(
+            "  this machine: {:.2} GiB available: {}",
+            gib(avail),
+            if fits {
+                "fits"
+            } else {
+                "does not fit (a smaller --batch or --seq lowers the activations)"
+            }
+        );
+    }
     println!("backends");
     for b in [BackendKind::Cpu, BackendKind::AneSim, BackendKind::Ane] {
         let s = match b {

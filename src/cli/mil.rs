@@ -105,7 +105,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => kernel_set(a.pipeline),
     };
-    let rope = Rope::new(cfg.head_dim, seq, cfg.rope_theta);
+    let rope = Rope::for_config(&cfg, seq);
     eprintln!(
         "profile {}: {} pipeline, dim {} → {}, hidden {} → {}, head_dim {} → {}, seq {} → {}, {} sequences per attention-free evaluation",
         profile.name,

@@ -14,7 +14,7 @@ use crate::train::report::BenchReport;
 use crate::train::session::{self, DataChoice, Finished, Plan};
 use crate::train::settings::{self, Sampling, Settings, DEFAULT_CKPT, DEFAULT_OUT};
 use crate::train::{builtin, checkpoint};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -389,6 +389,17 @@ fn print_summary(done: &Finished, builtin: bool, seed: u64) -> Result<()> {
             "--- a story from the trained model ---\n{}\n---",
             story.trim()
         );
+    } else if let (Some(p), false) = (&s.tokenizer, out.interrupted) {
+        // A Hugging Face tokenizer.json (a model from a Hugging Face folder).
+        if crate::tokenizer::hf::is_hf_tokenizer(p) {
+            let t = crate::tokenizer::hf::HfTokenizer::load(p)?;
+            let params = done.trainer.params();
+            let text = crate::generate::generate_text_hf(params, &t, "", 128, 0.8, 0.9, seed)?;
+            println!(
+                "--- a sample from the trained model ---\n{}\n---",
+                text.trim()
+            );
+        }
     }
     eprintln!("checkpoint: {}", out.ckpt.display());
     if let Some(log) = &s.log {
@@ -412,45 +423,114 @@ fn print_summary(done: &Finished, builtin: bool, seed: u64) -> Result<()> {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "--format hf writes a Hugging Face model folder (config.json, model.safetensors \
+and, for a model that came from one, its tokenizer files), which transformers loads with \
+from_pretrained. A model read from a Hugging Face folder keeps its architecture and config; \
+a llama2.c model becomes a LlamaForCausalLM."
+)]
 pub struct ExportArgs {
     /// Checkpoint to export.
-    #[arg(long)]
-    pub ckpt: PathBuf,
-    /// Output llama2.c model file.
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    pub ckpt: Option<PathBuf>,
+    /// Or any model with weights: a llama2.c .bin, a .ckpt or a Hugging Face model folder.
+    #[arg(long, short)]
+    pub model: Option<PathBuf>,
+    /// Output: a llama2.c model file, or for --format hf a folder.
+    #[arg(long, short, value_name = "PATH")]
     pub out: PathBuf,
-    /// llama2.c format: legacy (version 0, what run.c reads) or v1.
+    /// Format: llama2c (legacy, version 0, what run.c reads), v1 (llama2.c version 1) or hf
+    /// (a Hugging Face model folder).
     #[arg(long, value_enum, default_value_t = ExportFormat::Legacy)]
     pub format: ExportFormat,
+    /// Element type of --format hf's safetensors (default: the dtype the model was read in,
+    /// else f32).
+    #[arg(long, value_enum)]
+    pub dtype: Option<crate::model::hf::Dtype>,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
+    #[value(alias = "llama2c")]
     Legacy,
     V1,
+    Hf,
 }
 
 pub fn run_export(a: ExportArgs) -> Result<()> {
-    let ck = checkpoint::load_or_explain(&a.ckpt)?;
-    let m = Model::from_params(ck.params);
+    let (params, step, tokenizer, from) = match (&a.ckpt, &a.model) {
+        (Some(ck), _) => {
+            let ck_data = checkpoint::load_or_explain(ck)?;
+            (
+                ck_data.params,
+                Some(ck_data.header.step),
+                ck_data.header.tokenizer,
+                ck.clone(),
+            )
+        }
+        (None, Some(m)) => {
+            let src = ModelSource::with_weights(m);
+            (crate::train::load_params(&src, 0)?, None, None, m.clone())
+        }
+        (None, None) => anyhow::bail!("give --ckpt FILE or --model MODEL to export"),
+    };
+    let c = params.config().clone();
+    let steps = step.map(|s| format!(", step {s}")).unwrap_or_default();
+    if a.format == ExportFormat::Hf {
+        let dtype = a.dtype.unwrap_or(crate::model::hf::default_dtype(&c));
+        let copied = crate::model::hf::save(&a.out, &params, dtype)
+            .with_context(|| format!("exporting {} to {}", from.display(), a.out.display()))?;
+        eprintln!(
+            "wrote {} ({}, {}, {:.2}M params{steps})",
+            a.out.display(),
+            c.hf.as_ref()
+                .map_or("LlamaForCausalLM", |o| o.architecture.as_str()),
+            dtype.torch_name(),
+            c.num_params() as f64 / 1e6,
+        );
+        if copied.is_empty() {
+            eprintln!("tokenizer: no tokenizer files to copy (add the model's tokenizer.json to the folder)");
+        } else {
+            eprintln!("copied: {}", copied.join(", "));
+        }
+        return Ok(());
+    }
+    if a.dtype.is_some() {
+        anyhow::bail!("--dtype applies to --format hf only (llama2.c files are f32)");
+    }
+    if c.qk_norm {
+        anyhow::bail!(
+            "{}: a {} model has per-head q/k norms (q_norm, k_norm), which llama2.c's format \
+             cannot express; export it with --format hf",
+            from.display(),
+            c.hf.as_ref().map_or("Qwen3", |o| o.architecture.as_str())
+        );
+    }
+    if c.rope_scaling.is_some() {
+        anyhow::bail!(
+            "{}: the model uses Llama 3 RoPE scaling (rope_scaling), which llama2.c's format \
+             cannot express; export it with --format hf",
+            from.display()
+        );
+    }
+    let m = Model::from_params(params);
     let f = match a.format {
-        ExportFormat::Legacy => Format::Legacy,
         ExportFormat::V1 => Format::V1,
+        _ => Format::Legacy,
     };
     m.save(&a.out, f)?;
     eprintln!(
-        "wrote {} ({:?}, {:.2}M params, step {})",
+        "wrote {} ({:?}, {:.2}M params{steps})",
         a.out.display(),
         f,
         m.config().num_params() as f64 / 1e6,
-        ck.header.step
     );
-    match &ck.header.tokenizer {
+    match &tokenizer {
         Some(t) => eprintln!(
             "tokenizer: {t} (the one it was trained with; run.c: `run {} -z {t}`)",
             a.out.display()
         ),
-        None => eprintln!("tokenizer: none recorded in {}", a.ckpt.display()),
+        None => eprintln!("tokenizer: none recorded in {}", from.display()),
     }
     Ok(())
 }
@@ -463,7 +543,8 @@ on FILE did not see. --all evaluates the whole file (a separate validation file)
 --eval-batches N stops after N batches. A progress bar shows on a terminal (-q hides it)."
 )]
 pub struct EvalArgs {
-    /// llama2.c .bin model or .ckpt checkpoint [default: runs/default/model.ckpt].
+    /// llama2.c .bin model, .ckpt checkpoint or Hugging Face model folder [default:
+    /// runs/default/model.ckpt].
     #[arg(long, short, default_value = DEFAULT_CKPT, hide_default_value = true)]
     pub model: PathBuf,
     /// Token data (uint16 ids).
@@ -594,7 +675,7 @@ impl EvalProgress {
 
 #[derive(clap::Args, Debug)]
 pub struct GradArgs {
-    /// llama2.c .bin model or .ckpt checkpoint.
+    /// llama2.c .bin model, .ckpt checkpoint or Hugging Face model folder.
     #[arg(long, short)]
     pub model: PathBuf,
     /// Token data (uint16 ids).
@@ -606,7 +687,8 @@ pub struct GradArgs {
     /// Tokens in the window.
     #[arg(long, default_value_t = 64, value_parser = super::at_least_one)]
     pub seq: usize,
-    /// Output safetensors file (tensor names as llama2.c's PyTorch model).
+    /// Output safetensors file (tensor names as llama2.c's PyTorch model; for a model read from
+    /// a Hugging Face folder, transformers' names, shapes and row order).
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
     /// Worker threads (default, or 0: all cores).
@@ -622,11 +704,18 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
     crate::train::backend::select_gemm(&a.gemm.gemm, params.config(), 1, a.seq)?;
     let data = TokenData::open(&a.data)?;
     let (grads, loss) = eval::window_gradients(&params, &data, a.offset, a.seq)?;
-    crate::model::safetensors::write(&a.out, &grads, &[("loss", format!("{loss}"))])?;
+    let meta = [("loss", format!("{loss}"))];
+    let tensors = if grads.config().hf.is_some() {
+        // transformers' names, shapes and row order: compares directly with `param.grad`.
+        crate::model::hf::write_grads(&a.out, &grads, &meta)?;
+        crate::model::hf::tensors(grads.config()).len()
+    } else {
+        crate::model::safetensors::write(&a.out, &grads, &meta)?;
+        grads.layout.tensors().len()
+    };
     println!(
-        "loss {loss:.6}; wrote {} gradients ({} tensors) to {}",
+        "loss {loss:.6}; wrote {} gradients ({tensors} tensors) to {}",
         grads.data.len(),
-        grads.layout.tensors().len(),
         a.out.display()
     );
     Ok(())

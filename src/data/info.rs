@@ -166,7 +166,7 @@ pub fn describe(
     }) = sidecar
     {
         bail!(
-            "{}: holds uint32 ids (its sidecar says format u32); data info and training read uint16 token files",
+            "{}: holds uint32 ids (its sidecar says format u32); data info reads uint16 token files (training, eval and grad read both)",
             path.display()
         );
     }

@@ -19,7 +19,7 @@
 //! over `OUT` only on success, so an error or interruption leaves no partial token file.
 
 use super::download::Progress;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::hf::Encode;
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -43,7 +43,8 @@ pub const BOS_ID: u32 = 1;
 pub enum TokenFormat {
     /// Little-endian uint16: llama2.c's format, what training reads; vocabularies up to 65536.
     U16,
-    /// Little-endian uint32, for vocabularies above 65536 (not read by `anetrain train`).
+    /// Little-endian uint32, for vocabularies above 65536 (read by train, eval and grad
+    /// through the sidecar, which records the width).
     U32,
 }
 
@@ -116,8 +117,9 @@ pub struct TokenSidecar {
     pub tokens: u64,
     /// Number of documents (= number of BOS ids written).
     pub documents: u64,
-    /// The id written before each document.
-    pub bos: u32,
+    /// The id written before each document (none for tokenizers without BOS, such as
+    /// Qwen3's, whose documents end with EOS instead).
+    pub bos: Option<u32>,
     /// Documents left out because they were empty after trimming whitespace.
     pub skipped_empty: u64,
     /// Input files, in order.
@@ -166,7 +168,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 /// Tokenizes `inputs` into `out` (and its sidecar) with `tok`. Returns the sidecar written.
 pub fn tokenize_files(
-    tok: &Tokenizer,
+    tok: &dyn Encode,
     tokenizer_path: &Path,
     inputs: &[PathBuf],
     out: &Path,
@@ -252,7 +254,7 @@ pub fn tokenize_files(
         vocab_size: vocab,
         tokens: s.tokens,
         documents: s.documents,
-        bos: BOS_ID,
+        bos: tok.document_bos(),
         skipped_empty: s.skipped_empty,
         inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
         input_bytes,
@@ -551,13 +553,12 @@ struct Encoded {
     max_id: u32,
 }
 
-fn encode_batch(tok: &Tokenizer, batch: &Batch, format: TokenFormat) -> Encoded {
+fn encode_batch(tok: &dyn Encode, batch: &Batch, format: TokenFormat) -> Encoded {
     let mut bytes = Vec::with_capacity(batch.iter().map(|d| d.len()).sum::<usize>() / 2);
     let mut tokens = 0u64;
     let mut max_id = 0u32;
     for doc in batch {
-        let ids = tok.encode(doc, true, false);
-        debug_assert_eq!(ids.first(), Some(&BOS_ID));
+        let ids = tok.encode_document(doc);
         tokens += ids.len() as u64;
         for &id in &ids {
             max_id = max_id.max(id);
@@ -578,7 +579,7 @@ fn encode_batch(tok: &Tokenizer, batch: &Batch, format: TokenFormat) -> Encoded 
 
 #[allow(clippy::too_many_arguments)]
 fn run_pipeline(
-    tok: &Tokenizer,
+    tok: &dyn Encode,
     inputs: &[PathBuf],
     modes: &[Mode],
     opts: &TokenizeOptions,

@@ -1,7 +1,11 @@
 //! Token data files: flat little-endian `uint16` token ids, no header (llama2.c's pretokenized
-//! TinyStories format; stories separated by BOS = 1). Files are memory-mapped, validated once
-//! before training (odd length, too short, ids outside the vocabulary), and can be split into
-//! a training part and a held-out tail that starts at a story boundary.
+//! TinyStories format; stories separated by BOS = 1). A file whose sidecar `FILE.json` (written
+//! by `anetrain tokenize`, see [`super::tokenize::TokenSidecar`]) says `"format": "u32"` holds
+//! little-endian `uint32` ids instead (vocabularies above 65536); without a sidecar, or with
+//! one that says `u16`, a file is read as `uint16` exactly as before. Files are memory-mapped,
+//! validated once before training (length not a whole number of ids, too short, ids outside
+//! the vocabulary), and can be split into a training part and a held-out tail that starts at
+//! a story boundary.
 
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
@@ -13,10 +17,61 @@ use std::sync::Arc;
 /// The BOS token id of llama2.c tokenizers.
 pub const BOS: u16 = 1;
 
-/// Where the token ids live: a memory map or an owned buffer (built-in corpus, tests).
+/// Where the token ids live: a memory map (of `uint16` or `uint32` ids) or an owned buffer
+/// (built-in corpus, tests).
 enum Storage {
     Mapped(Mmap),
+    Mapped32(Mmap),
     Owned(Vec<u16>),
+    Owned32(Vec<u32>),
+}
+
+/// A view of token ids of either width.
+#[derive(Clone, Copy, Debug)]
+pub enum Ids<'a> {
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+}
+
+impl<'a> Ids<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Ids::U16(s) => s.len(),
+            Ids::U32(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Id `i` (panics when out of range, like slice indexing).
+    #[inline]
+    pub fn get(&self, i: usize) -> u32 {
+        match self {
+            Ids::U16(s) => s[i] as u32,
+            Ids::U32(s) => s[i],
+        }
+    }
+    /// The ids of `r`.
+    pub fn slice(&self, r: Range<usize>) -> Ids<'a> {
+        match self {
+            Ids::U16(s) => Ids::U16(&s[r]),
+            Ids::U32(s) => Ids::U32(&s[r]),
+        }
+    }
+    pub fn iter(&self) -> impl Iterator<Item = u32> + 'a {
+        let me = *self;
+        (0..me.len()).map(move |i| me.get(i))
+    }
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.iter().collect()
+    }
+    /// The ids as `uint16`, when that is their width.
+    pub fn as_u16(&self) -> Option<&'a [u16]> {
+        match self {
+            Ids::U16(s) => Some(s),
+            Ids::U32(_) => None,
+        }
+    }
 }
 
 /// A token file (or a contiguous part of one).
@@ -28,7 +83,8 @@ pub struct TokenData {
 }
 
 impl TokenData {
-    /// Memory-maps `path`. Fails with a clear message on an empty or odd-length file.
+    /// Memory-maps `path` (`uint32` when its sidecar says so, else `uint16`). Fails with a
+    /// clear message on an empty file or one that is not a whole number of ids.
     pub fn open(path: &Path) -> Result<TokenData> {
         let f = File::open(path)
             .with_context(|| format!("{}: cannot open token data", path.display()))?;
@@ -36,6 +92,17 @@ impl TokenData {
             .metadata()
             .with_context(|| format!("{}: cannot stat token data", path.display()))?
             .len();
+        let wide = matches!(
+            super::tokenize::read_sidecar(path)?,
+            Some(sc) if sc.format == super::tokenize::TokenFormat::U32
+        );
+        if wide && len % 4 != 0 {
+            bail!(
+                "{}: its sidecar {} says uint32 ids, but the file length ({len} bytes) is not a multiple of 4",
+                path.display(),
+                super::tokenize::sidecar_path(path).display()
+            );
+        }
         if len % 2 != 0 {
             bail!(
                 "{}: token data must be uint16 ids, but the file has an odd length ({len} bytes)",
@@ -52,12 +119,51 @@ impl TokenData {
         if cfg!(target_endian = "big") {
             bail!("token data is little-endian; big-endian hosts are not supported");
         }
-        let n = map.len() / 2;
+        let (n, storage) = if wide {
+            (map.len() / 4, Storage::Mapped32(map))
+        } else {
+            (map.len() / 2, Storage::Mapped(map))
+        };
         Ok(TokenData {
-            storage: Arc::new(Storage::Mapped(map)),
+            storage: Arc::new(storage),
             range: 0..n,
             path: path.to_path_buf(),
         })
+    }
+
+    /// `uint32` token data held in memory.
+    pub fn from_vec_u32(tokens: Vec<u32>, name: &str) -> TokenData {
+        let n = tokens.len();
+        TokenData {
+            storage: Arc::new(Storage::Owned32(tokens)),
+            range: 0..n,
+            path: PathBuf::from(name),
+        }
+    }
+
+    /// Bytes per id in the file (2 or 4).
+    pub fn width(&self) -> usize {
+        match &*self.storage {
+            Storage::Mapped(_) | Storage::Owned(_) => 2,
+            Storage::Mapped32(_) | Storage::Owned32(_) => 4,
+        }
+    }
+
+    /// All token ids of this part, whatever their width.
+    pub fn ids(&self) -> Ids<'_> {
+        let all = match &*self.storage {
+            Storage::Owned(v) => Ids::U16(v),
+            Storage::Owned32(v) => Ids::U32(v),
+            // SAFETY: an mmap is page-aligned, so 2- and 4-byte alignment hold; the length
+            // was checked to be a whole number of ids.
+            Storage::Mapped(m) => Ids::U16(unsafe {
+                std::slice::from_raw_parts(m.as_ptr() as *const u16, m.len() / 2)
+            }),
+            Storage::Mapped32(m) => Ids::U32(unsafe {
+                std::slice::from_raw_parts(m.as_ptr() as *const u32, m.len() / 4)
+            }),
+        };
+        all.slice(self.range.clone())
     }
 
     /// Token data held in memory.
@@ -70,17 +176,14 @@ impl TokenData {
         }
     }
 
-    /// All token ids of this part.
+    /// All token ids of this part, for `uint16` data (see [`TokenData::ids`] for either).
+    ///
+    /// # Panics
+    /// On `uint32` data; callers that accept it use [`TokenData::ids`].
     pub fn tokens(&self) -> &[u16] {
-        let all: &[u16] = match &*self.storage {
-            Storage::Owned(v) => v,
-            Storage::Mapped(m) => {
-                // SAFETY: an mmap is page-aligned, so 2-byte alignment holds; the length was
-                // checked to be even.
-                unsafe { std::slice::from_raw_parts(m.as_ptr() as *const u16, m.len() / 2) }
-            }
-        };
-        &all[self.range.clone()]
+        self.ids()
+            .as_u16()
+            .expect("uint16 token data (uint32 data is read through ids())")
     }
 
     pub fn len(&self) -> usize {
@@ -101,17 +204,17 @@ impl TokenData {
                 seq + 1
             );
         }
-        if let Some((i, &t)) = self
-            .tokens()
+        if let Some((i, t)) = self
+            .ids()
             .iter()
             .enumerate()
-            .find(|(_, &t)| t as usize >= vocab)
+            .find(|&(_, t)| t as usize >= vocab)
         {
             bail!(
                 "{}: token id {t} at offset {} (byte {}) is not below the model's vocabulary size {vocab}",
                 self.path.display(),
                 self.range.start + i,
-                2 * (self.range.start + i)
+                self.width() * (self.range.start + i)
             );
         }
         Ok(())
@@ -143,19 +246,12 @@ impl TokenData {
         }
         let n = self.len();
         let want = ((n as f64) * (1.0 - fraction)) as usize;
-        let toks = self.tokens();
+        let toks = self.ids();
+        let bos = BOS as u32;
         // The first BOS at or after the cut, else the last before it.
-        let cut = toks[want..]
-            .iter()
-            .position(|&t| t == BOS)
-            .map(|p| want + p)
-            .filter(|&c| c < n)
-            .or_else(|| {
-                toks[..want]
-                    .iter()
-                    .rposition(|&t| t == BOS)
-                    .filter(|&c| c > 0)
-            })
+        let cut = (want..n)
+            .find(|&i| toks.get(i) == bos)
+            .or_else(|| (1..want).rev().find(|&i| toks.get(i) == bos))
             .unwrap_or(want);
         let mk = |r: Range<usize>, tag: &str| TokenData {
             storage: self.storage.clone(),

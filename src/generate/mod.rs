@@ -60,7 +60,7 @@ pub struct Generation {
 
 /// run.c's `generate` over token ids: positions `0..steps` (after [`clamp_steps`]); at each,
 /// the next token is the next prompt token while the prompt lasts, else the sampler's pick;
-/// a BOS pick ends generation. `on_token(prev, next)` sees every next token as it comes,
+/// a BOS pick (for a model from a Hugging Face folder: its EOS) ends generation. `on_token(prev, next)` sees every next token as it comes,
 /// forced prompt tokens included (run.c prints those too), the final BOS excluded.
 pub fn generate_ids(
     params: &Params,
@@ -80,6 +80,9 @@ pub fn generate_ids(
         );
     }
     let steps = clamp_steps(steps, c.seq_len);
+    // The token that ends generation: BOS for llama2.c models, the config's EOS for a
+    // model from a Hugging Face folder.
+    let stop = c.hf.as_ref().map_or(Some(BOS), |o| o.eos);
     let mut model = Transformer::new(params);
     let mut tokens = Vec::with_capacity(steps + 1);
     tokens.push(prompt[0]);
@@ -93,7 +96,7 @@ pub fn generate_ids(
             None => sampler.sample(logits),
         };
         pos += 1;
-        if next == BOS {
+        if Some(next) == stop {
             break;
         }
         on_token(token, next);
@@ -165,4 +168,29 @@ pub fn generate_text(
     })
     .context("cannot generate from the prompt (is the tokenizer the model's own?)")?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// [`generate_text`] for a model read from a Hugging Face folder and its `tokenizer.json`:
+/// the prompt is the config's BOS (or, for a model without one, its EOS, what precedes a
+/// document) and the text's ids; generation stops at the config's EOS.
+pub fn generate_text_hf(
+    params: &Params,
+    tok: &crate::tokenizer::hf::HfTokenizer,
+    prompt: &str,
+    steps: usize,
+    temperature: f32,
+    topp: f32,
+    seed: u64,
+) -> Result<String> {
+    let c = params.config();
+    let (bos, eos) = c.hf.as_ref().map_or((tok.bos, tok.eos), |o| (o.bos, o.eos));
+    let mut ids: Vec<u32> = bos.or(eos).into_iter().collect();
+    ids.extend(tok.encode_plain(prompt)?);
+    if ids.is_empty() {
+        bail!("an empty prompt needs a BOS or EOS id in the model's config");
+    }
+    let mut sampler = Sampler::new(c.vocab_size, temperature, topp, seed);
+    let g = generate_ids(params, &ids, steps, &mut sampler, |_, _| {})
+        .context("cannot generate from the prompt (is the tokenizer the model's own?)")?;
+    tok.decode(&g.tokens)
 }

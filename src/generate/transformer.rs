@@ -7,6 +7,7 @@
 //! per layer l:
 //!   xn = rmsnorm(x) · g_att                       eps 1e-5 (the config's norm_eps)
 //!   q[QD], k[KVD], v[KVD] = Wq·xn, Wk·xn, Wv·xn   one stacked matvec
+//!   (q/k norm models, Qwen3: each head of q and k ← rmsnorm(head) · g_q / g_k)
 //!   RoPE on pairs (i, i+1) of q and k: θ = pos · 1/θ_base^((i mod HD)/HD)
 //!   k, v → cache[l, pos]
 //!   per head h (kv head h / (NH/NKV)): softmax over t ≤ pos of q·k_t/√HD, weighted sum of v_t
@@ -159,14 +160,21 @@ fn attend_head(
     }
 }
 
+/// `x = x / rms(x) · g` in place (one head of q or k).
+fn head_rmsnorm(x: &mut [f32], g: &[f32], eps: f32) {
+    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let s = 1.0 / (ss + eps).sqrt();
+    for (v, w) in x.iter_mut().zip(g) {
+        *v = w * (s * *v);
+    }
+}
+
 impl<'a> Transformer<'a> {
     pub fn new(params: &'a Params) -> Transformer<'a> {
         let c = params.config().clone();
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
         let cache = c.n_layers * c.seq_len * kvd;
-        let inv_freq = (0..c.head_dim / 2)
-            .map(|j| 1.0f32 / c.rope_theta.powf((2 * j) as f32 / c.head_dim as f32))
-            .collect();
+        let inv_freq = c.rope_inv_freq();
         Transformer {
             params,
             x: vec![0.0; c.dim],
@@ -245,6 +253,15 @@ impl<'a> Transformer<'a> {
             );
             let (q, kv) = self.qkv.split_at_mut(qd);
             let (k, v) = kv.split_at_mut(kvd);
+            if c.qk_norm {
+                // Qwen3: per-head RMSNorm of q and k before RoPE.
+                let (gq, gk) = (
+                    &p.data[p.layout.q_norm_layer(l)],
+                    &p.data[p.layout.k_norm_layer(l)],
+                );
+                q.chunks_mut(hd).for_each(|x| head_rmsnorm(x, gq, eps));
+                k.chunks_mut(hd).for_each(|x| head_rmsnorm(x, gk, eps));
+            }
             rope(q, cos_sin);
             rope(k, cos_sin);
             let layer_off = l * seq * kvd;

@@ -97,7 +97,7 @@ pub struct Spec {
     pub layers: usize,
     pub eps: f32,
     pub rope_theta: f32,
-    /// `[seq, head_dim/2]`, as llama2.c computes it.
+    /// `[seq, head_dim/2]`, as llama2.c computes it (with the config's RoPE scaling, if any).
     pub rope: ops::Rope,
 }
 
@@ -109,7 +109,7 @@ impl Spec {
             layers: c.n_layers,
             eps: c.norm_eps,
             rope_theta: c.rope_theta,
-            rope: ops::Rope::new(c.head_dim, seq, c.rope_theta),
+            rope: ops::Rope::for_config(c, seq),
         }
     }
 

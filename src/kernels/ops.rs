@@ -59,12 +59,25 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(head_dim: usize, seq_len: usize, theta: f32) -> Rope {
+        let inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|j| 1.0f32 / theta.powf((2 * j) as f32 / head_dim as f32))
+            .collect();
+        Rope::from_inv_freq(head_dim, seq_len, &inv_freq)
+    }
+
+    /// The tables of a model: its θ and, when it has one, its RoPE scaling
+    /// ([`Config::rope_inv_freq`](crate::model::Config::rope_inv_freq)).
+    pub fn for_config(c: &crate::model::Config, seq_len: usize) -> Rope {
+        Rope::from_inv_freq(c.head_dim, seq_len, &c.rope_inv_freq())
+    }
+
+    /// Tables for the inverse frequencies `inv_freq` `[head_dim/2]` of the pairs.
+    pub fn from_inv_freq(head_dim: usize, seq_len: usize, inv_freq: &[f32]) -> Rope {
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(seq_len * half);
         let mut sin = Vec::with_capacity(seq_len * half);
         for pos in 0..seq_len {
-            for j in 0..half {
-                let freq = 1.0f32 / theta.powf((2 * j) as f32 / head_dim as f32);
+            for &freq in &inv_freq[..half] {
                 let val = pos as f32 * freq;
                 cos.push(val.cos());
                 sin.push(val.sin());

@@ -27,6 +27,42 @@ pub struct Config {
     pub norm_eps: f32,
     #[serde(default = "default_theta")]
     pub rope_theta: f32,
+    /// RoPE frequency scaling (Llama 3's `rope_scaling`); none for llama2.c models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Per-head RMSNorm of q and k after projection, before RoPE (Qwen3's `q_norm`,
+    /// `k_norm`, gains `[head_dim]` per layer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm: bool,
+    /// The Hugging Face folder the model came from, when it did: architecture, the original
+    /// `config.json` and token ids, so that an export writes the same architecture back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf: Option<Box<HfOrigin>>,
+}
+
+/// What a model read from a Hugging Face folder remembers of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HfOrigin {
+    /// `LlamaForCausalLM` or `Qwen3ForCausalLM`.
+    pub architecture: String,
+    /// The folder it was read from (absolute when it could be made so).
+    pub dir: std::path::PathBuf,
+    /// The original `config.json`, written back (with the dtype updated) on export.
+    pub config: serde_json::Value,
+    /// `bos_token_id`, `eos_token_id` (the first when the config lists several).
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    /// The dtype of the weights read (`bfloat16`, `float16`, `float32`).
+    pub dtype: String,
+}
+
+/// Llama 3's RoPE frequency scaling (transformers' `rope_type: "llama3"`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_max_position_embeddings: usize,
 }
 
 fn default_true() -> bool {
@@ -88,7 +124,40 @@ impl Config {
             tied: true,
             norm_eps: default_eps(),
             rope_theta: default_theta(),
+            rope_scaling: None,
+            qk_norm: false,
+            hf: None,
         }
+    }
+
+    /// RoPE inverse frequencies `[head_dim/2]`: `θ^(-2j/hd)`, adjusted as transformers'
+    /// `_compute_llama3_parameters` does when [`Config::rope_scaling`] is set (low
+    /// frequencies divided by `factor`, high ones kept, a smooth blend between).
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let hd = self.head_dim;
+        let base: Vec<f32> = (0..hd / 2)
+            .map(|j| 1.0f32 / self.rope_theta.powf((2 * j) as f32 / hd as f32))
+            .collect();
+        let Some(s) = self.rope_scaling else {
+            return base;
+        };
+        let old = s.original_max_position_embeddings as f32;
+        let low_wavelen = old / s.low_freq_factor;
+        let high_wavelen = old / s.high_freq_factor;
+        base.into_iter()
+            .map(|f| {
+                let wavelen = 2.0 * std::f32::consts::PI / f;
+                if wavelen < high_wavelen {
+                    f
+                } else if wavelen > low_wavelen {
+                    f / s.factor
+                } else {
+                    let smooth = (old / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    (1.0 - smooth) * f / s.factor + smooth * f
+                }
+            })
+            .collect()
     }
 
     /// A built-in preset by name (case-insensitive).
@@ -136,6 +205,9 @@ impl Config {
             tied: f.tied.unwrap_or(true),
             norm_eps: f.norm_eps.unwrap_or(default_eps()),
             rope_theta: f.rope_theta.unwrap_or(default_theta()),
+            rope_scaling: None,
+            qk_norm: false,
+            hf: None,
         };
         c.validate()
             .with_context(|| format!("{}: invalid model config", path.display()))?;
@@ -208,10 +280,11 @@ impl Config {
         self.n_heads / self.n_kv_heads
     }
 
-    /// Parameters of one transformer layer.
+    /// Parameters of one transformer layer (with the q/k norm gains when there are).
     pub fn layer_params(&self) -> usize {
         let (d, h) = (self.dim, self.hidden_dim);
-        2 * d + d * self.q_dim() * 2 + 2 * d * self.kv_dim() + 3 * d * h
+        let qk = if self.qk_norm { 2 * self.head_dim } else { 0 };
+        2 * d + d * self.q_dim() * 2 + 2 * d * self.kv_dim() + 3 * d * h + qk
     }
     /// Transformer parameters: all layers plus the final norm.
     pub fn transformer_params(&self) -> usize {

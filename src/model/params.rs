@@ -5,7 +5,8 @@
 //! Order (llama2.c `memory_map_weights`): token embedding `[V,D]`, attention norms `[L,D]`,
 //! wq `[L,QD,D]`, wk `[L,KVD,D]`, wv `[L,KVD,D]`, wo `[L,D,QD]`, ffn norms `[L,D]`,
 //! w1 `[L,H,D]`, w2 `[L,D,H]`, w3 `[L,H,D]`, final norm `[D]`, then the classifier `[V,D]`
-//! only when untied. Every weight is `W[out, in]` row-major.
+//! only when untied, then (models with q/k norms, Qwen3) the q norms `[L,HD]` and k norms
+//! `[L,HD]`. Every weight is `W[out, in]` row-major.
 
 use super::Config;
 use std::ops::Range;
@@ -85,6 +86,10 @@ pub struct Layout {
     pub norm: Range<usize>,
     /// The classifier: the embedding when tied.
     pub output: Range<usize>,
+    /// Per-head q norm gains `[L, HD]` (empty without q/k norms).
+    pub q_norm: Range<usize>,
+    /// Per-head k norm gains `[L, HD]` (empty without q/k norms).
+    pub k_norm: Range<usize>,
     pub total: usize,
 }
 
@@ -109,14 +114,45 @@ impl Layout {
             off += emb;
             r
         };
+        let qk = if c.qk_norm {
+            c.n_layers * c.head_dim
+        } else {
+            0
+        };
+        let q_norm = off..off + qk;
+        off += qk;
+        let k_norm = off..off + qk;
+        off += qk;
         Layout {
             config: c.clone(),
             tok_embeddings,
             bases,
             norm,
             output,
+            q_norm,
+            k_norm,
             total: off,
         }
+    }
+
+    /// Layer `l`'s q norm gains `[HD]` (empty without q/k norms).
+    pub fn q_norm_layer(&self, l: usize) -> Range<usize> {
+        let hd = if self.config.qk_norm {
+            self.config.head_dim
+        } else {
+            0
+        };
+        self.q_norm.start + l * hd..self.q_norm.start + (l + 1) * hd
+    }
+
+    /// Layer `l`'s k norm gains `[HD]` (empty without q/k norms).
+    pub fn k_norm_layer(&self, l: usize) -> Range<usize> {
+        let hd = if self.config.qk_norm {
+            self.config.head_dim
+        } else {
+            0
+        };
+        self.k_norm.start + l * hd..self.k_norm.start + (l + 1) * hd
     }
 
     /// The range of one layer's tensor.
@@ -165,6 +201,23 @@ impl Layout {
                 range: self.output.clone(),
             });
         }
+        if c.qk_norm {
+            for (what, f) in [
+                (
+                    "q_norm",
+                    Layout::q_norm_layer as fn(&Layout, usize) -> Range<usize>,
+                ),
+                ("k_norm", Layout::k_norm_layer),
+            ] {
+                for l in 0..c.n_layers {
+                    v.push(TensorInfo {
+                        name: format!("layers.{l}.attention.{what}.weight"),
+                        shape: vec![c.head_dim],
+                        range: f(self, l),
+                    });
+                }
+            }
+        }
         v
     }
 
@@ -173,14 +226,19 @@ impl Layout {
         self.stacked(LayerTensor::AttentionNorm).contains(&idx)
             || self.stacked(LayerTensor::FfnNorm).contains(&idx)
             || self.norm.contains(&idx)
+            || self.q_norm.contains(&idx)
+            || self.k_norm.contains(&idx)
     }
 
-    /// The ranges of all gain vectors (attention norms, ffn norms, final norm).
-    pub fn norm_ranges(&self) -> [Range<usize>; 3] {
+    /// The ranges of all gain vectors (attention norms, ffn norms, final norm, and the q/k
+    /// norms, empty when the model has none).
+    pub fn norm_ranges(&self) -> [Range<usize>; 5] {
         [
             self.stacked(LayerTensor::AttentionNorm),
             self.stacked(LayerTensor::FfnNorm),
             self.norm.clone(),
+            self.q_norm.clone(),
+            self.k_norm.clone(),
         ]
     }
 
@@ -266,7 +324,8 @@ mod tests {
     fn layout_covers_arena_without_gaps() {
         for name in super::super::config::PRESETS {
             let mut c = Config::preset(name).unwrap();
-            for tied in [true, false] {
+            for (tied, qk) in [(true, false), (false, false), (true, true), (false, true)] {
+                c.qk_norm = qk;
                 c.tied = tied;
                 let lay = Layout::new(&c);
                 let mut end = 0;

@@ -1,8 +1,9 @@
 //! What `--model X` names — the one place that answers it for every subcommand.
 //!
 //! In order: a preset name (`stories260k`, …) or a `.toml`/`.json` config file is a shape to
-//! initialise at random; a `.ckpt` is a training checkpoint; a `.bin`, or any other existing
-//! file, is a llama2.c model file (legacy or version 1; the header tells them apart when it
+//! initialise at random; a directory is a Hugging Face model folder (`config.json` plus
+//! safetensors weights, see [`super::hf`]); a `.ckpt` is a training checkpoint; a `.bin`, or
+//! any other existing file, is a llama2.c model file (legacy or version 1; the header tells them apart when it
 //! is read). Reading the weights is the loader's job ([`crate::train::load_params`]): this
 //! module only classifies, so it reads no file.
 
@@ -21,6 +22,8 @@ pub enum ModelSource {
     Llama2c(PathBuf),
     /// A training checkpoint (the project's `.ckpt`).
     Checkpoint(PathBuf),
+    /// A Hugging Face model folder (`config.json` + `model.safetensors` or shards).
+    HfDir(PathBuf),
 }
 
 impl ModelSource {
@@ -30,6 +33,9 @@ impl ModelSource {
             return Ok(ModelSource::Preset(c));
         }
         let p = Path::new(spec);
+        if p.is_dir() {
+            return ModelSource::dir(p);
+        }
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
         Ok(match ext {
             "ckpt" => ModelSource::Checkpoint(p.to_path_buf()),
@@ -38,7 +44,7 @@ impl ModelSource {
             _ if p.is_file() => ModelSource::Llama2c(p.to_path_buf()),
             _ => bail!(
                 "unknown model '{spec}': expected a preset ({}), a .toml/.json config file, a \
-                 llama2.c .bin model or a .ckpt checkpoint",
+                 llama2.c .bin model, a .ckpt checkpoint or a Hugging Face model folder",
                 PRESETS.join(", ")
             ),
         })
@@ -47,6 +53,9 @@ impl ModelSource {
     /// A file that holds weights (for `eval`, `grad`, `generate`): a `.ckpt` checkpoint, else
     /// a llama2.c model file whatever its name.
     pub fn with_weights(path: &Path) -> ModelSource {
+        if path.is_dir() {
+            return ModelSource::HfDir(path.to_path_buf());
+        }
         if path.extension().is_some_and(|e| e == "ckpt") {
             ModelSource::Checkpoint(path.to_path_buf())
         } else {
@@ -54,9 +63,24 @@ impl ModelSource {
         }
     }
 
+    /// A directory: a Hugging Face model folder, which must hold a `config.json`.
+    fn dir(p: &Path) -> Result<ModelSource> {
+        if !p.join("config.json").is_file() {
+            bail!(
+                "{}: a directory given as a model must be a Hugging Face model folder, but it \
+                 has no config.json",
+                p.display()
+            );
+        }
+        Ok(ModelSource::HfDir(p.to_path_buf()))
+    }
+
     /// Whether the source carries trained weights (else it is a shape to initialise).
     pub fn has_weights(&self) -> bool {
-        matches!(self, ModelSource::Llama2c(_) | ModelSource::Checkpoint(_))
+        matches!(
+            self,
+            ModelSource::Llama2c(_) | ModelSource::Checkpoint(_) | ModelSource::HfDir(_)
+        )
     }
 
     /// The checkpoint's path, if the source is one.

@@ -40,6 +40,7 @@
 //! Training a vocabulary in this layout lives in [`bpe`].
 
 pub mod bpe;
+pub mod hf;
 
 pub use bpe::{train_bpe, train_bpe_detailed, BpeTraining, TrainedChunk};
 

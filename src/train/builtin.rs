@@ -64,8 +64,8 @@ pub fn prepare(dir: &Path, seed: u64, quiet: bool) -> Result<Builtin> {
 /// Entropy (nats/token) of the unigram distribution of `data`: the loss of the best model
 /// that ignores context.
 pub fn unigram_entropy(data: &TokenData) -> f64 {
-    let mut counts = std::collections::HashMap::<u16, u64>::new();
-    for &t in data.tokens() {
+    let mut counts = std::collections::HashMap::<u32, u64>::new();
+    for t in data.ids().iter() {
         *counts.entry(t).or_default() += 1;
     }
     let n = data.len() as f64;

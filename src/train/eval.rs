@@ -87,6 +87,7 @@ pub fn eval_file_with(
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Result<(f32, usize)> {
     let c = params.config();
+    super::check_computable(c)?;
     data.validate(seq, c.vocab_size)?;
     let batches = eval_batches(data, batch, seq, batches);
     let mut ws = Workspace::new(c, batch, seq);
@@ -112,7 +113,8 @@ pub fn window_gradients(
     seq: usize,
 ) -> Result<(Params, f32)> {
     let c = params.config();
-    let toks = data.tokens();
+    super::check_computable(c)?;
+    let toks = data.ids();
     let end = offset.checked_add(seq + 1).context("window overflows")?;
     if end > toks.len() {
         bail!(
@@ -124,7 +126,7 @@ pub fn window_gradients(
     if seq > c.seq_len {
         bail!("--seq {seq} exceeds the model's seq_len {}", c.seq_len);
     }
-    let win = &toks[offset..end];
+    let win = toks.slice(offset..end).to_vec();
     if let Some((i, &t)) = win
         .iter()
         .enumerate()
@@ -137,8 +139,8 @@ pub fn window_gradients(
             c.vocab_size
         );
     }
-    let inputs: Vec<u32> = win[..seq].iter().map(|&t| t as u32).collect();
-    let targets: Vec<u32> = win[1..].iter().map(|&t| t as u32).collect();
+    let inputs: Vec<u32> = win[..seq].to_vec();
+    let targets: Vec<u32> = win[1..].to_vec();
     let mut ws = Workspace::new(c, 1, seq);
     let mut grads = Params::zeros(c);
     let mut t = Timings::default();

@@ -23,8 +23,45 @@ pub mod stepper;
 pub mod timing;
 pub mod trainer;
 
-use crate::model::{llama2c, Config, ModelSource, Params};
-use anyhow::{Context, Result};
+use crate::model::{hf, llama2c, Config, ModelSource, Params};
+use anyhow::{bail, Context, Result};
+
+/// Refuses, with the reason, a model whose math the training step does not compute.
+pub fn check_computable(c: &Config) -> Result<()> {
+    if c.qk_norm {
+        bail!(
+            "{}: per-head q/k norms (q_norm, k_norm) are not computed by the training step yet; \
+             this model can be inspected (info), exported (export --format hf) and run by \
+             generate, but not trained, evaluated or differentiated",
+            c.hf.as_ref()
+                .map_or("this model", |o| o.architecture.as_str())
+        );
+    }
+    Ok(())
+}
+
+pub use crate::util::mem::available_memory_bytes;
+
+/// Refuses, with the figures, a training run of `c` at `batch × seq` that needs more memory
+/// than the machine has available (checked before anything is allocated).
+pub fn check_fits(c: &Config, batch: usize, seq: usize) -> Result<()> {
+    let (p, a) = crate::model::config::training_memory_bytes(c, batch, seq);
+    let gib = |x: u64| x as f64 / (1u64 << 30) as f64;
+    if let Some(avail) = available_memory_bytes() {
+        if p + a > avail {
+            bail!(
+                "training this model at batch {batch} x seq {seq} needs {:.2} GiB ({:.2} GiB \
+                 parameters, gradients and AdamW state at 16 B/param + {:.2} GiB activations), \
+                 but only {:.2} GiB of memory is available",
+                gib(p + a),
+                gib(p),
+                gib(a),
+                gib(avail)
+            );
+        }
+    }
+    Ok(())
+}
 
 /// The shape of a model source; reads only a checkpoint's header, and a llama2.c file.
 pub fn load_config(src: &ModelSource) -> Result<Config> {
@@ -33,6 +70,7 @@ pub fn load_config(src: &ModelSource) -> Result<Config> {
         ModelSource::ConfigFile(p) => Config::from_file(p)?,
         ModelSource::Llama2c(p) => llama2c::Model::load(p)?.config().clone(),
         ModelSource::Checkpoint(p) => checkpoint::read_header(p)?.config,
+        ModelSource::HfDir(p) => hf::read_config(p)?,
     })
 }
 
@@ -46,5 +84,6 @@ pub fn load_params(src: &ModelSource, seed: u64) -> Result<Params> {
         }
         ModelSource::Llama2c(p) => llama2c::Model::load(p)?.params,
         ModelSource::Checkpoint(p) => checkpoint::load_or_explain(p)?.params,
+        ModelSource::HfDir(p) => hf::load(p)?,
     })
 }

@@ -14,7 +14,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn fill(&mut self, data: &TokenData, seq: usize, inputs: &mut [u32], targets: &mut [u32]) {
-        let toks = data.tokens();
+        let toks = data.ids();
         let span = (toks.len() - seq - 1) as u64 + 1;
         for (inp, tgt) in inputs.chunks_mut(seq).zip(targets.chunks_mut(seq)) {
             let pos = match self.mode {
@@ -26,8 +26,8 @@ impl Sampler {
                 }
             };
             for i in 0..seq {
-                inp[i] = toks[pos + i] as u32;
-                tgt[i] = toks[pos + i + 1] as u32;
+                inp[i] = toks.get(pos + i);
+                tgt[i] = toks.get(pos + i + 1);
             }
         }
     }

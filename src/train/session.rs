@@ -374,6 +374,14 @@ pub fn run(plan: Plan) -> Result<Finished> {
         }
         None => {
             let src = ModelSource::resolve(&plan.model).context("--model")?;
+            // A Hugging Face folder's size is known from its config: refuse a run that cannot
+            // fit before reading gigabytes of weights.
+            if let ModelSource::HfDir(d) = &src {
+                let shape = crate::model::hf::read_config(d)?;
+                let seq = plan.seq.unwrap_or(settings::default_seq(&shape));
+                super::check_fits(&shape, s.batch, seq)
+                    .with_context(|| format!("--model {}", plan.model))?;
+            }
             let p = super::load_params(&src, s.seed)
                 .with_context(|| format!("--model {}", plan.model))?;
             s.seq = plan.seq.unwrap_or(settings::default_seq(p.config()));
@@ -458,10 +466,32 @@ pub fn run(plan: Plan) -> Result<Finished> {
             (t, Some(v), record)
         }
     };
+    // A model from a Hugging Face folder: its own tokenizer.json, recorded for `generate`.
+    if s.tokenizer.is_none() {
+        s.tokenizer =
+            c.hf.as_ref()
+                .and_then(|o| crate::model::hf::tokenizer_path(&o.dir));
+    }
     // Absolute, so that `generate` finds the tokenizer recorded in the checkpoint from anywhere.
     s.tokenizer = s.tokenizer.map(|p| p.canonicalize().unwrap_or(p));
     // The data against the model: `Trainer::run` checks every id before its first step.
     let tokenizer = match &s.tokenizer {
+        // A Hugging Face tokenizer is recorded for `generate`; the samples during training
+        // and the closing story use llama2.c tokenizers only.
+        Some(p) if crate::tokenizer::hf::is_hf_tokenizer(p) => {
+            let t = crate::tokenizer::hf::HfTokenizer::load(p)?;
+            if t.vocab_size() > c.vocab_size {
+                bail!(
+                    "the tokenizer {} has {} ids but the model {} has a vocabulary of {}: \
+                     give the --tokenizer the model was trained with",
+                    p.display(),
+                    t.vocab_size(),
+                    what,
+                    c.vocab_size
+                );
+            }
+            None
+        }
         Some(p) => {
             let t = Tokenizer::load(p)?;
             if t.vocab_size() != c.vocab_size {
