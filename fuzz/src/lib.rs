@@ -531,6 +531,7 @@ fn checkpoint_bytes(tied: bool) -> Vec<u8> {
         settings: serde_json::json!({"lr": 0.001, "batch": 2}),
         tokenizer: Some("tok.bin".into()),
         data: Some("data.bin".into()),
+        world_size: 1,
     };
     let m: Vec<f32> = p.data.iter().map(|x| 0.1 * x).collect();
     let v: Vec<f32> = p.data.iter().map(|x| x * x).collect();

@@ -164,11 +164,33 @@ pub struct TrainArgs {
     /// command that continues the run still print).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Train data parallel as one rank of an MPI job (`mpirun -np N anetrain train …
+    /// --distributed mpi`): --batch and --accum are per rank, rank 0 writes the checkpoint,
+    /// the log and samples. Needs a build with `--features mpi` (docs/DISTRIBUTED.md).
+    #[arg(long, value_enum)]
+    pub distributed: Option<crate::train::distributed::Kind>,
+    /// With --distributed: the ranks compare a checksum of their parameters every N steps
+    /// and at the end, and stop if they differ (0: only at the end).
+    #[arg(long, default_value_t = crate::train::trainer::DEFAULT_CHECK_EVERY, requires = "distributed")]
+    pub check_every: u64,
     #[command(flatten)]
     pub gemm: GemmArgs,
 }
 
 pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
+    // Data parallel: an error on any rank ends every rank (MPI_Abort, naming the rank).
+    let distributed = a.distributed.is_some();
+    match train(a, given) {
+        // A run stopped by Ctrl-C ended cleanly on every rank: only the exit code is left.
+        Err(e) if distributed && e.is::<super::ExitStatus>() => {
+            crate::train::distributed::finalize();
+            Err(e)
+        }
+        r => crate::train::distributed::conclude(distributed, r),
+    }
+}
+
+fn train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
     let builtin = a.data.is_none();
     let steps = a.steps.unwrap_or(settings::DEFAULT_STEPS);
     // Starting from trained weights (not resuming): fine-tuning defaults.
@@ -255,10 +277,16 @@ pub fn run_train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
             quiet: a.quiet,
             until: a.until,
         },
+        distributed: a.distributed,
+        check_every: a.check_every,
     };
     let done = session::run(plan)?;
     if done.outcome.restart {
         return session::restart_process();
+    }
+    if done.trainer.rank_of().0 > 0 {
+        // Rank 0 reports for the run.
+        return Ok(());
     }
     if !a.quiet {
         print_summary(&done, builtin, a.seed)?;
@@ -736,11 +764,27 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Measure data-parallel steps as one rank of an MPI job (`mpirun -np N anetrain bench
+    /// … --distributed mpi`): adds the per-step compute, all-reduce time and its overlap with
+    /// the backward (rank 0 prints). --batch and --accum are per rank.
+    #[arg(long, value_enum)]
+    pub distributed: Option<crate::train::distributed::Kind>,
     #[command(flatten)]
     pub gemm: GemmArgs,
 }
 
 pub fn run_bench(a: BenchArgs) -> Result<()> {
+    let distributed = a.distributed.is_some();
+    crate::train::distributed::conclude(distributed, bench_cmd(a))
+}
+
+fn bench_cmd(a: BenchArgs) -> Result<()> {
+    let mut group = match a.distributed {
+        Some(kind) => Some(crate::train::distributed::join(kind)?),
+        None => None,
+    };
+    let (rank, ranks) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
+    let quiet = a.json || rank > 0;
     let spec = BenchSpec {
         batch: a.batch,
         seq: a.seq,
@@ -761,26 +805,64 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         gemm: a.gemm.gemm.clone(),
     };
     let gemm = crate::train::backend::select_gemm(&backend.gemm, &c, a.batch, a.seq)?;
-    if !a.json {
+    if !quiet {
         eprintln!("{}", gemm.line());
     }
     let mut k = make_kernels(&backend, &c, a.batch, a.seq)?;
-    let run = bench::measure(k.as_mut(), params, &spec, &mut |measured, ms| {
-        if !a.json {
-            let what = if measured { "measured" } else { "warm-up" };
-            eprintln!("{what} step: {ms:.1} ms");
-        }
-    })?;
+    let run = bench::measure_in(
+        k.as_mut(),
+        params,
+        &spec,
+        &mut |measured, ms| {
+            if !quiet {
+                let what = if measured { "measured" } else { "warm-up" };
+                eprintln!("{what} step: {ms:.1} ms");
+            }
+        },
+        group
+            .as_mut()
+            .map(|g| g.as_mut() as &mut dyn crate::train::distributed::Group),
+    )?;
+    let dist = bench::DistributedFigures::new(&run);
+    drop(group);
+    if rank > 0 {
+        return Ok(());
+    }
     let backend = a.backend.to_string();
     let rss = bench::peak_rss_bytes();
     let ceiling_ms = crate::train::gemm_choice::ceiling_ms(&c, a.batch, a.seq, a.accum);
-    let report = BenchReport::new(
+    let mut report = BenchReport::new(
         &c, &a.model, &backend, threads, &spec, &run, &peak, rss, &gemm, ceiling_ms,
     );
+    if let (Some(d), Some(obj)) = (dist, report.json.as_object_mut()) {
+        obj.insert(
+            "distributed".into(),
+            serde_json::json!({
+                "ranks": ranks,
+                "compute_ms": d.compute_ms,
+                "allreduce_ms": d.allreduce_ms,
+                "exposed_ms": d.exposed_ms,
+                "overlap": d.overlap(),
+                "bytes_per_rank": d.bytes,
+            }),
+        );
+    }
     if a.json {
         println!("{}", report.json);
     } else {
         report.print();
+        if let Some(d) = dist {
+            println!(
+                "data parallel    {ranks} ranks (figures of rank 0, per step): compute {:.1} ms, \
+                 all-reduce {:.1} ms of {:.1} MB, {:.1} ms of it exposed ({:.0}% overlapped \
+                 with the backward)",
+                d.compute_ms,
+                d.allreduce_ms,
+                d.bytes / 1e6,
+                d.exposed_ms,
+                100.0 * d.overlap()
+            );
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! the per-component times ([`Timings`]) are recorded by the trainer's own code path.
 //! [`super::report::BenchReport`] turns a run into the printed table or JSON.
 
+use super::distributed::{Group, SyncStats};
 use super::loss_scale::LossScaler;
 use super::optim::{AdamW, AdamWConfig};
 use super::settings;
@@ -63,6 +64,44 @@ pub struct BenchRun {
     pub stepper: Stepper,
     /// The backend's counters over the measured steps (per-program Neural Engine times).
     pub backend: crate::kernels::BackendStats,
+    /// Data parallel: this rank's communication over the measured steps.
+    pub sync: Option<SyncStats>,
+}
+
+/// What `bench --distributed` reports per measured step, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DistributedFigures {
+    /// The step without the wait for the all-reduce: forward, backward, optimizer.
+    pub compute_ms: f64,
+    /// The all-reduce's own duration (its thread, overlapped with the backward or not).
+    pub allreduce_ms: f64,
+    /// The part of the all-reduce the step waited for after its backward.
+    pub exposed_ms: f64,
+    /// Gradient bytes each rank handed to the all-reduce.
+    pub bytes: f64,
+}
+
+impl DistributedFigures {
+    pub fn new(run: &BenchRun) -> Option<DistributedFigures> {
+        let s = run.sync?;
+        let n = run.step_ms.len().max(1) as f64;
+        let step_ms = run.step_ms.iter().sum::<f64>() / n;
+        Some(DistributedFigures {
+            compute_ms: step_ms - s.wait_ms / n,
+            allreduce_ms: s.reduce_ms / n,
+            exposed_ms: s.wait_ms / n,
+            bytes: 4.0 * s.values as f64 / n,
+        })
+    }
+
+    /// The share of the all-reduce hidden behind the backward (0 … 1).
+    pub fn overlap(&self) -> f64 {
+        if self.allreduce_ms > 0.0 {
+            (1.0 - self.exposed_ms / self.allreduce_ms).clamp(0.0, 1.0)
+        } else {
+            1.0
+        }
+    }
 }
 
 /// Runs `spec.warmup + spec.steps` optimizer steps of `params` on backend `k`, drawing token
@@ -73,6 +112,17 @@ pub fn measure(
     params: Params,
     spec: &BenchSpec,
     on_step: &mut dyn FnMut(bool, f64),
+) -> Result<BenchRun> {
+    measure_in(k, params, spec, on_step, None)
+}
+
+/// [`measure`] as one rank of `group` (data parallel; rank r draws from `Rng::new(7 + r)`).
+pub fn measure_in(
+    k: &mut dyn Kernels,
+    params: Params,
+    spec: &BenchSpec,
+    on_step: &mut dyn FnMut(bool, f64),
+    mut group: Option<&mut dyn Group>,
 ) -> Result<BenchRun> {
     if spec.steps == 0 || spec.batch == 0 || spec.seq == 0 || spec.accum == 0 {
         bail!("--steps, --batch, --seq and --accum must each be at least 1");
@@ -92,7 +142,8 @@ pub fn measure(
     let mut stepper = Stepper::new(params, opt, scaler, tokens);
     let cfg = bench_optim();
     let mut ws = Workspace::new(&c, spec.batch, spec.seq);
-    let mut rng = Rng::new(7);
+    let mut rng = Rng::new(7 + group.as_ref().map_or(0, |g| g.rank() as u64));
+    let mut sync_before = SyncStats::default();
     let mut step_ms = Vec::with_capacity(spec.steps);
     let mut timings = Timings::default();
     let mut page_faults = 0u64;
@@ -100,11 +151,12 @@ pub fn measure(
     for it in 0..spec.warmup + spec.steps {
         if it == spec.warmup {
             before = k.stats();
+            sync_before = group.as_ref().map(|g| g.stats()).unwrap_or_default();
         }
         let mut t = Timings::default();
         let f0 = minor_faults();
         let t0 = std::time::Instant::now();
-        let outcome = stepper.step(
+        let outcome = stepper.step_in(
             k,
             &mut ws,
             &cfg,
@@ -112,6 +164,7 @@ pub fn measure(
             spec.accum,
             &mut |inputs, targets| random_batch(&mut rng, c.vocab_size, inputs, targets),
             &mut t,
+            group.as_mut().map(|g| &mut **g as &mut dyn Group),
         )?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         if let StepOutcome::Skipped { reason } = outcome {
@@ -125,12 +178,22 @@ pub fn measure(
         }
         on_step(measured, ms);
     }
+    let sync = group.map(|g| {
+        let (now, b) = (g.stats(), sync_before);
+        SyncStats {
+            reduce_ms: now.reduce_ms - b.reduce_ms,
+            wait_ms: now.wait_ms - b.wait_ms,
+            values: now.values - b.values,
+            buckets: now.buckets - b.buckets,
+        }
+    });
     Ok(BenchRun {
         step_ms,
         timings,
         page_faults,
         stepper,
         backend: k.stats().since(&before),
+        sync,
     })
 }
 

@@ -61,6 +61,11 @@ pub struct Header {
     pub tokenizer: Option<String>,
     #[serde(default)]
     pub data: Option<String>,
+    /// Data-parallel ranks of the run that wrote it (0 in files from before it was
+    /// recorded: one). `settings.accum` is per rank; the global batch is
+    /// batch × accum × ranks.
+    #[serde(default)]
+    pub world_size: usize,
 }
 
 /// A loaded checkpoint.
@@ -287,6 +292,7 @@ mod tests {
             settings: serde_json::json!({"lr": 0.001}),
             tokenizer: None,
             data: None,
+            world_size: 1,
         }
     }
 

@@ -4,7 +4,8 @@
 //! ```text
 //! {"type":"run", "pid":…, "start_unix":…, "backend":"cpu", "model":{config}, "params":…,
 //!  "batch":…, "seq":…, "accum":…, "total_steps":…, "tokens_per_step":…, "flops_per_step":…,
-//!  "peak_gflops":…, "ckpt":"path"|null, "tokenizer":"path"|null, "args":{…}}
+//!  "peak_gflops":…, "ckpt":"path"|null, "tokenizer":"path"|null, "args":{…},
+//!  "world_size":ranks}
 //! {"type":"step", "step":…, "loss":…, "lr":…, "grad_norm":…, "ms":…, "tokens_per_s":…,
 //!  "timing":{"fwd_attn":ms,…}, "compiles":…, "time":unix_seconds}
 //! {"type":"eval", "step":…, "val_loss":…, "time":…}
@@ -106,6 +107,14 @@ pub struct RunHeader {
     pub tokenizer: Option<String>,
     #[serde(default)]
     pub args: serde_json::Value,
+    /// Data-parallel ranks (1: one process); `tokens_per_step` and `flops_per_step` are of
+    /// all of them.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]

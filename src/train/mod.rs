@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bench;
 pub mod builtin;
 pub mod checkpoint;
+pub mod distributed;
 pub mod eval;
 pub mod gemm_choice;
 pub mod log;

@@ -31,4 +31,18 @@ impl Sampler {
             }
         }
     }
+
+    /// Moves on as if `sequences` windows had been drawn with [`Sampler::fill`] (another
+    /// data-parallel rank's share), without copying them.
+    pub fn skip(&mut self, data: &TokenData, seq: usize, sequences: usize) {
+        let span = (data.tokens().len() - seq - 1) as u64 + 1;
+        for _ in 0..sequences {
+            match self.mode {
+                Sampling::Random => {
+                    self.rng.below(span);
+                }
+                Sampling::Sequential => self.cursor += seq as u64,
+            }
+        }
+    }
 }

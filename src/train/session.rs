@@ -5,6 +5,7 @@
 //! everything in between is here.
 
 use super::backend::{make_kernels, set_threads, BackendChoice};
+use super::distributed::{self, Group};
 use super::log::LogWriter;
 use super::settings::{self, Settings};
 use super::trainer::{self, Outcome, Trainer};
@@ -240,6 +241,11 @@ pub struct Plan {
     /// The rest; `seq`, `loss_scale`, `backend` and (for the built-in corpus) `tokenizer`
     /// are overwritten by [`run`].
     pub settings: Settings,
+    /// `--distributed`: train data parallel as one rank of the run this process was
+    /// started in (`settings.batch` and `settings.accum` are per rank).
+    pub distributed: Option<distributed::Kind>,
+    /// `--check-every`: steps between the ranks' checksum comparisons.
+    pub check_every: u64,
 }
 
 /// What a finished (or interrupted, or restarting) run leaves.
@@ -258,8 +264,20 @@ pub struct Finished {
 /// before any file is written: the settings, the checkpoint to resume and the flags against
 /// it, the model against the data and the tokenizer, and that the checkpoint and log folders
 /// can be written.
+///
+/// Data parallel (`plan.distributed`): this process joins the run it was started in; the
+/// caller ends it with [`distributed::conclude`].
 pub fn run(plan: Plan) -> Result<Finished> {
+    let mut group: Option<Box<dyn Group>> = match plan.distributed {
+        Some(kind) => Some(distributed::join(kind)?),
+        None => None,
+    };
     let mut s = plan.settings.clone();
+    let (rank, ranks) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
+    if rank > 0 {
+        // Rank 0 speaks for the run.
+        s.quiet = true;
+    }
     s.backend = plan.backend.kind;
     // First: the global thread pool is built once, by whoever uses it first.
     let threads = set_threads(plan.threads);
@@ -311,7 +329,9 @@ pub fn run(plan: Plan) -> Result<Finished> {
         Some(ck) => {
             s.seq = plan.seq.unwrap_or(0);
             match serde_json::from_value::<Settings>(ck.header.settings.clone()) {
-                Ok(recorded) => {
+                Ok(mut recorded) => {
+                    recorded.accum =
+                        per_rank_accum(recorded.accum, ck.header.world_size.max(1), ranks)?;
                     s = s.resumed(&recorded, &plan.given)?;
                     if recorded.backend != s.backend {
                         note(&format!(
@@ -395,9 +415,11 @@ pub fn run(plan: Plan) -> Result<Finished> {
         s.batch * s.seq,
     );
     s.validate()?;
-    check_writable(&s.ckpt, "--ckpt")?;
     let log_path = s.log.clone().context("the settings name no log file")?;
-    check_writable(&log_path, "--log")?;
+    if rank == 0 {
+        check_writable(&s.ckpt, "--ckpt")?;
+        check_writable(&log_path, "--log")?;
+    }
 
     trainer::install_signal_handlers();
     let (data, val, record) = match &data_choice {
@@ -419,7 +441,14 @@ pub fn run(plan: Plan) -> Result<Finished> {
             (t, v, record)
         }
         DataChoice::Builtin { val_fraction } => {
+            // Rank 0 first: on a shared folder the others then find the corpus made.
+            if let (true, Some(g)) = (rank > 0, group.as_mut()) {
+                g.barrier();
+            }
             let b = builtin::prepare(&plan.out, s.seed, s.quiet)?;
+            if let (0, Some(g)) = (rank, group.as_mut()) {
+                g.barrier();
+            }
             s.tokenizer.get_or_insert(b.tokenizer.clone());
             let record = DataRecord::of(true, &b.tokens, None, *val_fraction)?;
             if let Some(r) = recorded_data.as_ref().filter(|r| r.builtin) {
@@ -481,7 +510,7 @@ pub fn run(plan: Plan) -> Result<Finished> {
     };
 
     let summary = format!(
-        "training {what}: {} ({:.2}M params) on {} ({} tokens), backend {}, batch {} x seq {} x accum {}, {} steps, lr {}, {threads} threads",
+        "training {what}: {} ({:.2}M params) on {} ({} tokens), backend {}, batch {} x seq {} x accum {}{}, {} steps, lr {}, {threads} threads",
         shape(&c),
         c.num_params() as f64 / 1e6,
         data.path.display(),
@@ -490,6 +519,11 @@ pub fn run(plan: Plan) -> Result<Finished> {
         s.batch,
         s.seq,
         s.accum,
+        if ranks > 1 || group.is_some() {
+            format!(" x {ranks} ranks (MPI)")
+        } else {
+            String::new()
+        },
         s.steps,
         s.optim.lr,
     );
@@ -508,7 +542,9 @@ pub fn run(plan: Plan) -> Result<Finished> {
     tr.data_desc = Some(data.path.display().to_string());
     tr.data_record = Some(serde_json::to_value(&record)?);
     tr.time_limit = plan.time_limit;
-    if plan.overwrite && !plan.resume && tr.s.ckpt.exists() {
+    tr.group = group;
+    tr.check_every = plan.check_every;
+    if rank == 0 && plan.overwrite && !plan.resume && tr.s.ckpt.exists() {
         replace_run(&tr.s.ckpt, &log_path)?;
         note(&format!(
             "--overwrite: the run at {} and its log {} are replaced",
@@ -519,14 +555,19 @@ pub fn run(plan: Plan) -> Result<Finished> {
     let peak = crate::util::peak::measure_fma_gflops(threads);
     note(&summary);
     note(&gemm.line());
-    let mut log = LogWriter::open(&log_path)?;
+    let mut log = if rank == 0 {
+        LogWriter::open(&log_path)?
+    } else {
+        LogWriter::disabled()
+    };
     let sample_text = |p: &Params| -> Result<String> {
         match &tokenizer {
             Some(t) => crate::generate::generate_text(p, t, "", 200, 0.8, 0.9, 42),
             None => bail!("no tokenizer"),
         }
     };
-    let sample: Option<trainer::SampleFn> = tokenizer.is_some().then_some(&sample_text);
+    let sample: Option<trainer::SampleFn> =
+        (tokenizer.is_some() && rank == 0).then_some(&sample_text);
     let outcome = tr.run(&data, val.as_ref(), &mut log, sample, peak)?;
     Ok(Finished {
         outcome,
@@ -534,6 +575,19 @@ pub fn run(plan: Plan) -> Result<Finished> {
         data,
         tokenizer,
     })
+}
+
+/// The per-rank `--accum` that continues, on `ranks` ranks, a run recorded with `accum` per
+/// rank on `recorded_ranks`: the same global batch (micro-steps × ranks), or an error.
+pub fn per_rank_accum(accum: usize, recorded_ranks: usize, ranks: usize) -> Result<usize> {
+    let global = accum.max(1) * recorded_ranks;
+    if !global.is_multiple_of(ranks) {
+        bail!(
+            "--resume: the checkpoint's run accumulated {global} micro-steps per update              ({} per rank on {recorded_ranks} rank(s)); {ranks} ranks cannot share them              evenly: resume on a number of ranks that divides {global}",
+            accum.max(1)
+        );
+    }
+    Ok(global / ranks)
 }
 
 /// Removes a run's checkpoint, its older copies and its log (`--overwrite`).

@@ -156,6 +156,8 @@ struct GradParts<'a> {
     w2: &'a mut [f32],
     w3: &'a mut [f32],
     norm: &'a mut [f32],
+    /// the untied classifier (empty when tied)
+    out: &'a mut [f32],
 }
 
 fn split_grads<'a>(lay: &Layout, data: &'a mut [f32]) -> GradParts<'a> {
@@ -180,6 +182,7 @@ fn split_grads<'a>(lay: &Layout, data: &'a mut [f32]) -> GradParts<'a> {
     let w2 = take(lay.stacked(W2));
     let w3 = take(lay.stacked(W3));
     let norm = take(lay.norm.clone());
+    let out = std::mem::take(&mut rest);
     GradParts {
         emb,
         att_norm,
@@ -192,8 +195,15 @@ fn split_grads<'a>(lay: &Layout, data: &'a mut [f32]) -> GradParts<'a> {
         w2,
         w3,
         norm,
+        out,
     }
 }
+
+/// Called during the backward pass each time a group of weight gradients is final (for this
+/// call): the final norm with the untied classifier, then each layer from the last to the
+/// first, then the embedding. Each call passes that group's pieces as (arena offset, values);
+/// data-parallel training starts their reduction while the backward goes on.
+pub type GradHook<'h> = &'h mut (dyn FnMut(&[(usize, &[f32])]) + Send);
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
@@ -306,6 +316,23 @@ impl Workspace {
         grad_scale: f32,
         t: &mut Timings,
     ) -> Result<f32> {
+        self.forward_backward_hooked(k, params, grads, inputs, targets, grad_scale, t, None)
+    }
+
+    /// [`Workspace::forward_backward`], calling `hook` as each group of gradients is final
+    /// ([`GradHook`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_hooked(
+        &mut self,
+        k: &mut dyn Kernels,
+        params: &Params,
+        grads: &mut Params,
+        inputs: &[u32],
+        targets: &[u32],
+        grad_scale: f32,
+        t: &mut Timings,
+        mut hook: Option<GradHook>,
+    ) -> Result<f32> {
         self.check(k, params, inputs, targets)?;
         ensure!(
             grads.layout.total == params.layout.total && grads.config() == params.config(),
@@ -317,7 +344,7 @@ impl Workspace {
         pool.install(|| {
             self.forward(k, Pass::Training, params, inputs, t)?;
             let loss = self.classifier(params, Some(grads), targets, grad_scale, t);
-            self.backward(k, params, grads, inputs, t)?;
+            self.backward(k, params, grads, inputs, t, &mut hook)?;
             Ok(loss)
         })
     }
@@ -526,6 +553,7 @@ impl Workspace {
         grads: &mut Params,
         inputs: &[u32],
         t: &mut Timings,
+        hook: &mut Option<GradHook>,
     ) -> Result<()> {
         let d = self.spec.dims;
         let c = self.cfg.clone();
@@ -547,6 +575,7 @@ impl Workspace {
             w2: g_w2,
             w3: g_w3,
             norm: g_norm,
+            out: g_out,
         } = g;
         let mut dw = DwGrads {
             wq: g_wq,
@@ -574,6 +603,14 @@ impl Workspace {
             );
         }
         t.add(Component::Rmsnorm, ms_since(ts));
+        if let Some(h) = hook.as_mut() {
+            // The classifier's gradient is final here unless it is the embedding's (tied).
+            let mut pieces = vec![(layout.norm.start, &g_norm[..])];
+            if !g_out.is_empty() {
+                pieces.push((layout.norm.end, &g_out[..]));
+            }
+            h(&pieces);
+        }
 
         for l in (0..nl).rev() {
             let (s0, s1) = self.sets.split_at_mut(1);
@@ -617,13 +654,22 @@ impl Workspace {
             if l > 0 {
                 std::mem::swap(&mut self.sets[(l - 1) % 2].dy, &mut self.dres);
             }
+            if let (Some(h), true) = (hook.as_mut(), l + 1 < nl) {
+                h(&dw.pieces(&layout, g_att_norm, g_ffn_norm, l + 1));
+            }
         }
         let ts = Instant::now();
         dw.layer(&d, &self.taps, &self.sets[0], 0);
         t.add(Component::Dw, ms_since(ts));
+        if let Some(h) = hook.as_mut() {
+            h(&dw.pieces(&layout, g_att_norm, g_ffn_norm, 0));
+        }
         t.time(Component::Embedding, || {
             ops::embedding_bwd(g_emb, &self.dres, inputs, dim)
         });
+        if let Some(h) = hook.as_mut() {
+            h(&[(layout.tok_embeddings.start, &g_emb[..])]);
+        }
         Ok(())
     }
 }
@@ -762,6 +808,33 @@ struct DwGrads<'a> {
 }
 
 impl DwGrads<'_> {
+    /// Layer `l`'s gradients as (arena offset, values), the gains included.
+    fn pieces<'b>(
+        &'b self,
+        lay: &Layout,
+        att_norm: &'b [f32],
+        ffn_norm: &'b [f32],
+        l: usize,
+    ) -> [(usize, &'b [f32]); 9] {
+        use LayerTensor::*;
+        let piece = |t: LayerTensor, stacked: &'b [f32]| {
+            let r = lay.layer(l, t);
+            let base = lay.stacked(t).start;
+            (r.start, &stacked[r.start - base..r.end - base])
+        };
+        [
+            piece(AttentionNorm, att_norm),
+            piece(Wq, self.wq),
+            piece(Wk, self.wk),
+            piece(Wv, self.wv),
+            piece(Wo, self.wo),
+            piece(FfnNorm, ffn_norm),
+            piece(W1, self.w1),
+            piece(W2, self.w2),
+            piece(W3, self.w3),
+        ]
+    }
+
     /// dW += dY·Xᵀ for every weight of layer `l` (all `[out, in]`, token sums over N).
     ///
     /// The seven products are independent whole tasks on the pool, each single-threaded:

@@ -5,6 +5,7 @@
 //! depends on, so a resumed run reproduces an uninterrupted one bit for bit.
 
 use super::checkpoint::{self, Header};
+use super::distributed::{self, Group};
 use super::eval::evaluate;
 use super::log::{now_unix, Event, LogWriter, RunHeader, StepRecord};
 use super::loss_scale::LossScaler;
@@ -42,6 +43,9 @@ pub fn install_signal_handlers() {
         libc::signal(libc::SIGTERM, h);
     }
 }
+
+/// Steps between the ranks' parameter checksums (`--check-every`).
+pub const DEFAULT_CHECK_EVERY: u64 = 50;
 
 /// Turns the current parameters into a text sample (for the log's `sample` events).
 pub type SampleFn<'a> = &'a dyn Fn(&Params) -> Result<String>;
@@ -134,6 +138,15 @@ pub struct Trainer {
     /// `--until` (`--time-limit`; `None`: no limit).
     pub time_limit: Option<f64>,
     pub kernels: Box<dyn Kernels>,
+    /// Data parallel: this process's ranks group. Rank 0 alone evaluates, samples and writes
+    /// checkpoints (the caller gives the other ranks a disabled log).
+    pub group: Option<Box<dyn Group>>,
+    /// Data parallel: the ranks compare a checksum of their parameters and moments every
+    /// this many steps (0: only at the end).
+    pub check_every: u64,
+    /// Test hook (`ANETRAIN_PERTURB_AT=STEP`): after step STEP one parameter of this
+    /// process is nudged, to exercise the ranks' checksum comparison end to end.
+    perturb_at: Option<u64>,
 }
 
 impl Trainer {
@@ -161,6 +174,11 @@ impl Trainer {
             data_record: None,
             time_limit: None,
             kernels,
+            group: None,
+            check_every: DEFAULT_CHECK_EVERY,
+            perturb_at: std::env::var("ANETRAIN_PERTURB_AT")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         }
     }
 
@@ -195,6 +213,40 @@ impl Trainer {
         self.stepper.params.config()
     }
 
+    /// (rank, ranks): (0, 1) for a process on its own.
+    pub fn rank_of(&self) -> (usize, usize) {
+        self.group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()))
+    }
+
+    /// Whether this process writes the run's files (checkpoints, log, samples).
+    fn writes(&self) -> bool {
+        self.rank_of().0 == 0
+    }
+
+    /// Data parallel: stops with an error when the ranks' parameters or moments differ.
+    fn check_ranks_agree(&mut self) -> Result<()> {
+        let Some(g) = self.group.as_mut() else {
+            return Ok(());
+        };
+        let st = &self.stepper;
+        let sum = distributed::checksum(&[&st.params.data, &st.opt.m, &st.opt.v]);
+        let all = g.gather_u64(sum);
+        if all.iter().any(|&s| s != all[0]) {
+            let sums: Vec<String> = all
+                .iter()
+                .enumerate()
+                .map(|(r, s)| format!("rank {r}: {s:016x}"))
+                .collect();
+            bail!(
+                "after step {} the ranks' parameters differ ({}): the ranks have diverged —                  every rank must run the same anetrain build, backend and --gemm on CPUs that                  round alike; the last good checkpoint {} is intact",
+                self.step,
+                sums.join(", "),
+                self.s.ckpt.display()
+            );
+        }
+        Ok(())
+    }
+
     fn header(&self) -> Header {
         Header {
             config: self.config().clone(),
@@ -218,6 +270,7 @@ impl Trainer {
             },
             tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
             data: self.data_desc.clone(),
+            world_size: self.rank_of().1,
         }
     }
 
@@ -251,7 +304,9 @@ impl Trainer {
             v.validate(seq, self.config().vocab_size)?;
         }
         let mut ws = Workspace::new(self.config(), b, seq);
-        let tokens_per_step = (b * seq * self.s.accum.max(1)) as u64;
+        let (rank, ranks) = self.rank_of();
+        let accum = self.s.accum.max(1);
+        let tokens_per_step = (b * seq * accum * ranks) as u64;
         self.log_header(log, tokens_per_step, peak_gflops)?;
 
         let progress = Progress::new(self.step, self.s.steps, self.s.quiet);
@@ -262,14 +317,28 @@ impl Trainer {
 
         let stop_at = self.s.until.unwrap_or(u64::MAX).min(self.s.steps);
         while self.step < stop_at {
-            if STOP.load(Ordering::SeqCst) {
+            if self.step > start_step
+                && self.check_every > 0
+                && self.step.is_multiple_of(self.check_every)
+            {
+                self.check_ranks_agree()?;
+            }
+            let mut stop = STOP.load(Ordering::SeqCst);
+            let mut timed_out = self
+                .time_limit
+                .is_some_and(|l| self.step > start_step && run_start.elapsed().as_secs_f64() >= l);
+            if let Some(g) = self.group.as_mut() {
+                // A signal or the clock reaches the ranks at different moments: all stop
+                // after the same step.
+                let all = g.gather_u64(stop as u64 | (timed_out as u64) << 1);
+                stop = all.iter().any(|v| v & 1 != 0);
+                timed_out = all.iter().any(|v| v & 2 != 0);
+            }
+            if stop {
                 r.interrupted = true;
                 break;
             }
-            if self
-                .time_limit
-                .is_some_and(|l| self.step > start_step && run_start.elapsed().as_secs_f64() >= l)
-            {
+            if timed_out {
                 r.time_limited = true;
                 break;
             }
@@ -279,16 +348,33 @@ impl Trainer {
             let mut t = Timings::default();
             let t_step = Instant::now();
             let sampler = &mut self.sampler;
-            let outcome = self.stepper.step(
+            // Rank r draws the windows of global micro-steps r·accum … (r+1)·accum − 1 and
+            // steps over the others' (every rank's sampler stays in the same state).
+            let mut drawn = 0;
+            let outcome = self.stepper.step_in(
                 self.kernels.as_mut(),
                 &mut ws,
                 &self.s.optim,
                 self.step,
                 self.s.accum,
-                &mut |inputs, targets| sampler.fill(data, seq, inputs, targets),
+                &mut |inputs, targets| {
+                    if drawn == 0 {
+                        sampler.skip(data, seq, rank * accum * b);
+                    }
+                    sampler.fill(data, seq, inputs, targets);
+                    drawn += 1;
+                    if drawn == accum {
+                        sampler.skip(data, seq, (ranks - 1 - rank) * accum * b);
+                    }
+                },
                 &mut t,
+                self.group.as_mut().map(|g| g.as_mut() as &mut dyn Group),
             )?;
             let ms = t_step.elapsed().as_secs_f64() * 1e3;
+            if self.perturb_at == Some(self.step + 1) {
+                let p = &mut self.stepper.params.data[0];
+                *p = f32::from_bits(p.to_bits() ^ 1);
+            }
             self.report_fallbacks(log, &progress);
             self.cum.merge(&t);
             self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
@@ -321,6 +407,7 @@ impl Trainer {
         }
         self.wall_s = wall_before + run_start.elapsed().as_secs_f64();
         progress.finish();
+        self.check_ranks_agree()?;
         if self.step > start_step || r.interrupted || !self.s.ckpt.exists() {
             // The final checkpoint: failures here are fatal, the state must not be lost silently.
             let existed = self.s.ckpt.exists();
@@ -363,7 +450,9 @@ impl Trainer {
         peak_gflops: f64,
     ) -> Result<()> {
         let (b, seq) = (self.s.batch, self.s.seq);
-        let flops = StepFlops::new(self.config(), b, seq).total() * self.s.accum.max(1) as f64;
+        let ranks = self.rank_of().1;
+        let flops =
+            StepFlops::new(self.config(), b, seq).total() * (self.s.accum.max(1) * ranks) as f64;
         log.emit(&Event::Run(RunHeader {
             pid: std::process::id(),
             start_unix: now_unix(),
@@ -381,6 +470,7 @@ impl Trainer {
             ckpt: Some(absolute(&self.s.ckpt)),
             tokenizer: self.s.tokenizer.as_ref().map(|p| p.display().to_string()),
             args: serde_json::to_value(&self.s)?,
+            world_size: ranks,
         }));
         Ok(())
     }
@@ -400,6 +490,12 @@ impl Trainer {
         progress.finish();
         if !self.checkpoint_logged(log, progress)? {
             bail!("cannot checkpoint before the compile-budget restart");
+        }
+        if self.group.is_some() {
+            bail!(
+                "compile budget: {left} compiles left, {need} needed per update; a rank of a                  data-parallel run cannot restart itself: the checkpoint {} is written,                  start the run again with --resume",
+                self.s.ckpt.display()
+            );
         }
         progress.println(&format!(
             "compile budget: {left} compiles left, {need} needed per update; restarting the process from {}",
@@ -500,7 +596,10 @@ impl Trainer {
         progress: &Progress,
     ) -> Result<()> {
         let every = self.s.eval_every;
-        if every == 0 || !(self.step.is_multiple_of(every) || self.step == self.s.steps) {
+        if every == 0
+            || !(self.step.is_multiple_of(every) || self.step == self.s.steps)
+            || !self.writes()
+        {
             return Ok(());
         }
         let (b, seq) = (self.s.batch, self.s.seq);
@@ -545,6 +644,9 @@ impl Trainer {
     /// Checkpoints and logs; on an I/O error (disk full, permissions) prints and logs a
     /// clear message and returns false so the caller retries at the next opportunity.
     fn checkpoint_logged(&self, log: &mut LogWriter, progress: &Progress) -> Result<bool> {
+        if !self.writes() {
+            return Ok(true);
+        }
         match self.save_checkpoint() {
             Ok(ms) => {
                 log.emit(&Event::Checkpoint {
