@@ -307,7 +307,7 @@ fn train(a: TrainArgs, given: &BTreeSet<String>) -> Result<()> {
             return Err(super::ExitStatus(130).into());
         }
     }
-    if step < steps {
+    if step < steps && !done.outcome.interrupted {
         let why = if done.outcome.time_limited {
             match a.time_limit {
                 Some(s) => format!("the --time-limit of {s} s"),
