@@ -114,7 +114,7 @@ fn llama3_rope_scaling_f16_sharded() {
 }
 
 #[test]
-fn qwen3_qk_norm_head_dim_not_dim_over_heads_logits() {
+fn qwen3_qk_norm_head_dim_not_dim_over_heads_logits_loss_and_every_gradient() {
     let d = tempfile::tempdir().unwrap();
     let spec = Spec {
         arch: "Qwen3ForCausalLM",
@@ -127,6 +127,8 @@ fn qwen3_qk_norm_head_dim_not_dim_over_heads_logits() {
     m.write(d.path(), "bfloat16", 1);
     let toks = tokens(&spec, 7, 8);
     check_logits(&m, d.path(), &toks);
+    let e = check_grads(&m, d.path(), &toks);
+    eprintln!("qwen3 q/k norms bf16: max gradient rel err {e:e}");
     // The q/k norms matter: with unit gains replaced the logits move.
     let mut other = m.clone();
     for l in 0..spec.layers {

@@ -101,6 +101,8 @@ fn fwd_attn_matches_the_reference() {
             wk: &wk,
             wv: &wv,
             wo: &wo,
+            q_norm: None,
+            k_norm: None,
         };
         let lens = [dim * n, qd * n, kvd * n, kvd * n, qd * n, dim * n];
         let out = both(&spec, &lens, |k, o| {
@@ -190,6 +192,8 @@ fn sdpa_backward_kernels_match_the_reference() {
             wk: &wkv,
             wv: &wkv,
             wo: &wo,
+            q_norm: None,
+            k_norm: None,
         };
         let out = both(
             &spec,
@@ -235,6 +239,8 @@ fn qkv_bwd_matches_the_reference() {
             wk: &wk,
             wv: &wv,
             wo: &wo,
+            q_norm: None,
+            k_norm: None,
         };
         let out = both(&spec, &[dim * n], |kern, o| {
             kern.qkv_bwd(0, &dq, &dk, &dv, &w, &mut o[0]).unwrap();
@@ -257,6 +263,8 @@ fn the_reference_rejects_bad_shapes() {
         wk: &wk,
         wv: &wk,
         wo: &w,
+        q_norm: None,
+        k_norm: None,
     };
     let mut dxn = vec![0.0; dim * n - 1];
     let mut reference = ReferenceKernels::new(spec.clone());
@@ -294,6 +302,8 @@ fn a_backend_refuses_a_call_of_another_geometry() {
         wk: &wkv,
         wv: &wkv,
         wo: &wo,
+        q_norm: None,
+        k_norm: None,
     };
     for n in [d.n() / 2, d.batch * (d.seq / 2)] {
         let x = rand_vec(dim * n, 5);

@@ -139,6 +139,17 @@ pub struct Workspace {
     dp: Vec<f32>,
     /// RMSNorm scratch `[2N]`
     norm_scratch: Vec<f32>,
+    /// Qwen3's per-head q/k norms (empty without them): the pre-norm q `[QD, N]` and k
+    /// `[KVD, N]`, recomputed as Wq·xn, Wk·xn in the backward, and the gradients w.r.t. them.
+    qk: QkNormBufs,
+}
+
+/// Buffers of the q/k norm backward (all empty for a model without q/k norms).
+struct QkNormBufs {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
 }
 
 /// The gradient arena cut into its tensors (stacked over layers), so that the chain and the
@@ -156,6 +167,9 @@ struct GradParts<'a> {
     w2: &'a mut [f32],
     w3: &'a mut [f32],
     norm: &'a mut [f32],
+    /// Per-head q/k norm gains `[L, HD]` (empty without q/k norms).
+    q_norm: &'a mut [f32],
+    k_norm: &'a mut [f32],
 }
 
 fn split_grads<'a>(lay: &Layout, data: &'a mut [f32]) -> GradParts<'a> {
@@ -180,6 +194,11 @@ fn split_grads<'a>(lay: &Layout, data: &'a mut [f32]) -> GradParts<'a> {
     let w2 = take(lay.stacked(W2));
     let w3 = take(lay.stacked(W3));
     let norm = take(lay.norm.clone());
+    if lay.output != lay.tok_embeddings {
+        take(lay.output.clone());
+    }
+    let q_norm = take(lay.q_norm.clone());
+    let k_norm = take(lay.k_norm.clone());
     GradParts {
         emb,
         att_norm,
@@ -192,6 +211,8 @@ fn split_grads<'a>(lay: &Layout, data: &'a mut [f32]) -> GradParts<'a> {
         w2,
         w3,
         norm,
+        q_norm,
+        k_norm,
     }
 }
 
@@ -257,6 +278,15 @@ impl Workspace {
             probs: z(d.probs_len()),
             dp: z(d.probs_len()),
             norm_scratch: z(2 * n),
+            qk: {
+                let on = usize::from(cfg.qk_norm);
+                QkNormBufs {
+                    q: z(on * qd * n),
+                    k: z(on * kvd * n),
+                    dq: z(on * qd * n),
+                    dk: z(on * kvd * n),
+                }
+            },
         }
     }
 
@@ -547,6 +577,8 @@ impl Workspace {
             w2: g_w2,
             w3: g_w3,
             norm: g_norm,
+            q_norm: g_q_norm,
+            k_norm: g_k_norm,
         } = g;
         let mut dw = DwGrads {
             wq: g_wq,
@@ -593,7 +625,13 @@ impl Workspace {
                 dp: &mut self.dp,
                 dres: &mut self.dres,
                 norm_scratch: &mut self.norm_scratch,
+                qk: &mut self.qk,
             };
+            let hd_qk = if c.qk_norm { d.head_dim } else { 0 };
+            let dg_qk = (
+                at_mut(g_q_norm, l, hd_qk),
+                at_mut(g_k_norm, l, hd_qk),
+            );
             let dg_att = at_mut(g_att_norm, l, dim);
             let dg_ffn = at_mut(g_ffn_norm, l, dim);
             let taps = &self.taps;
@@ -602,7 +640,7 @@ impl Workspace {
             let (chain_res, _) = rayon::join(
                 || {
                     let tc = Instant::now();
-                    let r = chain.run(&mut *k, params, l, cur, dg_att, dg_ffn, t);
+                    let r = chain.run(&mut *k, params, l, cur, dg_att, dg_ffn, dg_qk, t);
                     (r, ms_since(tc))
                 },
                 || {
@@ -640,6 +678,7 @@ struct Chain<'a> {
     dp: &'a mut [f32],
     dres: &'a mut [f32],
     norm_scratch: &'a mut [f32],
+    qk: &'a mut QkNormBufs,
 }
 
 impl Chain<'_> {
@@ -653,6 +692,7 @@ impl Chain<'_> {
         g: &mut LayerGrads,
         dg_att: &mut [f32],
         dg_ffn: &mut [f32],
+        dg_qk: (&mut [f32], &mut [f32]),
         t: &mut Timings,
     ) -> Result<()> {
         let d = self.d;
@@ -728,6 +768,57 @@ impl Chain<'_> {
         ops::rope_bwd(&mut g.dq, self.rope, n, d.seq);
         ops::rope_bwd(&mut g.dk, self.rope, n, d.seq);
         t.add(Component::Rope, ms_since(ts));
+
+        if let (Some(qg), Some(kg)) = (aw.q_norm, aw.k_norm) {
+            // Qwen3: dq, dk are w.r.t. the post-norm q, k; the per-head RMSNorm backward
+            // needs the pre-norm q = Wq·xn, k = Wk·xn, recomputed from the xn tap.
+            let ts = Instant::now();
+            let xn = at(&tp.xn, l, dn);
+            let qk = &mut *self.qk;
+            let proj = |w: &[f32], rows: usize, out: &mut [f32]| {
+                sgemm_serial(
+                    Op::N,
+                    Op::N,
+                    rows,
+                    n,
+                    dim,
+                    1.0,
+                    w,
+                    dim,
+                    xn,
+                    n,
+                    0.0,
+                    out,
+                    n,
+                );
+            };
+            proj(aw.wq, qd, &mut qk.q);
+            proj(aw.wk, kvd, &mut qk.k);
+            let (dgq, dgk) = dg_qk;
+            ops::head_rmsnorm_bwd(
+                n,
+                &mut qk.dq,
+                dgq,
+                &g.dq,
+                &qk.q,
+                qg,
+                self.eps,
+                self.norm_scratch,
+            );
+            ops::head_rmsnorm_bwd(
+                n,
+                &mut qk.dk,
+                dgk,
+                &g.dk,
+                &qk.k,
+                kg,
+                self.eps,
+                self.norm_scratch,
+            );
+            g.dq.copy_from_slice(&qk.dq);
+            g.dk.copy_from_slice(&qk.dk);
+            t.add(Component::Rmsnorm, ms_since(ts));
+        }
 
         let ts = Instant::now();
         k.qkv_bwd(l, &g.dq, &g.dk, &g.dv, &aw, self.dxn)
