@@ -387,7 +387,10 @@ fn train_one_step_export_and_load_again() {
     let ck = anetrain::train::checkpoint::load(&d.path().join("qrun/model.ckpt")).unwrap();
     let qback = hf::load(&d.path().join("qback")).unwrap();
     assert!(qback.config().qk_norm);
-    assert_eq!(qback.data, ck.params.data, "exported tensors = the checkpoint's");
+    assert_eq!(
+        qback.data, ck.params.data,
+        "exported tensors = the checkpoint's"
+    );
     let qorig = hf::load(&q).unwrap();
     let qn = qorig.layout.q_norm.clone();
     let kn = qorig.layout.k_norm.clone();

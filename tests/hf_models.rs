@@ -341,7 +341,11 @@ fn qwen3_fwd_attn_is_placed_on_the_cpu_by_the_neural_engine_backends() {
             }
         }
         ane.prepare(1, Pass::Training).unwrap();
-        assert_eq!(fwd(&mut ane), want, "{pipeline}: fwd_attn = the cpu kernel's");
+        assert_eq!(
+            fwd(&mut ane),
+            want,
+            "{pipeline}: fwd_attn = the cpu kernel's"
+        );
         assert!(ane.take_fallbacks().is_empty(), "{pipeline}: not a refusal");
         assert!(Kernels::stats(&ane).on_cpu.is_empty(), "{pipeline}");
     }

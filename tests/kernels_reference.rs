@@ -144,8 +144,16 @@ fn fwd_attn_refuses_bad_qk_norm_gains() {
     );
     let (good, short) = (rand_vec(4, 7), rand_vec(3, 8));
     for (qn, kn, want) in [
-        (Some(&good[..]), Some(&short[..]), "k_norm has 3 elements, expected 4"),
-        (Some(&short[..]), Some(&good[..]), "q_norm has 3 elements, expected 4"),
+        (
+            Some(&good[..]),
+            Some(&short[..]),
+            "k_norm has 3 elements, expected 4",
+        ),
+        (
+            Some(&short[..]),
+            Some(&good[..]),
+            "q_norm has 3 elements, expected 4",
+        ),
         (Some(&good[..]), None, "q_norm and k_norm come together"),
     ] {
         let w = AttnWeights {
@@ -173,9 +181,7 @@ fn fwd_attn_refuses_bad_qk_norm_gains() {
         let mut cpu = CpuKernels::new(spec.clone());
         let e = format!(
             "{:#}",
-            Checked::new(&mut cpu)
-                .fwd_attn(0, &x, &w, out)
-                .unwrap_err()
+            Checked::new(&mut cpu).fwd_attn(0, &x, &w, out).unwrap_err()
         );
         assert!(e.contains(want), "{e}");
     }

@@ -9,8 +9,9 @@
 //! x_L ─► RMSNorm ─► xf ─► classifier + softmax-CE (token chunks) ─► loss, dxf, dW_cls
 //! backward, l = L−1 … 0, the input-gradient chain of layer l
 //!     dy ─► ffn_bwd ─► dh1, dh3, dx2n ; dx2 = dy + rmsnorm_bwd(dx2n)
-//!        ─► sdpa_bwd1 ─► dv, dP ─► sdpa_bwd2 ─► dq, dk ─► RoPE bwd ─► qkv_bwd ─► dxn
-//!        ─► dx = dx2 + rmsnorm_bwd(dxn)
+//!        ─► sdpa_bwd1 ─► dv, dP ─► sdpa_bwd2 ─► dq, dk ─► RoPE bwd
+//!        ─► [Qwen3: per-head q/k norm bwd on Wq·xn, Wk·xn recomputed ─► dq_norm, dk_norm]
+//!        ─► qkv_bwd ─► dxn ─► dx = dx2 + rmsnorm_bwd(dxn)
 //! runs beside the weight gradients of layer l+1 (dW = dY·Xᵀ: W2 from dy·gateᵀ, W1/W3 from
 //! dh1/dh3·x2nᵀ, Wo from dx2·attnᵀ, Wq/Wk/Wv from dq/dk/dv·xnᵀ).
 //! ```
@@ -59,7 +60,7 @@ struct LayerGrads {
     dh1: Vec<f32>,
     /// `[H, N]`
     dh3: Vec<f32>,
-    /// post-RoPE-backward dq `[QD, N]`
+    /// dq `[QD, N]` after the RoPE backward (and, with q/k norms, the norm backward)
     dq: Vec<f32>,
     /// `[KVD, N]`
     dk: Vec<f32>,
@@ -628,10 +629,7 @@ impl Workspace {
                 qk: &mut self.qk,
             };
             let hd_qk = if c.qk_norm { d.head_dim } else { 0 };
-            let dg_qk = (
-                at_mut(g_q_norm, l, hd_qk),
-                at_mut(g_k_norm, l, hd_qk),
-            );
+            let dg_qk = (at_mut(g_q_norm, l, hd_qk), at_mut(g_k_norm, l, hd_qk));
             let dg_att = at_mut(g_att_norm, l, dim);
             let dg_ffn = at_mut(g_ffn_norm, l, dim);
             let taps = &self.taps;
@@ -776,21 +774,7 @@ impl Chain<'_> {
             let xn = at(&tp.xn, l, dn);
             let qk = &mut *self.qk;
             let proj = |w: &[f32], rows: usize, out: &mut [f32]| {
-                sgemm_serial(
-                    Op::N,
-                    Op::N,
-                    rows,
-                    n,
-                    dim,
-                    1.0,
-                    w,
-                    dim,
-                    xn,
-                    n,
-                    0.0,
-                    out,
-                    n,
-                );
+                sgemm_serial(Op::N, Op::N, rows, n, dim, 1.0, w, dim, xn, n, 0.0, out, n);
             };
             proj(aw.wq, qd, &mut qk.q);
             proj(aw.wk, kvd, &mut qk.k);
