@@ -74,6 +74,8 @@ fn kernels(c: &mut Criterion) {
         wk: &wk,
         wv: &wv,
         wo: &wo,
+        q_norm: None,
+        k_norm: None,
     };
     let fw = FfnWeights {
         g: &g1,

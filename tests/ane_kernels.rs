@@ -520,6 +520,8 @@ fn weights(p: &Params, layer: usize) -> (AttnWeights<'_>, FfnWeights<'_>) {
             wk: p.layer(layer, LayerTensor::Wk),
             wv: p.layer(layer, LayerTensor::Wv),
             wo: p.layer(layer, LayerTensor::Wo),
+            q_norm: None,
+            k_norm: None,
         },
         FfnWeights {
             g: p.layer(layer, LayerTensor::FfnNorm),

@@ -1,5 +1,6 @@
 //! Hugging Face folders through the command line: bad folders refused by name, train one
-//! step → export → load identical to the checkpoint, the grad dump's names, tokenizer.json
+//! step → export → load identical to the checkpoint, the grad dump's names, Qwen3 trained
+//! on cpu (loss falls, exports back to Qwen3) and on ane-sim, tokenizer.json
 //! (built here with the `tokenizers` crate) and uint32 token files.
 
 mod hf_common;
@@ -319,15 +320,92 @@ fn train_one_step_export_and_load_again() {
         err.contains("q_norm") && err.contains("--format hf"),
         "{err}"
     );
-    // The training step does not compute Qwen3's q/k norms: refused by name, not computed.
-    for args in [
+    // Qwen3 trains on the cpu backend: the loss falls, and the checkpoint exports back to a
+    // Qwen3 folder whose q/k norm gains the steps moved.
+    let (code, _, err) = run(
         &[
-            "train", "--model", "qwen", "--data", "tok.bin", "--steps", "1", "--seq", "8", "--out",
+            "train",
+            "--model",
+            "qwen",
+            "--data",
+            "tok.bin",
+            "--steps",
+            "30",
+            "--batch",
+            "2",
+            "--seq",
+            "8",
+            "--lr",
+            "0.01",
+            "--warmup",
+            "0",
+            "--out",
             "qrun",
-        ][..],
+            "--eval-every",
+            "0",
+            "--val-fraction",
+            "0",
+            "--quiet",
+        ],
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let ev = anetrain::train::log::read_log(&d.path().join("qrun/run.jsonl")).unwrap();
+    let losses: Vec<f64> = ev
+        .iter()
+        .filter_map(|e| match e {
+            anetrain::train::log::Event::Step(s) => Some(s.loss),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(losses.len(), 30, "{losses:?}");
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&losses[25..]) < mean(&losses[..5]) - 0.1,
+        "Qwen3 loss did not fall: {losses:?}"
+    );
+    let (code, _, err) = run(
+        &[
+            "export",
+            "--ckpt",
+            "qrun/model.ckpt",
+            "--format",
+            "hf",
+            "--dtype",
+            "f32",
+            "-o",
+            "qback",
+        ],
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let cj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("qback/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cj["architectures"][0], "Qwen3ForCausalLM");
+    assert_eq!(cj["head_dim"], 6);
+    let ck = anetrain::train::checkpoint::load(&d.path().join("qrun/model.ckpt")).unwrap();
+    let qback = hf::load(&d.path().join("qback")).unwrap();
+    assert!(qback.config().qk_norm);
+    assert_eq!(
+        qback.data, ck.params.data,
+        "exported tensors = the checkpoint's"
+    );
+    let qorig = hf::load(&q).unwrap();
+    let qn = qorig.layout.q_norm.clone();
+    let kn = qorig.layout.k_norm.clone();
+    assert_ne!(qback.data[qn.clone()], qorig.data[qn], "q_norm trained");
+    assert_ne!(qback.data[kn.clone()], qorig.data[kn], "k_norm trained");
+    // eval and grad run on it too; the grad dump holds the q/k norm gradients.
+    let (code, out, err) = run(
         &[
             "eval", "--model", "qwen", "--data", "tok.bin", "--all", "--seq", "8",
-        ][..],
+        ],
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("perplexity"), "{out}");
+    let (code, _, err) = run(
         &[
             "grad",
             "--model",
@@ -338,15 +416,45 @@ fn train_one_step_export_and_load_again() {
             "8",
             "-o",
             "qg.safetensors",
-        ][..],
-    ] {
-        let (code, _, err) = run(args, d.path());
-        assert_ne!(code, 0, "{args:?}");
-        assert!(
-            err.contains("Qwen3ForCausalLM") && err.contains("q_norm"),
-            "{args:?}: {err}"
-        );
-    }
+        ],
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let b = std::fs::read(d.path().join("qg.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+    assert_eq!(
+        st.tensor("model.layers.1.self_attn.k_norm.weight")
+            .unwrap()
+            .shape(),
+        &[6]
+    );
+    // The simulated Neural Engine trains it with fwd_attn placed on the CPU.
+    let (code, _, err) = run(
+        &[
+            "train",
+            "--model",
+            "qwen",
+            "--data",
+            "tok.bin",
+            "--steps",
+            "2",
+            "--batch",
+            "1",
+            "--seq",
+            "8",
+            "--out",
+            "qrun-sim",
+            "--eval-every",
+            "0",
+            "--val-fraction",
+            "0",
+            "--backend",
+            "ane-sim",
+            "--quiet",
+        ],
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
 
     // The simulated Neural Engine trains the Llama-family folder too.
     let (code, _, err) = run(

@@ -114,7 +114,7 @@ fn llama3_rope_scaling_f16_sharded() {
 }
 
 #[test]
-fn qwen3_qk_norm_head_dim_not_dim_over_heads_logits() {
+fn qwen3_qk_norm_head_dim_not_dim_over_heads_logits_loss_and_every_gradient() {
     let d = tempfile::tempdir().unwrap();
     let spec = Spec {
         arch: "Qwen3ForCausalLM",
@@ -127,6 +127,8 @@ fn qwen3_qk_norm_head_dim_not_dim_over_heads_logits() {
     m.write(d.path(), "bfloat16", 1);
     let toks = tokens(&spec, 7, 8);
     check_logits(&m, d.path(), &toks);
+    let e = check_grads(&m, d.path(), &toks);
+    eprintln!("qwen3 q/k norms bf16: max gradient rel err {e:e}");
     // The q/k norms matter: with unit gains replaced the logits move.
     let mut other = m.clone();
     for l in 0..spec.layers {
@@ -276,5 +278,75 @@ fn hf_to_hf_round_trip_is_tensor_for_tensor_identical() {
             assert_eq!(cj["torch_dtype"], dtype);
             assert_eq!(hf::load(&out).unwrap().data, p.data);
         }
+    }
+}
+
+/// The Neural Engine backends place a Qwen3 model's fwd_attn on the CPU by design, say so in
+/// `placement()` with the reason (not as a refusal), and compute it exactly as the cpu
+/// backend does; the other kernels stay on the (simulated) Neural Engine.
+#[test]
+fn qwen3_fwd_attn_is_placed_on_the_cpu_by_the_neural_engine_backends() {
+    use anetrain::ane::backend::{AneKernels, QK_NORM_ON_CPU};
+    use anetrain::ane::chip::Profile;
+    use anetrain::ane::sim::SimDevice;
+    use anetrain::ane::Pipeline;
+    use anetrain::kernels::cpu::CpuKernels;
+    use anetrain::kernels::{AttnFwd, AttnWeights, Checked, Kernels, Pass};
+
+    let d = tempfile::tempdir().unwrap();
+    let spec = Spec {
+        arch: "Qwen3ForCausalLM",
+        head_dim: 6,
+        ..Spec::llama(16, 4, 2)
+    };
+    Model::random(&spec, 11, "float32").write(d.path(), "float32", 1);
+    let p = hf::load(d.path()).unwrap();
+    let c = p.config().clone();
+    let (batch, seq) = (1, 8);
+    let ks = anetrain::kernels::Spec::new(&c, batch, seq);
+    let dd = ks.dims;
+    let (n, dim, qd, kvd) = (dd.n(), dd.dim, dd.q_dim(), dd.kv_dim());
+    let mut r = Rng::new(12);
+    let x: Vec<f32> = (0..dim * n).map(|_| r.next() as f32).collect();
+    let fwd = |k: &mut dyn Kernels| -> Vec<f32> {
+        let mut o: Vec<Vec<f32>> = [dim * n, qd * n, kvd * n, kvd * n, qd * n, dim * n]
+            .iter()
+            .map(|&l| vec![f32::NAN; l])
+            .collect();
+        let [xn, q, kk, v, attn, oo] = o.get_disjoint_mut([0, 1, 2, 3, 4, 5]).unwrap();
+        let out = AttnFwd {
+            xn,
+            q,
+            k: kk,
+            v,
+            attn,
+            o: oo,
+        };
+        Checked::new(k)
+            .fwd_attn(1, &x, &AttnWeights::of(&p, 1), out)
+            .unwrap();
+        o.concat()
+    };
+    let want = fwd(&mut CpuKernels::new(ks.clone()));
+    for pipeline in [Pipeline::Static, Pipeline::Dynamic] {
+        let prof = Profile::conservative();
+        let dev = Box::new(SimDevice::with_profile(prof.clone()));
+        let mut ane = AneKernels::build(dev, &c, batch, seq, pipeline, &prof, false).unwrap();
+        let place = ane.placement();
+        for (kernel, at) in &place {
+            if *kernel == "fwd_attn" {
+                assert_eq!(*at, format!("cpu ({QK_NORM_ON_CPU})"), "{pipeline}");
+            } else {
+                assert_eq!(at, "ane-sim", "{pipeline}: {kernel}");
+            }
+        }
+        ane.prepare(1, Pass::Training).unwrap();
+        assert_eq!(
+            fwd(&mut ane),
+            want,
+            "{pipeline}: fwd_attn = the cpu kernel's"
+        );
+        assert!(ane.take_fallbacks().is_empty(), "{pipeline}: not a refusal");
+        assert!(Kernels::stats(&ane).on_cpu.is_empty(), "{pipeline}");
     }
 }

@@ -1,7 +1,8 @@
 //! The `cpu` kernels against the reference backend (`kernels::reference`, plain f64 loops of
 //! the contract's formulas, itself checked by finite differences in tests/gradcheck.rs):
 //! every output of every kernel, on MHA, GQA and MQA shapes, sequences shorter and longer
-//! than the attention tile, batch > 1 and head_dim·heads ≠ dim. Each entry must be within
+//! than the attention tile, batch > 1 and head_dim·heads ≠ dim, fwd_attn with and without
+//! Qwen3's per-head q/k norms. Each entry must be within
 //! 1e-5 of the largest reference value of its tensor. Outputs start as NaN and every
 //! kernel runs twice, so a kernel that reads its outputs or leaves part of them is caught.
 
@@ -82,40 +83,107 @@ fn compare(shape: &str, names: &[&str], (c, r): (Vec<Vec<f32>>, Vec<Vec<f32>>)) 
     }
 }
 
+/// fwd_attn of both attention variants: Llama's, and Qwen3's with per-head q/k RMSNorm
+/// gains (`AttnWeights::q_norm`, `k_norm`) applied before RoPE.
 #[test]
 fn fwd_attn_matches_the_reference() {
-    for (name, spec) in shapes() {
-        let d = spec.dims;
-        let (n, dim, qd, kvd) = (d.n(), d.dim, d.q_dim(), d.kv_dim());
-        let x = rand_vec(dim * n, 1);
-        let g = rand_vec(dim, 2);
-        let (wq, wk, wv, wo) = (
-            rand_vec(qd * dim, 3),
-            rand_vec(kvd * dim, 4),
-            rand_vec(kvd * dim, 5),
-            rand_vec(dim * qd, 6),
-        );
+    for qk_norm in [false, true] {
+        for (name, spec) in shapes() {
+            let d = spec.dims;
+            let (n, dim, qd, kvd, hd) = (d.n(), d.dim, d.q_dim(), d.kv_dim(), d.head_dim);
+            let x = rand_vec(dim * n, 1);
+            let g = rand_vec(dim, 2);
+            let (wq, wk, wv, wo) = (
+                rand_vec(qd * dim, 3),
+                rand_vec(kvd * dim, 4),
+                rand_vec(kvd * dim, 5),
+                rand_vec(dim * qd, 6),
+            );
+            let (qg, kg) = (rand_vec(hd, 7), rand_vec(hd, 8));
+            let w = AttnWeights {
+                g: &g,
+                wq: &wq,
+                wk: &wk,
+                wv: &wv,
+                wo: &wo,
+                q_norm: qk_norm.then_some(&qg[..]),
+                k_norm: qk_norm.then_some(&kg[..]),
+            };
+            let lens = [dim * n, qd * n, kvd * n, kvd * n, qd * n, dim * n];
+            let out = both(&spec, &lens, |k, o| {
+                let [xn, q, kk, v, attn, oo] = o.get_disjoint_mut([0, 1, 2, 3, 4, 5]).unwrap();
+                let out = AttnFwd {
+                    xn,
+                    q,
+                    k: kk,
+                    v,
+                    attn,
+                    o: oo,
+                };
+                k.fwd_attn(0, &x, &w, out).unwrap();
+            });
+            let shape = format!("{name}{}", if qk_norm { "_qk_norm" } else { "" });
+            compare(&shape, &["xn", "q", "k", "v", "attn", "o"], out);
+        }
+    }
+}
+
+/// q/k norm gains of the wrong length, or only one of the two, are refused by name.
+#[test]
+fn fwd_attn_refuses_bad_qk_norm_gains() {
+    let spec = dims(8, 16, 2, 1, 4, 1, 3);
+    let d = spec.dims;
+    let (n, dim, qd, kvd) = (d.n(), d.dim, d.q_dim(), d.kv_dim());
+    let x = rand_vec(dim * n, 1);
+    let g = rand_vec(dim, 2);
+    let (wq, wk, wv, wo) = (
+        rand_vec(qd * dim, 3),
+        rand_vec(kvd * dim, 4),
+        rand_vec(kvd * dim, 5),
+        rand_vec(dim * qd, 6),
+    );
+    let (good, short) = (rand_vec(4, 7), rand_vec(3, 8));
+    for (qn, kn, want) in [
+        (
+            Some(&good[..]),
+            Some(&short[..]),
+            "k_norm has 3 elements, expected 4",
+        ),
+        (
+            Some(&short[..]),
+            Some(&good[..]),
+            "q_norm has 3 elements, expected 4",
+        ),
+        (Some(&good[..]), None, "q_norm and k_norm come together"),
+    ] {
         let w = AttnWeights {
             g: &g,
             wq: &wq,
             wk: &wk,
             wv: &wv,
             wo: &wo,
+            q_norm: qn,
+            k_norm: kn,
         };
-        let lens = [dim * n, qd * n, kvd * n, kvd * n, qd * n, dim * n];
-        let out = both(&spec, &lens, |k, o| {
-            let [xn, q, kk, v, attn, oo] = o.get_disjoint_mut([0, 1, 2, 3, 4, 5]).unwrap();
-            let out = AttnFwd {
-                xn,
-                q,
-                k: kk,
-                v,
-                attn,
-                o: oo,
-            };
-            k.fwd_attn(0, &x, &w, out).unwrap();
-        });
-        compare(name, &["xn", "q", "k", "v", "attn", "o"], out);
+        let mut o: Vec<Vec<f32>> = [dim * n, qd * n, kvd * n, kvd * n, qd * n, dim * n]
+            .iter()
+            .map(|&l| vec![0.0; l])
+            .collect();
+        let [xn, q, kk, v, attn, oo] = o.get_disjoint_mut([0, 1, 2, 3, 4, 5]).unwrap();
+        let out = AttnFwd {
+            xn,
+            q,
+            k: kk,
+            v,
+            attn,
+            o: oo,
+        };
+        let mut cpu = CpuKernels::new(spec.clone());
+        let e = format!(
+            "{:#}",
+            Checked::new(&mut cpu).fwd_attn(0, &x, &w, out).unwrap_err()
+        );
+        assert!(e.contains(want), "{e}");
     }
 }
 
@@ -190,6 +258,8 @@ fn sdpa_backward_kernels_match_the_reference() {
             wk: &wkv,
             wv: &wkv,
             wo: &wo,
+            q_norm: None,
+            k_norm: None,
         };
         let out = both(
             &spec,
@@ -235,6 +305,8 @@ fn qkv_bwd_matches_the_reference() {
             wk: &wk,
             wv: &wv,
             wo: &wo,
+            q_norm: None,
+            k_norm: None,
         };
         let out = both(&spec, &[dim * n], |kern, o| {
             kern.qkv_bwd(0, &dq, &dk, &dv, &w, &mut o[0]).unwrap();
@@ -257,6 +329,8 @@ fn the_reference_rejects_bad_shapes() {
         wk: &wk,
         wv: &wk,
         wo: &w,
+        q_norm: None,
+        k_norm: None,
     };
     let mut dxn = vec![0.0; dim * n - 1];
     let mut reference = ReferenceKernels::new(spec.clone());
@@ -294,6 +368,8 @@ fn a_backend_refuses_a_call_of_another_geometry() {
         wk: &wkv,
         wv: &wkv,
         wo: &wo,
+        q_norm: None,
+        k_norm: None,
     };
     for n in [d.n() / 2, d.batch * (d.seq / 2)] {
         let x = rand_vec(dim * n, 5);

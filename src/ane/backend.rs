@@ -208,6 +208,9 @@ struct Io {
     output: SurfaceId,
 }
 
+/// The reason [`AneKernels::placement`] gives for a Qwen3 model's fwd_attn on the CPU.
+pub const QK_NORM_ON_CPU: &str = "Qwen3 q/k norms";
+
 /// The Neural Engine kernels over a device.
 pub struct AneKernels {
     dev: Box<dyn Device>,
@@ -238,6 +241,9 @@ pub struct AneKernels {
     cpu: CpuKernels,
     /// Contract kernels running on the CPU, with the device's reason.
     on_cpu: BTreeMap<Contract, String>,
+    /// Contract kernels placed on the CPU by design for this model, with the reason (Qwen3's
+    /// per-head q/k norms have no Neural Engine program: its fwd_attn runs on the CPU).
+    placed_cpu: BTreeMap<Contract, &'static str>,
     /// Fallbacks not yet taken by [`Kernels::take_fallbacks`].
     pending: Vec<crate::kernels::Fallback>,
     cpu_ms: f64,
@@ -385,6 +391,7 @@ impl AneKernels {
             inv_rms: Vec::new(),
             fallback,
             on_cpu: BTreeMap::new(),
+            placed_cpu: BTreeMap::new(),
             pending: Vec::new(),
             cpu_ms: 0.0,
             queue: None,
@@ -392,6 +399,9 @@ impl AneKernels {
             pass: Pass::Training,
             timeline: Timeline::default(),
         };
+        if cfg.qk_norm {
+            me.placed_cpu.insert(Contract::FwdAttn, QK_NORM_ON_CPU);
+        }
         if pipeline == Pipeline::Static && profile.background_compile {
             if let Some(c) = me.dev.background_compiler() {
                 me.queue = Some(CompileQueue::new(c)?);
@@ -768,7 +778,7 @@ impl AneKernels {
     }
 
     fn on_cpu(&self, c: Contract) -> bool {
-        self.on_cpu.contains_key(&c)
+        self.on_cpu.contains_key(&c) || self.placed_cpu.contains_key(&c)
     }
 
     /// After `e`: with fallback enabled and a device refusal, `c` moves to the CPU (Ok);
@@ -793,12 +803,15 @@ impl AneKernels {
         r
     }
 
-    /// Where each contract kernel runs: `ane` (or `ane-sim`) or `cpu`.
+    /// Where each contract kernel runs: `ane` (or `ane-sim`), `cpu` (after a refusal) or
+    /// `cpu (<reason>)` when placed there by design for this model.
     pub fn placement(&self) -> Vec<(&'static str, String)> {
         Contract::ALL
             .iter()
             .map(|&c| {
-                let d = if self.on_cpu(c) {
+                let d = if let Some(why) = self.placed_cpu.get(&c) {
+                    format!("cpu ({why})")
+                } else if self.on_cpu(c) {
                     "cpu".to_string()
                 } else {
                     self.name.clone()

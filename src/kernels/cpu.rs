@@ -249,6 +249,11 @@ impl Kernels for CpuKernels {
             out.v,
             n,
         );
+        if let (Some(qg), Some(kg)) = (w.q_norm, w.k_norm) {
+            let inv = grow(&mut self.inv_rms, n);
+            ops::head_rmsnorm_fwd(out.q, inv, qg, self.spec.eps);
+            ops::head_rmsnorm_fwd(out.k, inv, kg, self.spec.eps);
+        }
         ops::rope_fwd(out.q, &self.spec.rope, n, d.seq);
         ops::rope_fwd(out.k, &self.spec.rope, n, d.seq);
 

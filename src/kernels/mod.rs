@@ -26,6 +26,7 @@
 //! | `fwd_attn`: o = Wo·attn | attn `[QD,N]`, o `[D,N]` | `sdpa_bwd1` (dattn = Woᵀ·dx2 fused) | dx2 `[D,N]`, q `[QD,N]`, k v `[KVD,N]`, Wo `[D,QD]` (of the attention weights) | dv `[KVD,N]`, dP P `[B,NH,S,S]` |
 //! | `fwd_attn`: P = causal softmax(qᵀk/√hd) | (P recomputed, not a tap) | `sdpa_bwd2` | P dP `[B,NH,S,S]`, q `[QD,N]`, k `[KVD,N]` | dq `[QD,N]`, dk `[KVD,N]` (post-RoPE) |
 //! | `fwd_attn`: RoPE(q), RoPE(k) | q `[QD,N]`, k `[KVD,N]` | `ops::rope_bwd` (CPU, in place) | dq, dk | dq, dk (pre-RoPE) |
+//! | `fwd_attn` (Qwen3): q_h, k_h = rmsnorm(q_h)·q_norm, rmsnorm(k_h)·k_norm per head | (pre-norm q, k recomputed as Wq·xn, Wk·xn, not taps) | `ops::head_rmsnorm_bwd` (CPU) | dq, dk post-norm, pre-norm q, k, q_norm k_norm `[HD]` | dq `[QD,N]`, dk `[KVD,N]` (pre-norm), dq_norm dk_norm `[HD]` |
 //! | `fwd_attn`: q,k,v = Wq,Wk,Wv·xn | xn `[D,N]`, v `[KVD,N]` | `qkv_bwd` | dq `[QD,N]`, dk dv `[KVD,N]`, Wq `[QD,D]`, Wk Wv `[KVD,D]` | dxn `[D,N]` |
 //! | `fwd_attn`: xn = rmsnorm(x)·g | | `ops::rmsnorm_bwd` (CPU) | dxn, x `[D,N]`, g `[D]` | adds into dx `[D,N]`, dg `[D]` |
 //!
@@ -33,7 +34,8 @@
 //! x2n, attn, gate) and the backward outputs (dq, dk, dv, dh1, dh3, dx2, dy), on the CPU.
 //!
 //! Attention probabilities and their gradients are `[B, NH, S, S]` (query row, key column,
-//! zero above the diagonal). RoPE is applied inside fwdAttn (the q, k taps are post-RoPE)
+//! zero above the diagonal). RoPE is applied inside fwdAttn (the q, k taps are post-RoPE,
+//! and with Qwen3's per-head q/k norms post-norm)
 //! with llama2.c's pairs `(2j, 2j+1)` of each head at position `t mod S`. GQA: kv head `j`
 //! serves query heads `j·G..(j+1)·G`, G = NH/NKV (llama2.c's `h / (n_heads / n_kv_heads)`);
 //! dk and dv of a kv head are summed over its G query heads. Every kernel overwrites its
@@ -202,6 +204,19 @@ impl Spec {
             ],
         )?;
         ensure!(
+            w.q_norm.is_some() == w.k_norm.is_some(),
+            "fwd_attn: q_norm and k_norm come together (got only one of them)"
+        );
+        if let (Some(qg), Some(kg)) = (w.q_norm, w.k_norm) {
+            self.check_lens(
+                "fwd_attn",
+                &[
+                    ("q_norm", qg.len(), d.head_dim),
+                    ("k_norm", kg.len(), d.head_dim),
+                ],
+            )?;
+        }
+        ensure!(
             self.rope.head_dim == d.head_dim && self.rope.len() >= d.seq,
             "fwd_attn: RoPE table (head_dim {}, {} positions) does not cover head_dim {} × seq {}",
             self.rope.head_dim,
@@ -367,17 +382,25 @@ pub struct AttnWeights<'a> {
     pub wv: &'a [f32],
     /// `[D, QD]`
     pub wo: &'a [f32],
+    /// Per-head q RMSNorm gain `[HD]` (Qwen3's q_norm), applied to each head of Wq·xn
+    /// before RoPE; `None` for Llama.
+    pub q_norm: Option<&'a [f32]>,
+    /// Per-head k RMSNorm gain `[HD]` (Qwen3's k_norm); `None` for Llama.
+    pub k_norm: Option<&'a [f32]>,
 }
 
 impl<'a> AttnWeights<'a> {
     /// Layer `l`'s attention weights in the parameter arena.
     pub fn of(p: &'a Params, l: usize) -> AttnWeights<'a> {
+        let qk = p.config().qk_norm;
         AttnWeights {
             g: p.layer(l, LayerTensor::AttentionNorm),
             wq: p.layer(l, LayerTensor::Wq),
             wk: p.layer(l, LayerTensor::Wk),
             wv: p.layer(l, LayerTensor::Wv),
             wo: p.layer(l, LayerTensor::Wo),
+            q_norm: qk.then(|| &p.data[p.layout.q_norm_layer(l)]),
+            k_norm: qk.then(|| &p.data[p.layout.k_norm_layer(l)]),
         }
     }
 }

@@ -310,6 +310,51 @@ multiversion! {
     }
 }
 
+/// Per-head RMSNorm in place (Qwen3's q/k norms): x `[heads·hd, N]`, each head's rows
+/// `[hd, N]` normalised per token column over its hd channels and scaled by g `[hd]`.
+/// `inv_rms` `[N]` is scratch.
+pub fn head_rmsnorm_fwd(x: &mut [f32], inv_rms: &mut [f32], g: &[f32], eps: f32) {
+    let hd = g.len();
+    let n = inv_rms.len();
+    assert!(hd > 0 && x.len().is_multiple_of(hd * n));
+    for head in x.chunks_exact_mut(hd * n) {
+        rms_inv(inv_rms, head, hd, eps);
+        for (row, &gc) in head.chunks_exact_mut(n).zip(g) {
+            for (v, &r) in row.iter_mut().zip(inv_rms.iter()) {
+                *v = gc * (*v * r);
+            }
+        }
+    }
+}
+
+/// Backward of [`head_rmsnorm_fwd`]: dx `[heads·hd, N]` = the gradient w.r.t. the pre-norm
+/// x (overwritten), given dy w.r.t. the output and the pre-norm x; dg `[hd]` += the gain's
+/// gradient summed over heads and tokens. N = `n` token columns; scratch `[≥ 2N]`.
+#[allow(clippy::too_many_arguments)]
+pub fn head_rmsnorm_bwd(
+    n: usize,
+    dx: &mut [f32],
+    dg: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    g: &[f32],
+    eps: f32,
+    scratch: &mut [f32],
+) {
+    let hd = g.len();
+    assert!(hd > 0 && dx.len() == x.len() && dy.len() == x.len() && dg.len() == hd);
+    assert!(n > 0 && x.len().is_multiple_of(hd * n));
+    let blk = hd * n;
+    dx.fill(0.0);
+    for ((dxh, dyh), xh) in dx
+        .chunks_exact_mut(blk)
+        .zip(dy.chunks_exact(blk))
+        .zip(x.chunks_exact(blk))
+    {
+        rmsnorm_bwd(dxh, dg, dyh, xh, g, eps, scratch);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // RoPE
 

@@ -77,6 +77,21 @@ fn rmsnorm(x: &[f32], g: &[f32], dim: usize, n: usize, eps: f64) -> Vec<f64> {
     y
 }
 
+/// Per-head RMSNorm in place (Qwen3's q/k norms): x `[heads·hd, n]`, each head's hd rows
+/// normalised per token over hd channels and scaled by g `[hd]`.
+fn head_rmsnorm(x: &mut [f64], g: &[f32], n: usize, eps: f64) {
+    let hd = g.len();
+    for head in x.chunks_exact_mut(hd * n) {
+        for t in 0..n {
+            let ms = (0..hd).map(|c| head[c * n + t].powi(2)).sum::<f64>() / hd as f64;
+            let inv = 1.0 / (ms + eps).sqrt();
+            for c in 0..hd {
+                head[c * n + t] *= inv * g[c] as f64;
+            }
+        }
+    }
+}
+
 /// RoPE as llama2.c: in each head, rows (2j, 2j+1) of token t turn by the table's angle for
 /// position `t mod seq` and frequency j.
 fn rope(x: &mut [f64], r: &Rope, rows: usize, n: usize, seq: usize) {
@@ -151,6 +166,10 @@ impl Kernels for ReferenceKernels {
         let mut q = matmul(w.wq, &xn, qd, dim, n);
         let mut k = matmul(w.wk, &xn, kvd, dim, n);
         let v = matmul(w.wv, &xn, kvd, dim, n);
+        if let (Some(qg), Some(kg)) = (w.q_norm, w.k_norm) {
+            head_rmsnorm(&mut q, qg, n, self.spec.eps as f64);
+            head_rmsnorm(&mut k, kg, n, self.spec.eps as f64);
+        }
         rope(&mut q, r, qd, n, d.seq);
         rope(&mut k, r, kvd, n, d.seq);
         let s = d.seq;

@@ -351,13 +351,21 @@ impl StepFlops {
 ///
 /// Activations kept per token per layer (f32): x, xn, q, k, v, attn, x2, x2n (`4D + 2QD + 2KVD`
 /// counting q/attn at QD and k/v at KVD), h1, h3, gate (`3H`); per layer the attention
-/// probabilities `B·NH·S²`; plus logits-sized scratch for one sequence chunk (`S·V`).
+/// probabilities `B·NH·S²`; plus logits-sized scratch for one sequence chunk (`S·V`); with
+/// q/k norms, the pre-norm q, k and their gradients recomputed in the backward (`2QD + 2KVD`
+/// per token, once).
 pub fn training_memory_bytes(c: &Config, batch: usize, seq: usize) -> (u64, u64) {
     let params = 16 * c.num_params() as u64;
     let n = (batch * seq) as u64;
     let per_tok = (4 * c.dim + 2 * c.q_dim() + 2 * c.kv_dim() + 3 * c.hidden_dim) as u64;
     let probs = (batch * c.n_heads * seq * seq) as u64;
-    let acts = 4 * (c.n_layers as u64 * (n * per_tok + probs) + seq as u64 * c.vocab_size as u64);
+    let qk = if c.qk_norm {
+        n * (2 * c.q_dim() + 2 * c.kv_dim()) as u64
+    } else {
+        0
+    };
+    let acts =
+        4 * (c.n_layers as u64 * (n * per_tok + probs) + seq as u64 * c.vocab_size as u64 + qk);
     (params, acts)
 }
 

@@ -443,9 +443,10 @@ mod tests {
         use crate::model::{Config, Params};
         use crate::train::step::Workspace;
         use crate::train::timing::Timings;
-        for tied in [true, false] {
+        for (tied, qk_norm) in [(true, false), (false, false), (false, true)] {
             let mut c = Config::llama(16, 24, 3, 2, 1, 20, 8);
             c.tied = tied;
+            c.qk_norm = qk_norm; // Qwen3's per-head q/k norm gains, after the classifier
             let p = Params::init_random(&c, 3);
             let mut g = Params::zeros(&c);
             let mut ws = Workspace::new(&c, 2, 6);
@@ -468,8 +469,8 @@ mod tests {
                 Some(&mut hook),
             )
             .unwrap();
-            // head, 3 layers, embedding
-            assert_eq!(calls, 5, "tied {tied}");
+            // head, 3 layers, (the q/k norm gains,) embedding
+            assert_eq!(calls, 5 + qk_norm as usize, "tied {tied}");
             let mut covered = vec![0u8; g.data.len()];
             for (off, vals) in &seen {
                 assert_eq!(&g.data[*off..off + vals.len()], &vals[..], "offset {off}");

@@ -26,20 +26,6 @@ pub mod trainer;
 use crate::model::{hf, llama2c, Config, ModelSource, Params};
 use anyhow::{bail, Context, Result};
 
-/// Refuses, with the reason, a model whose math the training step does not compute.
-pub fn check_computable(c: &Config) -> Result<()> {
-    if c.qk_norm {
-        bail!(
-            "{}: per-head q/k norms (q_norm, k_norm) are not computed by the training step yet; \
-             this model can be inspected (info), exported (export --format hf) and run by \
-             generate, but not trained, evaluated or differentiated",
-            c.hf.as_ref()
-                .map_or("this model", |o| o.architecture.as_str())
-        );
-    }
-    Ok(())
-}
-
 pub use crate::util::mem::available_memory_bytes;
 
 /// Refuses, with the figures, a training run of `c` at `batch × seq` that needs more memory

@@ -9,8 +9,9 @@
 //! x_L ─► RMSNorm ─► xf ─► classifier + softmax-CE (token chunks) ─► loss, dxf, dW_cls
 //! backward, l = L−1 … 0, the input-gradient chain of layer l
 //!     dy ─► ffn_bwd ─► dh1, dh3, dx2n ; dx2 = dy + rmsnorm_bwd(dx2n)
-//!        ─► sdpa_bwd1 ─► dv, dP ─► sdpa_bwd2 ─► dq, dk ─► RoPE bwd ─► qkv_bwd ─► dxn
-//!        ─► dx = dx2 + rmsnorm_bwd(dxn)
+//!        ─► sdpa_bwd1 ─► dv, dP ─► sdpa_bwd2 ─► dq, dk ─► RoPE bwd
+//!        ─► [Qwen3: per-head q/k norm bwd on Wq·xn, Wk·xn recomputed ─► dq_norm, dk_norm]
+//!        ─► qkv_bwd ─► dxn ─► dx = dx2 + rmsnorm_bwd(dxn)
 //! runs beside the weight gradients of layer l+1 (dW = dY·Xᵀ: W2 from dy·gateᵀ, W1/W3 from
 //! dh1/dh3·x2nᵀ, Wo from dx2·attnᵀ, Wq/Wk/Wv from dq/dk/dv·xnᵀ).
 //! ```
@@ -59,7 +60,7 @@ struct LayerGrads {
     dh1: Vec<f32>,
     /// `[H, N]`
     dh3: Vec<f32>,
-    /// post-RoPE-backward dq `[QD, N]`
+    /// dq `[QD, N]` after the RoPE backward (and, with q/k norms, the norm backward)
     dq: Vec<f32>,
     /// `[KVD, N]`
     dk: Vec<f32>,
@@ -139,6 +140,17 @@ pub struct Workspace {
     dp: Vec<f32>,
     /// RMSNorm scratch `[2N]`
     norm_scratch: Vec<f32>,
+    /// Qwen3's per-head q/k norms (empty without them): the pre-norm q `[QD, N]` and k
+    /// `[KVD, N]`, recomputed as Wq·xn, Wk·xn in the backward, and the gradients w.r.t. them.
+    qk: QkNormBufs,
+}
+
+/// Buffers of the q/k norm backward (all empty for a model without q/k norms).
+struct QkNormBufs {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
 }
 
 /// The gradient arena cut into its tensors (stacked over layers), so that the chain and the
@@ -158,6 +170,9 @@ struct GradParts<'a> {
     norm: &'a mut [f32],
     /// the untied classifier (empty when tied)
     out: &'a mut [f32],
+    /// Per-head q/k norm gains `[L, HD]` (empty without q/k norms).
+    q_norm: &'a mut [f32],
+    k_norm: &'a mut [f32],
 }
 
 fn split_grads<'a>(lay: &Layout, data: &'a mut [f32]) -> GradParts<'a> {
@@ -182,7 +197,14 @@ fn split_grads<'a>(lay: &Layout, data: &'a mut [f32]) -> GradParts<'a> {
     let w2 = take(lay.stacked(W2));
     let w3 = take(lay.stacked(W3));
     let norm = take(lay.norm.clone());
-    let out = std::mem::take(&mut rest);
+    let out: &'a mut [f32] = if lay.output != lay.tok_embeddings {
+        take(lay.output.clone())
+    } else {
+        &mut []
+    };
+    let q_norm = take(lay.q_norm.clone());
+    let k_norm = take(lay.k_norm.clone());
+    assert!(rest.is_empty(), "parameter arena has unlisted tensors");
     GradParts {
         emb,
         att_norm,
@@ -196,6 +218,8 @@ fn split_grads<'a>(lay: &Layout, data: &'a mut [f32]) -> GradParts<'a> {
         w3,
         norm,
         out,
+        q_norm,
+        k_norm,
     }
 }
 
@@ -267,6 +291,15 @@ impl Workspace {
             probs: z(d.probs_len()),
             dp: z(d.probs_len()),
             norm_scratch: z(2 * n),
+            qk: {
+                let on = usize::from(cfg.qk_norm);
+                QkNormBufs {
+                    q: z(on * qd * n),
+                    k: z(on * kvd * n),
+                    dq: z(on * qd * n),
+                    dk: z(on * kvd * n),
+                }
+            },
         }
     }
 
@@ -576,6 +609,8 @@ impl Workspace {
             w3: g_w3,
             norm: g_norm,
             out: g_out,
+            q_norm: g_q_norm,
+            k_norm: g_k_norm,
         } = g;
         let mut dw = DwGrads {
             wq: g_wq,
@@ -630,7 +665,10 @@ impl Workspace {
                 dp: &mut self.dp,
                 dres: &mut self.dres,
                 norm_scratch: &mut self.norm_scratch,
+                qk: &mut self.qk,
             };
+            let hd_qk = if c.qk_norm { d.head_dim } else { 0 };
+            let dg_qk = (at_mut(g_q_norm, l, hd_qk), at_mut(g_k_norm, l, hd_qk));
             let dg_att = at_mut(g_att_norm, l, dim);
             let dg_ffn = at_mut(g_ffn_norm, l, dim);
             let taps = &self.taps;
@@ -639,7 +677,7 @@ impl Workspace {
             let (chain_res, _) = rayon::join(
                 || {
                     let tc = Instant::now();
-                    let r = chain.run(&mut *k, params, l, cur, dg_att, dg_ffn, t);
+                    let r = chain.run(&mut *k, params, l, cur, dg_att, dg_ffn, dg_qk, t);
                     (r, ms_since(tc))
                 },
                 || {
@@ -663,6 +701,13 @@ impl Workspace {
         t.add(Component::Dw, ms_since(ts));
         if let Some(h) = hook.as_mut() {
             h(&dw.pieces(&layout, g_att_norm, g_ffn_norm, 0));
+            if !g_q_norm.is_empty() {
+                // Qwen3's q/k norm gains of every layer, final once layer 0's chain ran.
+                h(&[
+                    (layout.q_norm.start, &g_q_norm[..]),
+                    (layout.k_norm.start, &g_k_norm[..]),
+                ]);
+            }
         }
         t.time(Component::Embedding, || {
             ops::embedding_bwd(g_emb, &self.dres, inputs, dim)
@@ -686,6 +731,7 @@ struct Chain<'a> {
     dp: &'a mut [f32],
     dres: &'a mut [f32],
     norm_scratch: &'a mut [f32],
+    qk: &'a mut QkNormBufs,
 }
 
 impl Chain<'_> {
@@ -699,6 +745,7 @@ impl Chain<'_> {
         g: &mut LayerGrads,
         dg_att: &mut [f32],
         dg_ffn: &mut [f32],
+        dg_qk: (&mut [f32], &mut [f32]),
         t: &mut Timings,
     ) -> Result<()> {
         let d = self.d;
@@ -774,6 +821,43 @@ impl Chain<'_> {
         ops::rope_bwd(&mut g.dq, self.rope, n, d.seq);
         ops::rope_bwd(&mut g.dk, self.rope, n, d.seq);
         t.add(Component::Rope, ms_since(ts));
+
+        if let (Some(qg), Some(kg)) = (aw.q_norm, aw.k_norm) {
+            // Qwen3: dq, dk are w.r.t. the post-norm q, k; the per-head RMSNorm backward
+            // needs the pre-norm q = Wq·xn, k = Wk·xn, recomputed from the xn tap.
+            let ts = Instant::now();
+            let xn = at(&tp.xn, l, dn);
+            let qk = &mut *self.qk;
+            let proj = |w: &[f32], rows: usize, out: &mut [f32]| {
+                sgemm_serial(Op::N, Op::N, rows, n, dim, 1.0, w, dim, xn, n, 0.0, out, n);
+            };
+            proj(aw.wq, qd, &mut qk.q);
+            proj(aw.wk, kvd, &mut qk.k);
+            let (dgq, dgk) = dg_qk;
+            ops::head_rmsnorm_bwd(
+                n,
+                &mut qk.dq,
+                dgq,
+                &g.dq,
+                &qk.q,
+                qg,
+                self.eps,
+                self.norm_scratch,
+            );
+            ops::head_rmsnorm_bwd(
+                n,
+                &mut qk.dk,
+                dgk,
+                &g.dk,
+                &qk.k,
+                kg,
+                self.eps,
+                self.norm_scratch,
+            );
+            g.dq.copy_from_slice(&qk.dq);
+            g.dk.copy_from_slice(&qk.dk);
+            t.add(Component::Rmsnorm, ms_since(ts));
+        }
 
         let ts = Instant::now();
         k.qkv_bwd(l, &g.dq, &g.dk, &g.dv, &aw, self.dxn)
