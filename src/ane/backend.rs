@@ -528,14 +528,20 @@ impl AneKernels {
         match self.tickets.remove(&(k, layer)) {
             Some((t, tv)) if tv == v => self.collect(k, t),
             Some((t, _)) => {
-                // Compiled for a version that was never run: install and release it.
-                if let Ok(id) = self.collect(k, t) {
-                    self.dev.free(id)?;
-                }
+                self.discard(k, t)?;
                 self.compile(k, Some(w))
             }
             None => self.compile(k, Some(w)),
         }
+    }
+
+    /// A background compile for a version that was never run: installed (so the compile
+    /// budget counts it, as the hardware does) and released.
+    fn discard(&mut self, k: Kernel, t: Ticket) -> Result<()> {
+        if let Ok(id) = self.collect(k, t) {
+            self.dev.free(id)?;
+        }
+        Ok(())
     }
 
     /// Waits for a background compile and installs it on the device.
@@ -1232,10 +1238,7 @@ impl Kernels for AneKernels {
             let q = self.queue.as_mut().expect("checked above");
             let t = q.submit(p, &self.timeline)?;
             if let Some((old, _)) = self.tickets.insert((k, l), (t, v)) {
-                // A compile for a version that was never run.
-                if let Ok(id) = self.collect(k, old) {
-                    self.dev.free(id)?;
-                }
+                self.discard(k, old)?;
             }
         }
         Ok(())
